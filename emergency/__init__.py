@@ -1,0 +1,1 @@
+"""Emergency-center real-time coordination: the domain core (wire protocol, codec, store, settings)."""

@@ -1,0 +1,70 @@
+"""The center's internal bus: how the gateway hands validated data and derived state to consoles.
+
+The bus is a set of MQTT topics under `center/v1/` on the same broker, writable only by the gateway's account and
+readable only by the console's (see the broker ACL in emergency/stack/broker.py). Running it on the broker lets
+several gateway and console processes share it without either knowing the other.
+
+- `center/v1/live/{unit}/{stream}`: the device's own protocol v1 payload, republished unchanged once the codec has
+  validated it, before it is committed (live data never waits on the database). QoS 0: a console that misses a
+  live frame shows the next one; nothing durable depends on it.
+- `center/v1/link/{unit}`: msgpack `LinkState` when a unit goes silent or resumes (QoS 1, retained, so a console
+  that starts later still knows).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import msgpack
+
+from emergency.protocol import Stream
+
+BUS_ROOT = "center/v1"
+LIVE_FILTER = f"{BUS_ROOT}/live/+/+"
+LINK_FILTER = f"{BUS_ROOT}/link/+"
+
+
+def live_topic(unit: str, stream: Stream) -> str:
+    return f"{BUS_ROOT}/live/{unit}/{stream.value}"
+
+
+def link_topic(unit: str) -> str:
+    return f"{BUS_ROOT}/link/{unit}"
+
+
+class LinkCondition(enum.StrEnum):
+    LIVE = "live"
+    SILENT = "silent"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """A unit's telemetry link as the gateway sees it; `since` is the receive time (µs, center clock)."""
+
+    unit: str
+    condition: LinkCondition
+    since: int
+    last_rx: int
+
+    def encode(self) -> bytes:
+        packed: bytes = msgpack.packb(
+            {"unit": self.unit, "condition": self.condition.value, "since": self.since, "last_rx": self.last_rx}
+        )
+        return packed
+
+    @classmethod
+    def decode(cls, payload: bytes) -> LinkState:
+        """Decode a bus payload; the bus is written only by the gateway, so malformed input is a bug here."""
+        raw = msgpack.unpackb(payload, raw=False)
+        return cls(raw["unit"], LinkCondition(raw["condition"]), int(raw["since"]), int(raw["last_rx"]))
+
+
+def parse_bus_topic(topic: str) -> tuple[str, str, str | None]:
+    """`center/v1/live/U/S` → ("live", U, S); `center/v1/link/U` → ("link", U, None)."""
+    parts = topic.split("/")
+    if len(parts) == 5 and parts[2] == "live":
+        return "live", parts[3], parts[4]
+    if len(parts) == 4 and parts[2] == "link":
+        return "link", parts[3], None
+    raise ValueError(f"not a bus topic: {topic!r}")

@@ -1,0 +1,403 @@
+"""The one place where wire bytes become typed protocol messages, and back.
+
+Decoding is a pure function of (topic, payload). Any input that is not a valid protocol v1 message raises
+`RejectedMessage` and nothing else; the exception carries whatever header fields could be read, so the gateway can
+settle that seq in its acknowledgement and record the rejection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from emergency.protocol import (
+    ALLOWED_LEADS,
+    MAX_PAYLOAD_BYTES,
+    PROTOCOL_VERSION,
+    TOPIC_ROOT,
+    UINT32_MAX,
+    UNIT_PATTERN,
+    Ack,
+    DeviceEvent,
+    DeviceMessage,
+    EcgFrame,
+    EventKind,
+    GpsFix,
+    Stream,
+    UnitStatus,
+    Vitals,
+)
+
+# Device clocks outside [2000-01-01, 2100-01-01) are not clocks but faults.
+MIN_TS_US = 946_684_800 * 1_000_000
+MAX_TS_US = 4_102_444_800 * 1_000_000
+
+MAX_LEADS = len(ALLOWED_LEADS)
+MAX_TEXT = 1000
+# Explicit unpacker limits: nothing in a valid message is larger, so nothing larger is ever allocated.
+_UNPACK_LIMITS: dict[str, Any] = {
+    "max_bin_len": MAX_PAYLOAD_BYTES,
+    "max_str_len": 4096,
+    "max_array_len": 1024,
+    "max_map_len": 64,
+    "max_ext_len": 0,
+}
+
+
+class CodecError(Exception):
+    """Base of the codec's errors."""
+
+
+@dataclass(eq=False)
+class RejectedMessage(CodecError):
+    """A message that is not valid protocol v1. Header fields are None where they could not be read."""
+
+    reason: str
+    unit: str | None = None
+    stream: Stream | None = None
+    boot: int | None = None
+    seq: int | None = None
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    unit: str
+    stream: Stream
+
+
+def parse_topic(topic: str) -> Topic:
+    """Split `ems/v1/{unit}/{stream}`; raises RejectedMessage for anything else."""
+    parts = topic.split("/")
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT:
+        raise RejectedMessage(f"topic {topic!r} is not {TOPIC_ROOT}/{{unit}}/{{stream}}")
+    unit, stream_name = parts[2], parts[3]
+    if not UNIT_PATTERN.fullmatch(unit):
+        raise RejectedMessage(f"unit {unit!r} in topic does not match [A-Za-z0-9_-]{{1,32}}")
+    try:
+        stream = Stream(stream_name)
+    except ValueError:
+        raise RejectedMessage(f"unknown stream {stream_name!r}", unit=unit) from None
+    return Topic(unit, stream)
+
+
+def _unpack_map(payload: bytes) -> dict[str, Any]:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise RejectedMessage(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True, **_UNPACK_LIMITS)
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
+        raise RejectedMessage(f"not a msgpack document: {type(exc).__name__}") from exc
+    if not isinstance(obj, dict):
+        raise RejectedMessage(f"payload is a msgpack {type(obj).__name__}, not a map")
+    return obj
+
+
+class _Fields:
+    """Typed reads from an untrusted map; every failure is a RejectedMessage naming the field."""
+
+    def __init__(self, obj: Mapping[str, Any], header: RejectedMessage) -> None:
+        self._obj = obj
+        self._header = header
+
+    def reject(self, reason: str) -> RejectedMessage:
+        h = self._header
+        return RejectedMessage(reason, unit=h.unit, stream=h.stream, boot=h.boot, seq=h.seq)
+
+    def has(self, key: str) -> bool:
+        return self._obj.get(key) is not None
+
+    def int(self, key: str, lo: int, hi: int, *, required: bool = True) -> int | None:
+        value = self._obj.get(key)
+        if value is None:
+            if required:
+                raise self.reject(f"missing field {key!r}")
+            return None
+        if type(value) is not int:
+            raise self.reject(f"field {key!r} must be an integer, got {type(value).__name__}")
+        if not lo <= value <= hi:
+            raise self.reject(f"field {key!r}={value} out of range [{lo}, {hi}]")
+        return value
+
+    def req_int(self, key: str, lo: int, hi: int) -> int:
+        value = self.int(key, lo, hi)
+        assert value is not None
+        return value
+
+    def num(self, key: str, lo: float, hi: float, *, required: bool = False) -> float | None:
+        value = self._obj.get(key)
+        if value is None:
+            if required:
+                raise self.reject(f"missing field {key!r}")
+            return None
+        if type(value) not in (int, float):
+            raise self.reject(f"field {key!r} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise self.reject(f"field {key!r}={value} out of range [{lo}, {hi}]")
+        return float(value)
+
+    def req_num(self, key: str, lo: float, hi: float) -> float:
+        value = self.num(key, lo, hi, required=True)
+        assert value is not None
+        return value
+
+    def text(self, key: str, *, required: bool = True, max_len: int = MAX_TEXT) -> str | None:
+        value = self._obj.get(key)
+        if value is None:
+            if required:
+                raise self.reject(f"missing field {key!r}")
+            return None
+        if type(value) is not str:
+            raise self.reject(f"field {key!r} must be a string, got {type(value).__name__}")
+        if not value or len(value) > max_len:
+            raise self.reject(f"field {key!r} must have 1..{max_len} characters")
+        return value
+
+    def boolean(self, key: str) -> bool | None:
+        value = self._obj.get(key)
+        if value is None:
+            return None
+        if type(value) is not bool:
+            raise self.reject(f"field {key!r} must be a boolean, got {type(value).__name__}")
+        return value
+
+
+def _decode_ecg(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: int, ts: int) -> EcgFrame:
+    fs = f.req_num("fs", 125, 1000)
+    leads_obj = raw.get("leads")
+    if type(leads_obj) is not list or not leads_obj:
+        raise f.reject("field 'leads' must be a non-empty list of lead names")
+    if len(leads_obj) > MAX_LEADS:
+        raise f.reject(f"field 'leads' has {len(leads_obj)} entries, at most {MAX_LEADS}")
+    for lead in leads_obj:
+        if type(lead) is not str or lead not in ALLOWED_LEADS:
+            raise f.reject(f"unknown lead {lead!r}")
+    if len(set(leads_obj)) != len(leads_obj):
+        raise f.reject("field 'leads' names a lead twice")
+    lsb_uv = f.req_num("lsb_uv", 0.01, 100)
+    n = f.req_int("n", 1, 4000)
+    if n / fs > 2.0:
+        raise f.reject(f"a frame of n={n} at fs={fs} Hz spans more than 2 s")
+    data = raw.get("data")
+    if type(data) is not bytes:
+        raise f.reject(f"field 'data' must be bin, got {type(data).__name__}")
+    expected = 2 * len(leads_obj) * n
+    if len(data) != expected:
+        raise f.reject(f"field 'data' has {len(data)} bytes, expected 2*{len(leads_obj)}*{n}={expected}")
+    return EcgFrame(unit, boot, seq, ts, fs, tuple(leads_obj), lsb_uv, n, data)
+
+
+def _decode_vitals(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: int, ts: int) -> Vitals:
+    vitals = Vitals(
+        unit,
+        boot,
+        seq,
+        ts,
+        hr=f.num("hr", 0, 350),
+        sbp=f.num("sbp", 0, 350),
+        dbp=f.num("dbp", 0, 300),
+        map=f.num("map", 0, 300),
+        spo2=f.num("spo2", 0, 100),
+        rr=f.num("rr", 0, 150),
+        temp=f.num("temp", 15, 45),
+        etco2=f.num("etco2", 0, 150),
+        nibp_ts=f.int("nibp_ts", MIN_TS_US, MAX_TS_US, required=False),
+    )
+    if all(getattr(vitals, k) is None for k in VITAL_FIELDS):
+        raise f.reject("vitals message carries no vital sign")
+    return vitals
+
+
+VITAL_FIELDS: tuple[str, ...] = ("hr", "sbp", "dbp", "map", "spo2", "rr", "temp", "etco2")
+
+
+def _decode_gps(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: int, ts: int) -> GpsFix:
+    return GpsFix(
+        unit,
+        boot,
+        seq,
+        ts,
+        lat=f.req_num("lat", -90, 90),
+        lon=f.req_num("lon", -180, 180),
+        speed=f.num("speed", 0, 150),
+        heading=f.num("heading", 0, 360),
+        acc=f.num("acc", 0, 100_000),
+    )
+
+
+# Each event kind's fields: name → (reader, required). Unknown keys are ignored, as everywhere in v1.
+_EventField = tuple[Callable[[_Fields, str, bool], object], bool]
+
+
+def _text(f: _Fields, key: str, required: bool) -> object:
+    return f.text(key, required=required)
+
+
+def _uint(f: _Fields, key: str, required: bool) -> object:
+    return f.int(key, 0, UINT32_MAX, required=required)
+
+
+def _score(f: _Fields, key: str, required: bool) -> object:
+    return f.num(key, -1000, 1000, required=required)
+
+
+def _status(f: _Fields, key: str, required: bool) -> object:
+    value = f.text(key, required=required)
+    if value is not None and value not in UnitStatus.__members__.values():
+        raise f.reject(f"unknown unit status {value!r}")
+    return value
+
+
+def _stream(f: _Fields, key: str, required: bool) -> object:
+    value = f.text(key, required=required)
+    if value is not None and value not in {s.value for s in Stream if s is not Stream.ACK}:
+        raise f.reject(f"unknown stream {value!r}")
+    return value
+
+
+def _priority(f: _Fields, key: str, required: bool) -> object:
+    value = f.text(key, required=required)
+    if value is not None and value not in ("low", "medium", "high"):
+        raise f.reject(f"alarm priority {value!r} is not low, medium or high")
+    return value
+
+
+EVENT_FIELDS: dict[EventKind, dict[str, _EventField]] = {
+    EventKind.DEVICE_START: {"firmware": (_text, False)},
+    EventKind.STATUS: {"status": (_status, True)},
+    EventKind.PATIENT_CONTACT: {"note": (_text, False)},
+    EventKind.CHIEF_COMPLAINT: {"text": (_text, True), "code": (_text, False)},
+    EventKind.FINDING: {"text": (_text, True), "code": (_text, False), "value": (_score, False)},
+    EventKind.DEVICE_ALARM: {"alarm": (_text, True), "priority": (_priority, True), "text": (_text, False)},
+    EventKind.OUTBOX_DROP: {
+        "stream": (_stream, True),
+        "of_boot": (_uint, True),
+        "first_seq": (_uint, True),
+        "last_seq": (_uint, True),
+        "reason": (_text, False),
+    },
+}
+
+
+def _decode_event(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: int, ts: int) -> DeviceEvent:
+    kind_name = f.text("kind")
+    try:
+        kind = EventKind(kind_name)
+    except ValueError:
+        raise f.reject(f"unknown event kind {kind_name!r}") from None
+    detail: dict[str, str | int | float | bool] = {}
+    for key, (read, required) in EVENT_FIELDS[kind].items():
+        value = read(f, key, required)
+        if value is not None:
+            detail[key] = value  # type: ignore[assignment]
+    if kind is EventKind.OUTBOX_DROP and int(detail["first_seq"]) > int(detail["last_seq"]):
+        raise f.reject("outbox_drop first_seq is greater than last_seq")
+    return DeviceEvent(unit, boot, seq, ts, kind, detail)
+
+
+_DECODERS = {
+    Stream.ECG: _decode_ecg,
+    Stream.VITALS: _decode_vitals,
+    Stream.GPS: _decode_gps,
+    Stream.EVENT: _decode_event,
+}
+
+
+def decode_device_message(topic: str, payload: bytes) -> DeviceMessage:
+    """Decode and validate one device → center message; raises only RejectedMessage."""
+    parsed = parse_topic(topic)
+    if parsed.stream is Stream.ACK:
+        raise RejectedMessage("devices may not publish on the ack stream", unit=parsed.unit)
+    header = RejectedMessage("", unit=parsed.unit, stream=parsed.stream)
+    try:
+        raw = _unpack_map(payload)
+    except RejectedMessage as exc:
+        exc.unit, exc.stream = parsed.unit, parsed.stream
+        raise
+    f = _Fields(raw, header)
+    # Read boot and seq first, so that any later rejection can name the seq it settles.
+    boot = f.int("boot", 0, UINT32_MAX, required=False)
+    header.boot = boot
+    seq = f.int("seq", 0, UINT32_MAX, required=False)
+    header.seq = seq
+    if boot is None:
+        raise f.reject("missing field 'boot'")
+    if seq is None:
+        raise f.reject("missing field 'seq'")
+    version = raw.get("v")
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise f.reject(f"unsupported protocol version {version!r}")
+    unit = f.text("unit", max_len=32)
+    if unit != parsed.unit:
+        raise f.reject(f"unit {unit!r} in payload differs from topic unit {parsed.unit!r}")
+    ts = f.req_int("ts", MIN_TS_US, MAX_TS_US)
+    return _DECODERS[parsed.stream](f, raw, parsed.unit, boot, seq, ts)
+
+
+def _header(msg: DeviceMessage) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "unit": msg.unit, "boot": msg.boot, "seq": msg.seq, "ts": msg.ts}
+
+
+def encode_device_message(msg: DeviceMessage) -> bytes:
+    """Encode a device message as protocol v1 msgpack (what firmware sends)."""
+    body = _header(msg)
+    if isinstance(msg, EcgFrame):
+        body.update(fs=msg.fs, leads=list(msg.leads), lsb_uv=msg.lsb_uv, n=msg.n, data=msg.data)
+    elif isinstance(msg, Vitals):
+        for key in (*VITAL_FIELDS, "nibp_ts"):
+            value = getattr(msg, key)
+            if value is not None:
+                body[key] = value
+    elif isinstance(msg, GpsFix):
+        body.update(lat=msg.lat, lon=msg.lon)
+        for key in ("speed", "heading", "acc"):
+            value = getattr(msg, key)
+            if value is not None:
+                body[key] = value
+    else:
+        body["kind"] = msg.kind.value
+        body.update(msg.detail)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+def encode_ack(ack: Ack) -> bytes:
+    packed: bytes = msgpack.packb(
+        {
+            "v": PROTOCOL_VERSION,
+            "boot": ack.boot,
+            "stream": ack.stream.value,
+            "upto": ack.upto,
+            "rejected": list(ack.rejected),
+        },
+        use_bin_type=True,
+    )
+    return packed
+
+
+def decode_ack(payload: bytes) -> Ack:
+    """Decode a center → device ack; raises RejectedMessage for anything malformed."""
+    raw = _unpack_map(payload)
+    f = _Fields(raw, RejectedMessage("", stream=Stream.ACK))
+    if raw.get("v") != PROTOCOL_VERSION:
+        raise f.reject(f"unsupported protocol version {raw.get('v')!r}")
+    stream_name = f.text("stream")
+    try:
+        stream = Stream(stream_name)
+    except ValueError:
+        raise f.reject(f"unknown stream {stream_name!r}") from None
+    rejected = raw.get("rejected", [])
+    if type(rejected) is not list or any(type(s) is not int or not 0 <= s <= UINT32_MAX for s in rejected):
+        raise f.reject("field 'rejected' must be a list of seqs")
+    return Ack(
+        boot=f.req_int("boot", 0, UINT32_MAX),
+        stream=stream,
+        upto=f.req_int("upto", 0, UINT32_MAX),
+        rejected=tuple(rejected),
+    )

@@ -1,0 +1,80 @@
+"""Settings, one model per component, read from `EMERGENCY_*` environment variables.
+
+Defaults work on a laptop: everything lives under `./data` and listens on loopback. Nested fields are set with a
+double underscore, e.g. `EMERGENCY_GATEWAY__BATCH_MAX_MESSAGES=2000`. Secrets are never part of a model's repr.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttEndpoint(_Section):
+    """Where and as whom a component connects to the broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 18830
+    username: str | None = None
+    password: SecretStr | None = None
+    tls_ca: Path | None = None
+
+
+class GatewaySettings(_Section):
+    client_id: str = "emergency-gateway"
+    # A batch is committed when it holds this many messages or its oldest message is this old.
+    batch_max_messages: int = Field(default=2000, ge=1)
+    batch_max_delay_s: float = Field(default=0.05, gt=0)
+    # Bounded hand-off from the MQTT reader to the writer; when full the reader waits (backpressure to the
+    # broker, whose queue is in turn covered by each device's outbox).
+    queue_max_messages: int = Field(default=20_000, ge=1)
+    silence_after_s: float = Field(default=10.0, gt=0)
+    gap_open_after_s: float = Field(default=30.0, gt=0)
+    monitor_interval_s: float = Field(default=1.0, gt=0)
+    http_host: str = "127.0.0.1"
+    http_port: int = 18081  # /metrics and /healthz; 0 picks a free port
+    raw_capture_bytes: int = Field(default=4096, ge=0)  # how much of a rejected payload is kept
+
+
+class ConsoleSettings(_Section):
+    client_id: str = "emergency-console"
+    host: str = "127.0.0.1"  # the port is Settings.http_port
+    # Per websocket client: frames waiting to be sent. Overflow policy in console/hub.py.
+    client_queue_max: int = Field(default=256, ge=8)
+    stale_after_s: float = Field(default=10.0, gt=0)
+
+
+class StoreSettings(_Section):
+    dsn: SecretStr | None = None  # None: the stack's private cluster
+    retention_days: int = Field(default=30, ge=1)
+    compress_after_days: int = Field(default=2, ge=1)
+    pool_min: int = 1
+    pool_max: int = 8
+
+
+class Settings(BaseSettings):
+    """The whole system's settings; `emergency up` and every command read this."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMERGENCY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Path("data")
+    mqtt_port: int = 18830
+    http_port: int = 8080
+    pg_port: int = 54329
+    pg_os_user: str = "nobody"  # the unprivileged account PostgreSQL runs as when started by root
+    log_level: str = "INFO"
+
+    gateway: GatewaySettings = GatewaySettings()
+    console: ConsoleSettings = ConsoleSettings()
+    store: StoreSettings = StoreSettings()
