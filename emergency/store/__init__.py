@@ -1,0 +1,27 @@
+"""The store: asyncpg, versioned migrations, TimescaleDB hypertables or native partitions (callers can't tell)."""
+
+from emergency.store._store import (
+    CommitResult,
+    IngestBatch,
+    LinkEvent,
+    Received,
+    Rejection,
+    Store,
+    StoreError,
+    Watermark,
+    from_us,
+    to_us,
+)
+
+__all__ = [
+    "CommitResult",
+    "IngestBatch",
+    "LinkEvent",
+    "Received",
+    "Rejection",
+    "Store",
+    "StoreError",
+    "Watermark",
+    "from_us",
+    "to_us",
+]

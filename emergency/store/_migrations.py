@@ -1,0 +1,193 @@
+"""Versioned schema migrations, applied in order at start-up under an advisory lock.
+
+The time-series tables (ecg_frames, vitals, gps_fixes) are TimescaleDB hypertables with compression and retention
+policies when the extension is available, and natively range-partitioned tables (daily partitions plus a default
+partition) otherwise. Which flavour a database has is decided once, when it is first migrated, and recorded in
+`store_meta`; nothing outside this package knows which.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from emergency.settings import StoreSettings
+
+log = logging.getLogger(__name__)
+
+# Arbitrary but fixed: the advisory lock that serialises migrations between processes sharing one database.
+_MIGRATION_LOCK = 0x454D_5247
+
+
+@dataclass(frozen=True, slots=True)
+class TimeSeriesTable:
+    name: str
+    columns: str  # the table's own columns; the common key columns are prepended
+    chunk_interval: str  # TimescaleDB chunk size; native partitions are daily whatever this says
+
+
+TIME_SERIES_TABLES: tuple[TimeSeriesTable, ...] = (
+    TimeSeriesTable(
+        "ecg_frames",
+        "fs real NOT NULL, leads text[] NOT NULL, lsb_uv real NOT NULL, n integer NOT NULL, data bytea NOT NULL",
+        "1 hour",
+    ),
+    TimeSeriesTable(
+        "vitals",
+        "hr real, sbp real, dbp real, map real, spo2 real, rr real, temp real, etco2 real, nibp_ts timestamptz",
+        "1 day",
+    ),
+    TimeSeriesTable(
+        "gps_fixes",
+        "lat double precision NOT NULL, lon double precision NOT NULL, speed real, heading real, acc real",
+        "1 day",
+    ),
+)
+
+# Every time-series row starts with these: the message's identity, device time, center receive time.
+KEY_COLUMNS = (
+    "unit text NOT NULL, boot bigint NOT NULL, seq bigint NOT NULL, ts timestamptz NOT NULL, rx_ts timestamptz NOT NULL"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationContext:
+    timescaledb: bool
+    settings: StoreSettings
+
+
+Migration = Callable[[asyncpg.Connection, MigrationContext], Awaitable[None]]
+
+
+async def _v1_telemetry(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
+    await conn.execute(
+        """
+        CREATE TABLE units (
+            unit text PRIMARY KEY,
+            label text,
+            created_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE device_events (
+            unit text NOT NULL, boot bigint NOT NULL, seq bigint NOT NULL,
+            ts timestamptz NOT NULL, rx_ts timestamptz NOT NULL,
+            kind text NOT NULL, detail jsonb NOT NULL,
+            PRIMARY KEY (unit, boot, seq)
+        );
+        CREATE INDEX device_events_unit_ts ON device_events (unit, ts DESC);
+        -- Every rejected message, once per (unit, stream, boot, seq) when those could be read; always when not.
+        CREATE TABLE rejected_messages (
+            id bigserial PRIMARY KEY,
+            rx_ts timestamptz NOT NULL,
+            topic text NOT NULL,
+            unit text, stream text, boot bigint, seq bigint,
+            reason text NOT NULL,
+            raw bytea NOT NULL,
+            raw_len integer NOT NULL
+        );
+        CREATE UNIQUE INDEX rejected_messages_key ON rejected_messages (unit, stream, boot, seq)
+            WHERE unit IS NOT NULL AND stream IS NOT NULL AND boot IS NOT NULL AND seq IS NOT NULL;
+        CREATE INDEX rejected_messages_rx ON rejected_messages (rx_ts);
+        -- The end-to-end acknowledgement state: every seq <= upto of (unit, boot, stream) is settled.
+        CREATE TABLE ack_watermarks (
+            unit text NOT NULL, boot bigint NOT NULL, stream text NOT NULL,
+            upto bigint NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (unit, boot, stream)
+        );
+        -- What the link monitor noticed: silence, resumption, seq gaps that stay open, device-declared losses.
+        CREATE TABLE link_events (
+            id bigserial PRIMARY KEY,
+            at timestamptz NOT NULL,
+            unit text NOT NULL,
+            kind text NOT NULL,
+            stream text, boot bigint, first_seq bigint, last_seq bigint,
+            detail jsonb NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX link_events_unit_at ON link_events (unit, at DESC);
+        """
+    )
+    for table in TIME_SERIES_TABLES:
+        await _create_time_series(conn, table, ctx)
+
+
+async def _create_time_series(conn: asyncpg.Connection, table: TimeSeriesTable, ctx: MigrationContext) -> None:
+    # The unique key must contain the partitioning column (both for TimescaleDB and for native partitions).
+    # A retransmission is byte-identical (protocol v1), so (unit, boot, seq, ts) identifies a message.
+    columns = f"{KEY_COLUMNS}, {table.columns}"
+    if ctx.timescaledb:
+        await conn.execute(f"CREATE TABLE {table.name} ({columns})")
+        await conn.execute(
+            "SELECT create_hypertable($1::regclass, 'ts', chunk_time_interval => $2::interval)",
+            table.name,
+            table.chunk_interval,
+        )
+        await conn.execute(f"CREATE UNIQUE INDEX {table.name}_key ON {table.name} (unit, boot, seq, ts)")
+        await conn.execute(f"CREATE INDEX {table.name}_unit_ts ON {table.name} (unit, ts DESC)")
+        await conn.execute(
+            f"ALTER TABLE {table.name} SET (timescaledb.compress, timescaledb.compress_segmentby = 'unit', "
+            "timescaledb.compress_orderby = 'ts DESC, boot, seq')"
+        )
+        await conn.execute(
+            "SELECT add_compression_policy($1::regclass, $2::interval)",
+            table.name,
+            f"{ctx.settings.compress_after_days} days",
+        )
+        await conn.execute(
+            "SELECT add_retention_policy($1::regclass, $2::interval)",
+            table.name,
+            f"{ctx.settings.retention_days} days",
+        )
+    else:
+        await conn.execute(f"CREATE TABLE {table.name} ({columns}) PARTITION BY RANGE (ts)")
+        await conn.execute(f"CREATE UNIQUE INDEX {table.name}_key ON {table.name} (unit, boot, seq, ts)")
+        await conn.execute(f"CREATE INDEX {table.name}_unit_ts ON {table.name} (unit, ts DESC)")
+        # Rows whose device time falls outside every daily partition (a skewed clock) land here, never lost.
+        await conn.execute(f"CREATE TABLE {table.name}_default PARTITION OF {table.name} DEFAULT")
+
+
+MIGRATIONS: tuple[tuple[int, str, Migration], ...] = ((1, "telemetry", _v1_telemetry),)
+
+
+async def migrate(conn: asyncpg.Connection, settings: StoreSettings) -> bool:
+    """Bring the schema up to date; returns whether the database uses TimescaleDB."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS store_meta (key text PRIMARY KEY, value text NOT NULL);
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now()
+            );
+            """
+        )
+        flavour = await conn.fetchval("SELECT value FROM store_meta WHERE key = 'flavour'")
+        if flavour is None:
+            flavour = "timescaledb" if await _enable_timescaledb(conn) else "postgresql"
+            await conn.execute("INSERT INTO store_meta VALUES ('flavour', $1)", flavour)
+            log.info("new store: time series on %s", flavour)
+        ctx = MigrationContext(timescaledb=flavour == "timescaledb", settings=settings)
+        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, migration in MIGRATIONS:
+            if version in applied:
+                continue
+            log.info("applying migration %d (%s)", version, name)
+            await migration(conn, ctx)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+    return ctx.timescaledb
+
+
+async def _enable_timescaledb(conn: asyncpg.Connection) -> bool:
+    available = await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
+    if not available:
+        return False
+    try:
+        async with conn.transaction():  # a savepoint: a failed CREATE EXTENSION must not abort the migration
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except asyncpg.PostgresError as exc:
+        # Typically: installed but not in shared_preload_libraries. Plain PostgreSQL still serves.
+        log.warning("timescaledb is installed but cannot be enabled (%s); using native partitions", exc)
+        return False
+    return True

@@ -1,0 +1,394 @@
+"""The telemetry store: one asyncpg pool, batched COPY ingest, deduplication by unique key."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import asyncpg
+
+from emergency.protocol import DeviceEvent, DeviceMessage, EcgFrame, GpsFix, Stream, Vitals
+from emergency.settings import StoreSettings
+from emergency.store._migrations import TIME_SERIES_TABLES, migrate
+
+log = logging.getLogger(__name__)
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_PARTITION_DAYS_AHEAD = 3
+_MAINTENANCE_INTERVAL_S = 3600.0
+
+
+def from_us(us: int) -> dt.datetime:
+    """Exact µs-since-epoch → aware datetime (no float rounding)."""
+    return _EPOCH + dt.timedelta(microseconds=us)
+
+
+def to_us(moment: dt.datetime) -> int:
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; `retryable` says whether trying again may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A validated device message and when the center received it (µs, center clock)."""
+
+    message: DeviceMessage
+    rx_ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message the codec refused; `raw` is the payload, already capped."""
+
+    rx_ts: int
+    topic: str
+    reason: str
+    raw: bytes
+    raw_len: int
+    unit: str | None = None
+    stream: Stream | None = None
+    boot: int | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    """Something the link monitor noticed (silent, resumed, seq_gap, data_loss)."""
+
+    at: int
+    unit: str
+    kind: str
+    stream: Stream | None = None
+    boot: int | None = None
+    first_seq: int | None = None
+    last_seq: int | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    unit: str
+    boot: int
+    stream: Stream
+    upto: int
+
+
+@dataclass(slots=True)
+class IngestBatch:
+    """Everything one gateway commit makes durable, atomically."""
+
+    received: list[Received] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    watermarks: list[Watermark] = field(default_factory=list)
+    link_events: list[LinkEvent] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.received) + len(self.rejections)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    stored: Mapping[Stream, int]
+    duplicates: Mapping[Stream, int]
+
+
+_STAGE_COLUMNS: dict[Stream, tuple[str, ...]] = {
+    Stream.ECG: ("fs", "leads", "lsb_uv", "n", "data"),
+    Stream.VITALS: ("hr", "sbp", "dbp", "map", "spo2", "rr", "temp", "etco2", "nibp_ts"),
+    Stream.GPS: ("lat", "lon", "speed", "heading", "acc"),
+    Stream.EVENT: ("kind", "detail"),
+}
+_TABLES: dict[Stream, str] = {
+    Stream.ECG: "ecg_frames",
+    Stream.VITALS: "vitals",
+    Stream.GPS: "gps_fixes",
+    Stream.EVENT: "device_events",
+}
+_KEY = ("unit", "boot", "seq", "ts", "rx_ts")
+
+
+def _record(item: Received) -> tuple[Any, ...]:
+    m = item.message
+    key = (m.unit, m.boot, m.seq, from_us(m.ts), from_us(item.rx_ts))
+    if isinstance(m, EcgFrame):
+        # The samples stay the device's raw int16 bytes: no per-sample work on the hot path.
+        return (*key, m.fs, list(m.leads), m.lsb_uv, m.n, m.data)
+    if isinstance(m, Vitals):
+        nibp = from_us(m.nibp_ts) if m.nibp_ts is not None else None
+        return (*key, m.hr, m.sbp, m.dbp, m.map, m.spo2, m.rr, m.temp, m.etco2, nibp)
+    if isinstance(m, GpsFix):
+        return (*key, m.lat, m.lon, m.speed, m.heading, m.acc)
+    assert isinstance(m, DeviceEvent)
+    return (*key, m.kind.value, json.dumps(dict(m.detail)))
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Session-private staging tables for COPY; ON COMMIT DELETE ROWS empties them after every batch.
+    for stream, table in _TABLES.items():
+        await conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS stage_{stream.value} (LIKE {table}) ON COMMIT DELETE ROWS"
+        )
+
+
+class Store:
+    """The store; use as `async with Store.open(dsn, settings) as store:`. Migrates on enter."""
+
+    def __init__(self, dsn: str, settings: StoreSettings) -> None:
+        self._dsn = dsn
+        self._settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        self.timescaledb = False
+
+    @classmethod
+    def open(cls, dsn: str, settings: StoreSettings | None = None) -> Self:
+        return cls(dsn, settings or StoreSettings())
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("store is not open", retryable=False)
+        return self._pool
+
+    async def __aenter__(self) -> Self:
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            self.timescaledb = await migrate(conn, self._settings)
+        finally:
+            await conn.close()
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=self._settings.pool_min,
+            max_size=self._settings.pool_max,
+            init=_init_connection,
+        )
+        if not self.timescaledb:
+            await self.maintain_partitions()
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        if not self.timescaledb:
+            self._maintenance = self._tasks.create_task(self._maintenance_loop(), name="store.partitions")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._maintenance is not None:
+                self._maintenance.cancel()
+            if self._tasks is not None:
+                await self._tasks.__aexit__(None, None, None)
+        finally:
+            self._tasks = self._maintenance = None
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_MAINTENANCE_INTERVAL_S)
+            try:
+                await self.maintain_partitions()
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("partition maintenance failed, will retry: %s", exc)
+
+    async def maintain_partitions(self, today: dt.date | None = None) -> None:
+        """Native path: make sure daily partitions exist ahead of time; drop those past retention."""
+        today = today or dt.datetime.now(dt.UTC).date()
+        async with self.pool.acquire() as conn:
+            for table in TIME_SERIES_TABLES:
+                for offset in range(-1, _PARTITION_DAYS_AHEAD + 1):
+                    day = today + dt.timedelta(days=offset)
+                    await self._create_partition(conn, table.name, day)
+                await self._drop_expired_partitions(conn, table.name, today)
+
+    async def _create_partition(self, conn: asyncpg.Connection, table: str, day: dt.date) -> None:
+        name = f"{table}_p{day:%Y%m%d}"
+        lo, hi = day.isoformat(), (day + dt.timedelta(days=1)).isoformat()
+        try:
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} "
+                f"FOR VALUES FROM ('{lo} 00:00+00') TO ('{hi} 00:00+00')"
+            )
+        except asyncpg.CheckViolationError:
+            # The default partition already holds rows of that day (a device clock far ahead): they stay
+            # there, queryable through the parent; the day simply gets no partition of its own.
+            log.warning("partition %s not created: the default partition holds rows of that day", name)
+
+    async def _drop_expired_partitions(self, conn: asyncpg.Connection, table: str, today: dt.date) -> None:
+        cutoff = today - dt.timedelta(days=self._settings.retention_days)
+        rows = await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = $1::regclass",
+            table,
+        )
+        for row in rows:
+            name: str = row["relname"]
+            suffix = name.rsplit("_p", 1)[-1]
+            if len(suffix) != 8 or not suffix.isdigit():
+                continue
+            if dt.datetime.strptime(suffix, "%Y%m%d").date() < cutoff:
+                log.info("retention: dropping partition %s", name)
+                await conn.execute(f"DROP TABLE {name}")
+
+    async def commit(self, batch: IngestBatch) -> CommitResult:
+        """Make a batch durable in one transaction: rows (duplicates dropped by unique key), rejections,
+        link events and the ack watermarks. Either all of it is committed or none; raises StoreError."""
+        by_stream: dict[Stream, list[tuple[Any, ...]]] = {}
+        for item in batch.received:
+            by_stream.setdefault(item.message.stream, []).append(_record(item))
+        stored: Counter[Stream] = Counter()
+        duplicates: Counter[Stream] = Counter()
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                for stream, records in by_stream.items():
+                    inserted = await self._insert_deduplicated(conn, stream, records)
+                    stored[stream] = inserted
+                    duplicates[stream] = len(records) - inserted
+                if batch.rejections:
+                    await self._insert_rejections(conn, batch.rejections)
+                if batch.link_events:
+                    await self._insert_link_events(conn, batch.link_events)
+                if batch.watermarks:
+                    await conn.executemany(
+                        "INSERT INTO ack_watermarks (unit, boot, stream, upto) VALUES ($1, $2, $3, $4) "
+                        "ON CONFLICT (unit, boot, stream) DO UPDATE "
+                        "SET upto = GREATEST(ack_watermarks.upto, EXCLUDED.upto), updated_at = now()",
+                        [(w.unit, w.boot, w.stream.value, w.upto) for w in batch.watermarks],
+                    )
+        except (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, OSError) as exc:
+            raise StoreError(f"database unavailable: {exc}", retryable=True) from exc
+        except asyncpg.PostgresError as exc:
+            retryable = isinstance(exc, asyncpg.exceptions.OperatorInterventionError | asyncpg.TooManyConnectionsError)
+            raise StoreError(f"commit failed: {exc}", retryable=retryable) from exc
+        return CommitResult(stored=dict(stored), duplicates=dict(duplicates))
+
+    async def _insert_deduplicated(
+        self, conn: asyncpg.Connection, stream: Stream, records: Sequence[tuple[Any, ...]]
+    ) -> int:
+        stage, table = f"stage_{stream.value}", _TABLES[stream]
+        columns = (*_KEY, *_STAGE_COLUMNS[stream])
+        await conn.copy_records_to_table(stage, records=records, columns=columns)
+        column_list = ", ".join(columns)
+        inserted: int = await conn.fetchval(
+            f"WITH ins AS (INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {stage} "
+            "ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM ins"
+        )
+        return inserted
+
+    async def _insert_rejections(self, conn: asyncpg.Connection, rejections: Sequence[Rejection]) -> None:
+        await conn.executemany(
+            "INSERT INTO rejected_messages (rx_ts, topic, unit, stream, boot, seq, reason, raw, raw_len) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+            "ON CONFLICT (unit, stream, boot, seq) WHERE unit IS NOT NULL AND stream IS NOT NULL "
+            "AND boot IS NOT NULL AND seq IS NOT NULL DO NOTHING",
+            [
+                (
+                    from_us(r.rx_ts),
+                    r.topic,
+                    r.unit,
+                    r.stream.value if r.stream else None,
+                    r.boot,
+                    r.seq,
+                    r.reason,
+                    r.raw,
+                    r.raw_len,
+                )
+                for r in rejections
+            ],
+        )
+
+    async def _insert_link_events(self, conn: asyncpg.Connection, events: Sequence[LinkEvent]) -> None:
+        await conn.executemany(
+            "INSERT INTO link_events (at, unit, kind, stream, boot, first_seq, last_seq, detail) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            [
+                (
+                    from_us(e.at),
+                    e.unit,
+                    e.kind,
+                    e.stream.value if e.stream else None,
+                    e.boot,
+                    e.first_seq,
+                    e.last_seq,
+                    json.dumps(dict(e.detail)),
+                )
+                for e in events
+            ],
+        )
+
+    async def record_link_events(self, events: Sequence[LinkEvent]) -> None:
+        """Record link events outside an ingest batch (the monitor's own findings)."""
+        try:
+            async with self.pool.acquire() as conn:
+                await self._insert_link_events(conn, events)
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise StoreError(f"could not record link events: {exc}", retryable=True) from exc
+
+    async def watermarks(self, keys: Sequence[tuple[str, int, Stream]]) -> dict[tuple[str, int, Stream], int]:
+        """The persisted ack watermark of each (unit, boot, stream) that has one."""
+        if not keys:
+            return {}
+        rows = await self.pool.fetch(
+            "SELECT w.unit, w.boot, w.stream, w.upto FROM ack_watermarks w "
+            "JOIN unnest($1::text[], $2::bigint[], $3::text[]) AS k(unit, boot, stream) "
+            "USING (unit, boot, stream)",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2].value for k in keys],
+        )
+        return {(r["unit"], r["boot"], Stream(r["stream"])): r["upto"] for r in rows}
+
+    async def rejected_seqs(self, unit: str, boot: int, stream: Stream, lo: int, hi: int) -> list[int]:
+        """Seqs of (unit, boot, stream) in [lo, hi] that were rejected (for re-acknowledging a replay)."""
+        rows = await self.pool.fetch(
+            "SELECT seq FROM rejected_messages WHERE unit = $1 AND stream = $2 AND boot = $3 "
+            "AND seq BETWEEN $4 AND $5 ORDER BY seq",
+            unit,
+            stream.value,
+            boot,
+            lo,
+            hi,
+        )
+        return [r["seq"] for r in rows]
+
+    async def upsert_unit(self, unit: str, label: str | None = None) -> None:
+        await self.pool.execute(
+            "INSERT INTO units (unit, label) VALUES ($1, $2) ON CONFLICT (unit) DO UPDATE "
+            "SET label = COALESCE(EXCLUDED.label, units.label)",
+            unit,
+            label,
+        )
+
+    async def last_positions(self) -> list[GpsFix]:
+        """Each unit's latest stored GPS fix (to seed a console's fleet view at start)."""
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT ON (unit) unit, boot, seq, ts, lat, lon, speed, heading, acc "
+            "FROM gps_fixes WHERE ts > now() - interval '1 day' ORDER BY unit, ts DESC"
+        )
+        return [
+            GpsFix(r["unit"], r["boot"], r["seq"], to_us(r["ts"]), r["lat"], r["lon"], r["speed"], r["heading"],
+                   r["acc"])
+            for r in rows
+        ]
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as conn:
+            yield conn
