@@ -49,7 +49,12 @@ class LinkState:
 
     def encode(self) -> bytes:
         packed: bytes = msgpack.packb(
-            {"unit": self.unit, "condition": self.condition.value, "since": self.since, "last_rx": self.last_rx}
+            {
+                "unit": self.unit,
+                "condition": self.condition.value,
+                "since": self.since,
+                "last_rx": self.last_rx,
+            }
         )
         return packed
 

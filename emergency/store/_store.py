@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -140,9 +140,7 @@ def _record(item: Received) -> tuple[Any, ...]:
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # Session-private staging tables for COPY; ON COMMIT DELETE ROWS empties them after every batch.
     for stream, table in _TABLES.items():
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS stage_{stream.value} (LIKE {table}) ON COMMIT DELETE ROWS"
-        )
+        await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_{stream.value} (LIKE {table}) ON COMMIT DELETE ROWS")
 
 
 class Store:
@@ -272,7 +270,12 @@ class Store:
                         "SET upto = GREATEST(ack_watermarks.upto, EXCLUDED.upto), updated_at = now()",
                         [(w.unit, w.boot, w.stream.value, w.upto) for w in batch.watermarks],
                     )
-        except (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, OSError) as exc:
+        except (
+            asyncpg.PostgresConnectionError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.InterfaceError,
+            OSError,
+        ) as exc:
             raise StoreError(f"database unavailable: {exc}", retryable=True) from exc
         except asyncpg.PostgresError as exc:
             retryable = isinstance(exc, asyncpg.exceptions.OperatorInterventionError | asyncpg.TooManyConnectionsError)
@@ -345,7 +348,8 @@ class Store:
         """The persisted ack watermark of each (unit, boot, stream) that has one."""
         if not keys:
             return {}
-        rows = await self.pool.fetch(
+        rows = await self._read(
+            self.pool.fetch,
             "SELECT w.unit, w.boot, w.stream, w.upto FROM ack_watermarks w "
             "JOIN unnest($1::text[], $2::bigint[], $3::text[]) AS k(unit, boot, stream) "
             "USING (unit, boot, stream)",
@@ -357,7 +361,8 @@ class Store:
 
     async def rejected_seqs(self, unit: str, boot: int, stream: Stream, lo: int, hi: int) -> list[int]:
         """Seqs of (unit, boot, stream) in [lo, hi] that were rejected (for re-acknowledging a replay)."""
-        rows = await self.pool.fetch(
+        rows = await self._read(
+            self.pool.fetch,
             "SELECT seq FROM rejected_messages WHERE unit = $1 AND stream = $2 AND boot = $3 "
             "AND seq BETWEEN $4 AND $5 ORDER BY seq",
             unit,
@@ -367,6 +372,12 @@ class Store:
             hi,
         )
         return [r["seq"] for r in rows]
+
+    async def _read(self, fetch: Callable[..., Awaitable[list[asyncpg.Record]]], *args: Any) -> list[asyncpg.Record]:
+        try:
+            return await fetch(*args)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise StoreError(f"read failed: {exc}", retryable=True) from exc
 
     async def upsert_unit(self, unit: str, label: str | None = None) -> None:
         await self.pool.execute(
@@ -383,8 +394,17 @@ class Store:
             "FROM gps_fixes WHERE ts > now() - interval '1 day' ORDER BY unit, ts DESC"
         )
         return [
-            GpsFix(r["unit"], r["boot"], r["seq"], to_us(r["ts"]), r["lat"], r["lon"], r["speed"], r["heading"],
-                   r["acc"])
+            GpsFix(
+                r["unit"],
+                r["boot"],
+                r["seq"],
+                to_us(r["ts"]),
+                r["lat"],
+                r["lon"],
+                r["speed"],
+                r["heading"],
+                r["acc"],
+            )
             for r in rows
         ]
 

@@ -1,0 +1,6 @@
+"""The ambulance gateway: MQTT in, validated batches into the store, end-to-end acks out, live data onto the bus."""
+
+from ambulance_gateway._gateway import Gateway
+from ambulance_gateway._metrics import GatewayMetrics
+
+__all__ = ["Gateway", "GatewayMetrics"]

@@ -1,0 +1,164 @@
+"""End-to-end acknowledgement state: per (unit, boot, stream), the watermark below which every seq is settled.
+
+Pure and synchronous. The gateway plans a batch's effect (`plan`), commits the batch together with the planned
+watermarks, and only then applies the plan and publishes the acks — so a watermark is durable before any device
+hears of it, and a gateway restarted from the database never acknowledges less than it already did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from emergency.protocol import Ack, Stream
+
+Key = tuple[str, int, Stream]  # (unit, boot, stream)
+
+# Settled seqs held above an open gap, per key. A device's outbox bounds what it can send, so this is reached only
+# by a misbehaving device; past it, settlements are not held (the rows are stored all the same, and the device's
+# later retransmission settles them as duplicates once the gap closes).
+MAX_PENDING_PER_KEY = 100_000
+
+
+@dataclass(slots=True)
+class _Progress:
+    upto: int = -1
+    pending: dict[int, bool] = field(default_factory=dict)  # seq → rejected, for seqs above upto + 1
+    lost: list[tuple[int, int]] = field(default_factory=list)  # ranges the device declared given up
+    gap_since: float | None = None  # monotonic time the current gap was first seen
+    gap_reported: int | None = None  # the first missing seq of the gap already recorded
+
+    def copy(self) -> _Progress:
+        return _Progress(self.upto, dict(self.pending), list(self.lost), self.gap_since, self.gap_reported)
+
+    def advance(self) -> list[int]:
+        """Move upto over every settled seq contiguous with it; returns the rejected seqs passed over."""
+        rejected: list[int] = []
+        while True:
+            nxt = self.upto + 1
+            if nxt in self.pending:
+                if self.pending.pop(nxt):
+                    rejected.append(nxt)
+                self.upto = nxt
+                continue
+            covering = [last for first, last in self.lost if first <= nxt <= last]
+            if covering:
+                self.upto = max(covering)
+                for seq in [s for s in self.pending if s <= self.upto]:
+                    if self.pending.pop(seq):
+                        rejected.append(seq)
+                self.lost = [(f, last) for f, last in self.lost if last > self.upto]
+                continue
+            return rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    key: Key
+    seq: int
+    rejected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """A device declared `first..last` of `key` given up (outbox full)."""
+
+    key: Key
+    first: int
+    last: int
+
+
+@dataclass(slots=True)
+class AckPlan:
+    progress: dict[Key, _Progress]
+    advanced: dict[Key, Ack]  # keys whose watermark moves, with the ack to publish after commit
+    replayed: dict[Key, int]  # keys that saw seqs at or below their watermark: lowest such seq
+
+
+@dataclass(frozen=True, slots=True)
+class GapReport:
+    key: Key
+    first_missing: int
+    last_missing: int
+
+
+class AckTracker:
+    def __init__(self) -> None:
+        self._progress: dict[Key, _Progress] = {}
+
+    def unknown(self, keys: Iterable[Key]) -> set[Key]:
+        return {k for k in keys if k not in self._progress}
+
+    def seed(self, key: Key, upto: int) -> None:
+        """Start tracking `key` from a persisted watermark (-1: nothing settled yet).
+
+        Keys of the same unit and stream from earlier boots are forgotten once nothing is pending for them: their
+        watermark is in the database, and memory stays bounded by units × streams however often devices reboot.
+        """
+        unit, boot, stream = key
+        for old in [
+            k
+            for k, p in self._progress.items()
+            if k[0] == unit and k[2] == stream and k[1] < boot and not p.pending and not p.lost
+        ]:
+            del self._progress[old]
+        self._progress.setdefault(key, _Progress(upto=upto))
+
+    def watermark(self, key: Key) -> int:
+        progress = self._progress.get(key)
+        return progress.upto if progress else -1
+
+    def plan(self, settlements: Iterable[Settlement], losses: Iterable[Loss] = ()) -> AckPlan:
+        """What settling these would do; the tracker itself is unchanged until `apply`."""
+        progress: dict[Key, _Progress] = {}
+        replayed: dict[Key, int] = {}
+
+        def of(key: Key) -> _Progress:
+            if key not in progress:
+                progress[key] = self._progress[key].copy() if key in self._progress else _Progress()
+            return progress[key]
+
+        for s in settlements:
+            p = of(s.key)
+            if s.seq <= p.upto:
+                replayed[s.key] = min(s.seq, replayed.get(s.key, s.seq))
+            elif len(p.pending) < MAX_PENDING_PER_KEY or s.seq in p.pending:
+                # A seq both stored and rejected (a replay of a rejected message) stays rejected.
+                p.pending[s.seq] = p.pending.get(s.seq, False) or s.rejected
+        for loss in losses:
+            p = of(loss.key)
+            if loss.last > p.upto:
+                p.lost.append((max(loss.first, p.upto + 1), loss.last))
+        advanced: dict[Key, Ack] = {}
+        for key, p in progress.items():
+            before = self.watermark(key)
+            rejected = p.advance()
+            if p.upto > before:
+                advanced[key] = Ack(boot=key[1], stream=key[2], upto=p.upto, rejected=tuple(sorted(rejected)))
+        return AckPlan(progress, advanced, replayed)
+
+    def apply(self, plan: AckPlan) -> None:
+        """The plan's batch is committed: make its watermarks current."""
+        for key, p in plan.progress.items():
+            if p.upto != self.watermark(key):
+                p.gap_since = None
+            self._progress[key] = p
+
+    def open_gaps(self, now: float, older_than: float) -> list[GapReport]:
+        """Gaps (missing seqs below settled ones) open for longer than `older_than`, each reported once."""
+        reports: list[GapReport] = []
+        for key, p in self._progress.items():
+            if not p.pending:
+                p.gap_since = None
+                continue
+            if p.gap_since is None:
+                p.gap_since = now
+                continue
+            first_missing = p.upto + 1
+            if now - p.gap_since >= older_than and p.gap_reported != first_missing:
+                p.gap_reported = first_missing
+                reports.append(GapReport(key, first_missing, min(p.pending) - 1))
+        return reports
+
+    def open_gap_count(self) -> int:
+        return sum(1 for p in self._progress.values() if p.pending)

@@ -1,0 +1,483 @@
+"""The ambulance gateway: subscribe → validate → forward live → batch-commit → acknowledge.
+
+Guarantees (see docs/protocol.md): a message is acknowledged only after it is durably committed (or rejected and
+recorded), each (unit, boot, stream, seq) is stored once, and no input can stop the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+from aiohttp import web
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ambulance_gateway._acks import AckTracker, Key, Loss, Settlement
+from ambulance_gateway._metrics import GatewayMetrics
+from ambulance_gateway._monitor import LinkChange, SilenceMonitor
+from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
+from emergency.codec import RejectedMessage, decode_device_message, encode_ack
+from emergency.protocol import (
+    DEVICE_STREAMS,
+    Ack,
+    DeviceEvent,
+    EventKind,
+    OutboxDrop,
+    Stream,
+    device_topic,
+)
+from emergency.settings import GatewaySettings, MqttEndpoint
+from emergency.store import (
+    CommitResult,
+    IngestBatch,
+    LinkEvent,
+    Received,
+    Rejection,
+    Store,
+    StoreError,
+    Watermark,
+)
+
+log = logging.getLogger(__name__)
+
+_SESSION_EXPIRY_S = 24 * 3600
+_BACKOFF_CAP_EXPONENT = 10
+# Link events waiting to be recorded. They are observations about the link, not patient data: if the database is
+# unreachable for so long that this fills, the oldest observations are dropped (and counted).
+_LINK_EVENTS_MAX = 10_000
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def backoff_delay(attempt: int) -> float:
+    """Capped exponential backoff with full jitter (as aiomqtt recommends)."""
+    return random.uniform(0, 1.5 ** min(_BACKOFF_CAP_EXPONENT, attempt))
+
+
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    topic: str
+    payload: bytes
+    rx_us: int
+    rx_mono: float
+    outcome: Received | RejectedMessage
+
+
+class Gateway:
+    """`async with Gateway(settings, mqtt, store) as gateway:` runs until the block exits."""
+
+    def __init__(self, settings: GatewaySettings, mqtt: MqttEndpoint, store: Store) -> None:
+        self._settings = settings
+        self._mqtt = mqtt
+        self._store = store
+        self.metrics = GatewayMetrics()
+        self._tracker = AckTracker()
+        self._silence = SilenceMonitor(settings.silence_after_s)
+        # Reader → writer hand-off. Bounded: when full, the reader waits, aiomqtt's own bounded queue fills and
+        # then discards — such messages were never acknowledged, so devices retransmit them (docs/protocol.md).
+        self._queue: asyncio.Queue[_Incoming] = asyncio.Queue(maxsize=settings.queue_max_messages)
+        self._link_events: collections.deque[LinkEvent] = collections.deque(maxlen=_LINK_EVENTS_MAX)
+        self._client: aiomqtt.Client | None = None
+        self._subscribed = asyncio.Event()
+        self._store_failing = False
+        self._tasks: asyncio.TaskGroup | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self.metrics_url = ""
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self._start_http()
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._reader = self._tasks.create_task(self._read_forever(), name="gateway.mqtt")
+        self._background = [
+            self._tasks.create_task(self._write_forever(), name="gateway.writer"),
+            self._tasks.create_task(self._monitor_forever(), name="gateway.monitor"),
+        ]
+        try:
+            async with asyncio.timeout(30):
+                await self._subscribed.wait()
+        except TimeoutError:
+            log.warning(
+                "gateway not yet connected to the broker at %s:%s; still trying",
+                self._mqtt.host,
+                self._mqtt.port,
+            )
+        log.info("gateway started; metrics at %s", self.metrics_url)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Order matters: stop taking messages first, then commit what was taken, then stop the rest. Messages
+        # still inside the MQTT client were never acknowledged, so devices send them again later.
+        try:
+            if self._reader is not None:
+                self._reader.cancel()
+                await asyncio.gather(self._reader, return_exceptions=True)
+            await self._drain()
+            for task in self._background:
+                task.cancel()
+            if self._tasks is not None:
+                await self._tasks.__aexit__(None, None, None)
+        finally:
+            self._tasks, self._reader, self._background = None, None, []
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+            log.info("gateway stopped")
+
+    async def _drain(self) -> None:
+        try:
+            async with asyncio.timeout(10):
+                await self._queue.join()
+        except TimeoutError:
+            log.warning("gateway stopped with %d messages uncommitted; devices will resend them", self._queue.qsize())
+
+    # -- reading -----------------------------------------------------------------------------------------------
+
+    def _client_for(self) -> aiomqtt.Client:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = _SESSION_EXPIRY_S
+        return aiomqtt.Client(
+            self._mqtt.host,
+            self._mqtt.port,
+            username=self._mqtt.username,
+            password=self._mqtt.password.get_secret_value() if self._mqtt.password else None,
+            identifier=self._settings.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,  # a persistent session: the broker queues for us while we restart
+            properties=properties,
+            max_queued_incoming_messages=self._settings.queue_max_messages,
+            timeout=10,
+        )
+
+    async def _read_forever(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with self._client_for() as client:
+                    await client.subscribe([(device_topic("+", s), 1) for s in DEVICE_STREAMS])
+                    self._client, attempt = client, 0
+                    self.metrics.mqtt_connected.set(1)
+                    self._subscribed.set()
+                    log.info("gateway connected to %s:%s", self._mqtt.host, self._mqtt.port)
+                    async for message in client.messages:
+                        await self._take(client, message)
+            except aiomqtt.MqttError as exc:
+                log.warning("broker connection lost (%s); reconnecting", exc)
+            finally:
+                self._client = None
+                self.metrics.mqtt_connected.set(0)
+            await asyncio.sleep(backoff_delay(attempt))
+            attempt += 1
+
+    async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        rx_us, rx_mono = now_us(), time.monotonic()
+        topic = message.topic.value
+        payload = message.payload if isinstance(message.payload, bytes) else b""
+        outcome: Received | RejectedMessage
+        try:
+            decoded = decode_device_message(topic, payload)
+        except RejectedMessage as rejection:
+            outcome = rejection
+            self.metrics.rejected.labels(rejection.stream.value if rejection.stream else "unknown").inc()
+            log.debug("rejected %s: %s", topic, rejection.reason)
+        else:
+            outcome = Received(decoded, rx_us)
+            self.metrics.received.labels(decoded.stream.value).inc()
+            # Live data reaches consoles now, not after the commit.
+            await client.publish(live_topic(decoded.unit, decoded.stream), payload, qos=0)
+            change = self._silence.heard(decoded.unit, rx_mono, rx_us)
+            if change is not None:
+                await self._announce(change, rx_us)
+        await self._queue.put(_Incoming(topic, payload, rx_us, rx_mono, outcome))
+        self.metrics.pending.set(self._queue.qsize())
+
+    async def _announce(self, change: LinkChange, at_us: int) -> None:
+        """Record a link change and tell the consoles (retained, so a console started later knows too)."""
+        kind = "silent" if change.condition is LinkCondition.SILENT else "live"
+        self._link_events.append(
+            LinkEvent(at=at_us, unit=change.unit, kind=kind, detail={"last_rx_us": change.last_rx_us})
+        )
+        self.metrics.link_events.labels(kind).inc()
+        client = self._client
+        if client is None:
+            return  # the retained state is corrected by the next change; the event is recorded regardless
+        state = LinkState(change.unit, change.condition, at_us, change.last_rx_us)
+        try:
+            await client.publish(link_topic(change.unit), state.encode(), qos=1, retain=True)
+        except aiomqtt.MqttError as exc:
+            log.info("link state of %s not published (%s)", change.unit, exc)
+
+    # -- writing -----------------------------------------------------------------------------------------------
+
+    async def _write_forever(self) -> None:
+        max_messages = self._settings.batch_max_messages
+        while True:
+            first = await self._queue.get()
+            if self._queue.qsize() < max_messages - 1:
+                # Let a batch form; under load the queue already holds one and this is skipped.
+                await asyncio.sleep(self._settings.batch_max_delay_s)
+            items = [first]
+            while len(items) < max_messages and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            try:
+                await self._settle(items)
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+            self.metrics.pending.set(self._queue.qsize())
+
+    async def _settle(self, items: list[_Incoming]) -> None:
+        """Commit `items` (retrying while the database is unavailable), then acknowledge them."""
+        received: list[Received] = []
+        rejections: list[Rejection] = []
+        settlements: list[Settlement] = []
+        losses: list[Loss] = []
+        loss_events: list[LinkEvent] = []
+        cap = self._settings.raw_capture_bytes
+        for item in items:
+            outcome = item.outcome
+            if isinstance(outcome, Received):
+                m = outcome.message
+                received.append(outcome)
+                settlements.append(Settlement((m.unit, m.boot, m.stream), m.seq, rejected=False))
+                if isinstance(m, DeviceEvent) and m.kind is EventKind.OUTBOX_DROP:
+                    drop = OutboxDrop.from_event(m)
+                    losses.append(Loss((m.unit, drop.of_boot, drop.stream), drop.first_seq, drop.last_seq))
+                    loss_events.append(
+                        LinkEvent(
+                            at=item.rx_us,
+                            unit=m.unit,
+                            kind="data_loss",
+                            stream=drop.stream,
+                            boot=drop.of_boot,
+                            first_seq=drop.first_seq,
+                            last_seq=drop.last_seq,
+                            detail={"reason": drop.reason},
+                        )
+                    )
+            else:
+                rejections.append(
+                    Rejection(
+                        rx_ts=item.rx_us,
+                        topic=item.topic,
+                        reason=outcome.reason,
+                        raw=item.payload[:cap],
+                        raw_len=len(item.payload),
+                        unit=outcome.unit,
+                        stream=outcome.stream,
+                        boot=outcome.boot,
+                        seq=outcome.seq,
+                    )
+                )
+                if outcome.unit and outcome.stream and outcome.boot is not None and outcome.seq is not None:
+                    key = (outcome.unit, outcome.boot, outcome.stream)
+                    settlements.append(Settlement(key, outcome.seq, rejected=True))
+        await self._seed({s.key for s in settlements} | {loss.key for loss in losses})
+        plan = self._tracker.plan(settlements, losses)
+        link_events = [*loss_events, *self._take_link_events()]
+        batch = IngestBatch(
+            received=received,
+            rejections=rejections,
+            watermarks=[Watermark(k[0], k[1], k[2], ack.upto) for k, ack in plan.advanced.items()],
+            link_events=link_events,
+        )
+        try:
+            result = await self._commit(batch)
+        except StoreError as exc:
+            if len(items) == 1:
+                await self._refuse(items[0], exc)
+                return
+            # Not retryable: something in this batch is refused by the database. Halve it until the one
+            # message responsible is found and recorded as rejected; the rest is committed normally.
+            log.error("batch of %d refused by the store (%s); isolating the cause", len(items), exc)
+            self._link_events.extend(link_events)
+            middle = len(items) // 2
+            await self._settle(items[:middle])
+            await self._settle(items[middle:])
+            return
+        self._tracker.apply(plan)
+        self._record(result, items)
+        await self._acknowledge(plan.advanced, plan.replayed)
+
+    async def _refuse(self, item: _Incoming, exc: StoreError) -> None:
+        """The database refuses this one message: record it as rejected so the device is told, never stall."""
+        outcome = item.outcome
+        assert isinstance(outcome, Received)
+        m = outcome.message
+        log.error("store refused %s seq %d of %s: %s", m.stream.value, m.seq, m.unit, exc, exc_info=exc)
+        rejection = RejectedMessage(f"store refused: {exc}", unit=m.unit, stream=m.stream, boot=m.boot, seq=m.seq)
+        await self._settle([_Incoming(item.topic, item.payload, item.rx_us, item.rx_mono, rejection)])
+
+    async def _seed(self, keys: set[Key]) -> None:
+        unknown = self._tracker.unknown(keys)
+        if not unknown:
+            return
+        attempt = 0
+        while True:
+            try:
+                persisted = await self._store.watermarks(sorted(unknown))
+                break
+            except StoreError as exc:
+                log.warning("cannot read ack watermarks (%s); retrying", exc)
+            await asyncio.sleep(backoff_delay(attempt))
+            attempt += 1
+        for key in unknown:
+            self._tracker.seed(key, persisted.get(key, -1))
+
+    async def _commit(self, batch: IngestBatch) -> CommitResult:
+        """Commit, retrying with backoff while the database is unavailable; acks are withheld meanwhile."""
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                result = await self._store.commit(batch)
+            except StoreError as exc:
+                self.metrics.store_errors.labels(str(exc.retryable).lower()).inc()
+                if not exc.retryable:
+                    raise
+                if not self._store_failing:
+                    log.warning("database unavailable (%s); withholding acks and retrying", exc)
+                self._store_failing = True
+                await asyncio.sleep(backoff_delay(attempt))
+                attempt += 1
+                continue
+            if self._store_failing:
+                log.info("database available again; committed %d held messages", len(batch))
+            self._store_failing = False
+            self.metrics.commit_seconds.observe(time.monotonic() - started)
+            return result
+
+    def _record(self, result: CommitResult, items: list[_Incoming]) -> None:
+        for stream, count in result.stored.items():
+            self.metrics.stored.labels(stream.value).inc(count)
+        for stream, count in result.duplicates.items():
+            self.metrics.duplicates.labels(stream.value).inc(count)
+        self.metrics.batch_size.observe(len(items))
+        done = time.monotonic()
+        for item in items:
+            self.metrics.lag_seconds.observe(done - item.rx_mono)
+
+    def _take_link_events(self) -> list[LinkEvent]:
+        events = list(self._link_events)
+        self._link_events.clear()
+        return events
+
+    async def _acknowledge(self, advanced: dict[Key, Ack], replayed: dict[Key, int]) -> None:
+        acks = dict(advanced)
+        for key, lowest in replayed.items():
+            # A replay of settled seqs: the device missed our ack. Answer again, naming every rejection in the
+            # range it may still hold, so that no rejected message is ever reported as stored.
+            upto = self._tracker.watermark(key)
+            try:
+                rejected = await self._store.rejected_seqs(key[0], key[1], key[2], lowest, upto)
+            except StoreError as exc:  # the device will replay again; no harm in answering later
+                log.warning("cannot re-acknowledge %s (%s)", key, exc)
+                acks.pop(key, None)
+                continue
+            acks[key] = Ack(boot=key[1], stream=key[2], upto=upto, rejected=tuple(rejected))
+        client = self._client
+        if client is None or not acks:
+            return  # not connected: devices keep the messages and send them again; nothing is lost
+        try:
+            await asyncio.gather(
+                *(
+                    client.publish(device_topic(unit, Stream.ACK), encode_ack(ack), qos=1)
+                    for (unit, _, _), ack in acks.items()
+                )
+            )
+            self.metrics.acks.inc(len(acks))
+        except aiomqtt.MqttError as exc:
+            log.info("acks not delivered (%s); devices will resend and be answered again", exc)
+
+    # -- monitoring --------------------------------------------------------------------------------------------
+
+    async def _monitor_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.monitor_interval_s)
+            now_mono, at = time.monotonic(), now_us()
+            for change in self._silence.sweep(now_mono):
+                log.info("unit %s silent since %s", change.unit, change.last_rx_us)
+                await self._announce(change, at)
+            for gap in self._tracker.open_gaps(now_mono, self._settings.gap_open_after_s):
+                unit, boot, stream = gap.key
+                log.info(
+                    "seq gap open on %s/%s boot %d: %d..%d",
+                    unit,
+                    stream.value,
+                    boot,
+                    gap.first_missing,
+                    gap.last_missing,
+                )
+                self._link_events.append(
+                    LinkEvent(
+                        at=at,
+                        unit=unit,
+                        kind="seq_gap",
+                        stream=stream,
+                        boot=boot,
+                        first_seq=gap.first_missing,
+                        last_seq=gap.last_missing,
+                    )
+                )
+                self.metrics.link_events.labels("seq_gap").inc()
+            self.metrics.units.set(self._silence.unit_count())
+            self.metrics.units_silent.set(self._silence.silent_count())
+            self.metrics.gaps_open.set(self._tracker.open_gap_count())
+            if self._link_events and self._queue.empty():
+                # Quiet period: record the observations directly rather than waiting for the next batch.
+                events = self._take_link_events()
+                try:
+                    await self._store.record_link_events(events)
+                except StoreError:
+                    self._link_events.extendleft(reversed(events))
+
+    # -- HTTP: /metrics and /healthz -------------------------------------------------------------------------
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_handler)
+        app.router.add_get("/healthz", self._health_handler)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._settings.http_host, self._settings.http_port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []
+        port = sockets[0].getsockname()[1] if sockets else self._settings.http_port
+        self.metrics_url = f"http://{self._settings.http_host}:{port}/metrics"
+
+    async def _metrics_handler(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _health_handler(self, request: web.Request) -> web.Response:
+        healthy = self._client is not None and not self._store_failing
+        body = {
+            "status": "ok" if healthy else "degraded",
+            "mqtt_connected": self._client is not None,
+            "store_available": not self._store_failing,
+            "pending_messages": self._queue.qsize(),
+            "units": self._silence.unit_count(),
+            "units_silent": self._silence.silent_count(),
+            "seq_gaps_open": self._tracker.open_gap_count(),
+        }
+        return web.json_response(body, status=200 if healthy else 503)
+
+    @property
+    def health_url(self) -> str:
+        return self.metrics_url.removesuffix("/metrics") + "/healthz"

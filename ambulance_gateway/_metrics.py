@@ -1,0 +1,52 @@
+"""The gateway's Prometheus metrics, in a registry of its own so that several gateways can share a process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter("emergency_gateway_received", "Device messages received", ["stream"], registry=r)
+        self.stored = Counter(
+            "emergency_gateway_stored", "Messages committed for the first time", ["stream"], registry=r
+        )
+        self.duplicates = Counter(
+            "emergency_gateway_duplicates",
+            "Messages already stored (retransmissions)",
+            ["stream"],
+            registry=r,
+        )
+        self.rejected = Counter("emergency_gateway_rejected", "Messages rejected and recorded", ["stream"], registry=r)
+        self.acks = Counter("emergency_gateway_acks_published", "Acks published to devices", registry=r)
+        self.store_errors = Counter(
+            "emergency_gateway_store_errors", "Failed commits (retried)", ["retryable"], registry=r
+        )
+        self.link_events = Counter("emergency_gateway_link_events", "Link events recorded", ["kind"], registry=r)
+        self.commit_seconds = Histogram(
+            "emergency_gateway_commit_seconds",
+            "Time to commit one batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "emergency_gateway_batch_messages",
+            "Messages per committed batch",
+            buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),
+            registry=r,
+        )
+        self.lag_seconds = Histogram(
+            "emergency_gateway_receive_to_commit_seconds",
+            "From receipt at the gateway to commit",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pending = Gauge("emergency_gateway_pending_messages", "Received, not yet committed", registry=r)
+        self.units = Gauge("emergency_gateway_units", "Units heard from since start", registry=r)
+        self.units_silent = Gauge("emergency_gateway_units_silent", "Units currently silent", registry=r)
+        self.gaps_open = Gauge("emergency_gateway_seq_gaps_open", "Streams with an open seq gap", registry=r)
+        self.mqtt_connected = Gauge("emergency_gateway_mqtt_connected", "1 when connected to the broker", registry=r)
