@@ -1,0 +1,70 @@
+"""Ack watermarks: contiguity, rejections, declared losses, replays, and gap reports."""
+
+from __future__ import annotations
+
+from ambulance_gateway._acks import AckTracker, Loss, Settlement
+from emergency.protocol import Ack, Stream
+
+KEY = ("A1", 2, Stream.ECG)
+
+
+def _settle(tracker: AckTracker, *seqs: int, rejected: tuple[int, ...] = ()) -> dict:
+    plan = tracker.plan([Settlement(KEY, s, s in rejected) for s in seqs])
+    tracker.apply(plan)
+    return plan.advanced
+
+
+def test_watermark_moves_only_over_contiguous_seqs() -> None:
+    """The watermark covers 0..k only when every seq up to k is settled."""
+    tracker = AckTracker()
+    assert _settle(tracker, 0, 1, 3) == {KEY: Ack(2, Stream.ECG, 1, ())}
+    assert _settle(tracker, 4) == {}
+    assert _settle(tracker, 2) == {KEY: Ack(2, Stream.ECG, 4, ())}
+
+
+def test_rejected_seqs_are_listed_in_the_ack_that_covers_them() -> None:
+    """A rejected seq settles the watermark and is named in the ack, never reported as stored."""
+    tracker = AckTracker()
+    assert _settle(tracker, 0, 1, 2, rejected=(1,)) == {KEY: Ack(2, Stream.ECG, 2, (1,))}
+
+
+def test_plan_changes_nothing_until_applied() -> None:
+    """A plan whose batch failed to commit leaves the tracker as it was."""
+    tracker = AckTracker()
+    tracker.plan([Settlement(KEY, 0, False)])
+    assert tracker.watermark(KEY) == -1
+
+
+def test_seeded_watermark_continues_after_restart() -> None:
+    """A tracker seeded from a persisted watermark continues from it, and earlier seqs count as replays."""
+    tracker = AckTracker()
+    tracker.seed(KEY, 41)
+    plan = tracker.plan([Settlement(KEY, 40, False), Settlement(KEY, 42, False)])
+    assert plan.advanced == {KEY: Ack(2, Stream.ECG, 42, ())}
+    assert plan.replayed == {KEY: 40}
+
+
+def test_declared_loss_moves_the_watermark_past_given_up_seqs() -> None:
+    """An outbox_drop range lets the watermark pass seqs the device gave up."""
+    tracker = AckTracker()
+    _settle(tracker, 0, 1)
+    plan = tracker.plan([Settlement(KEY, 10, False)], [Loss(KEY, 2, 9)])
+    assert plan.advanced == {KEY: Ack(2, Stream.ECG, 10, ())}
+
+
+def test_open_gap_is_reported_once_after_the_delay() -> None:
+    """A gap that stays open past the delay is reported once with its missing range."""
+    tracker = AckTracker()
+    _settle(tracker, 0, 5)
+    assert tracker.open_gaps(now=100.0, older_than=30) == []
+    reports = tracker.open_gaps(now=131.0, older_than=30)
+    assert [(r.first_missing, r.last_missing) for r in reports] == [(1, 4)]
+    assert tracker.open_gaps(now=200.0, older_than=30) == []
+
+
+def test_old_boots_are_forgotten_when_settled() -> None:
+    """Seeding a newer boot forgets the unit's fully settled earlier boots (bounded memory)."""
+    tracker = AckTracker()
+    _settle(tracker, 0)
+    tracker.seed(("A1", 3, Stream.ECG), -1)
+    assert tracker.unknown([KEY]) == {KEY}

@@ -1,0 +1,214 @@
+"""Wire protocol v1 codec: round trips, rejections, and that no input yields anything but our own error."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emergency.codec import (
+    MAX_TS_US,
+    MIN_TS_US,
+    RejectedMessage,
+    decode_ack,
+    decode_device_message,
+    encode_ack,
+    encode_device_message,
+)
+from emergency.protocol import (
+    MAX_PAYLOAD_BYTES,
+    Ack,
+    DeviceEvent,
+    EcgFrame,
+    EventKind,
+    GpsFix,
+    Stream,
+    Vitals,
+)
+
+TS = 1_795_000_000_000_000
+
+
+def _ecg(**overrides: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "v": 1,
+        "unit": "A1",
+        "boot": 3,
+        "seq": 7,
+        "ts": TS,
+        "fs": 500,
+        "leads": ["I", "II"],
+        "lsb_uv": 2.5,
+        "n": 2,
+        "data": b"\x01\x00" * 4,
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        EcgFrame("A1", 1, 0, TS, 500.0, ("I", "II", "III", "V1"), 2.5, 125, bytes(2 * 4 * 125)),
+        Vitals("A1", 1, 1, TS, hr=72.0, spo2=97.0, sbp=121.0, dbp=80.0, map=94.0, nibp_ts=TS - 5),
+        GpsFix("amb_7-x", 0, 2**32 - 1, TS, 31.23, 121.47, speed=12.5, heading=270.0, acc=4.0),
+        DeviceEvent("A1", 1, 5, TS, EventKind.STATUS, {"status": "en_route"}),
+        DeviceEvent(
+            "A1",
+            1,
+            6,
+            TS,
+            EventKind.OUTBOX_DROP,
+            {"stream": "ecg", "of_boot": 1, "first_seq": 10, "last_seq": 20, "reason": "outbox_full"},
+        ),
+    ],
+)
+def test_round_trip(message: object) -> None:
+    """Every message type survives encode → decode unchanged."""
+    topic = f"ems/v1/{message.unit}/{message.stream.value}"  # type: ignore[attr-defined]
+    assert decode_device_message(topic, encode_device_message(message)) == message  # type: ignore[arg-type]
+
+
+def test_ack_round_trip() -> None:
+    """Acks survive encode → decode unchanged."""
+    ack = Ack(boot=4, stream=Stream.VITALS, upto=99, rejected=(3, 17))
+    assert decode_ack(encode_ack(ack)) == ack
+
+
+@pytest.mark.parametrize(
+    ("topic", "body", "reason"),
+    [
+        ("ems/v1/A1/ecg", _ecg(unit="B2"), "differs from topic"),
+        ("ems/v1/A1/ecg", _ecg(data=b"\x00" * 7), "expected 2*2*2=8"),
+        ("ems/v1/A1/ecg", _ecg(leads=["I", "X9"]), "unknown lead"),
+        ("ems/v1/A1/ecg", _ecg(leads=["I", "I"]), "twice"),
+        ("ems/v1/A1/ecg", _ecg(fs=50), "out of range"),
+        ("ems/v1/A1/ecg", _ecg(seq=-1), "out of range"),
+        ("ems/v1/A1/ecg", _ecg(seq="7"), "must be an integer"),
+        ("ems/v1/A1/ecg", _ecg(boot=True), "must be an integer"),
+        ("ems/v1/A1/ecg", _ecg(v=2), "protocol version"),
+        ("ems/v1/A1/ecg", _ecg(ts=MAX_TS_US + 1), "out of range"),
+        ("ems/v1/A1/ecg", {k: v for k, v in _ecg().items() if k != "data"}, "must be bin"),
+        ("ems/v1/A1/vitals", {"v": 1, "unit": "A1", "boot": 1, "seq": 1, "ts": TS}, "no vital sign"),
+        ("ems/v1/A1/vitals", {"v": 1, "unit": "A1", "boot": 1, "seq": 1, "ts": TS, "spo2": 140}, "out of range"),
+        ("ems/v1/A1/vitals", {"v": 1, "unit": "A1", "boot": 1, "seq": 1, "ts": TS, "hr": float("nan")}, "range"),
+        ("ems/v1/A1/gps", {"v": 1, "unit": "A1", "boot": 1, "seq": 1, "ts": TS, "lat": 95, "lon": 0}, "range"),
+        ("ems/v1/A1/event", {"v": 1, "unit": "A1", "boot": 1, "seq": 1, "ts": TS, "kind": "dance"}, "kind"),
+        ("ems/v1/A1/event", {"v": 1, "unit": "A1", "boot": 1, "seq": 1, "ts": TS, "kind": "status"}, "missing"),
+        ("ems/v1/A1/ack", _ecg(), "ack stream"),
+        ("ems/v1/A.1/ecg", _ecg(), "does not match"),
+        ("ems/v2/A1/ecg", _ecg(), "is not"),
+        ("ems/v1/A1/blood", _ecg(), "unknown stream"),
+    ],
+)
+def test_rejections_name_their_reason(topic: str, body: dict[str, object], reason: str) -> None:
+    """Each kind of invalid message is rejected whole with a reason that says what is wrong."""
+    with pytest.raises(RejectedMessage) as info:
+        decode_device_message(topic, msgpack.packb(body, use_bin_type=True))
+    assert reason in info.value.reason
+
+
+def test_rejection_carries_the_seq_it_settles() -> None:
+    """A rejected message whose header is readable names its unit, stream, boot and seq."""
+    with pytest.raises(RejectedMessage) as info:
+        decode_device_message("ems/v1/A1/ecg", msgpack.packb(_ecg(data=b""), use_bin_type=True))
+    assert (info.value.unit, info.value.stream, info.value.boot, info.value.seq) == ("A1", Stream.ECG, 3, 7)
+
+
+def test_oversized_and_hostile_payloads_are_rejected() -> None:
+    """Oversized payloads, ext types, deep nesting and huge length headers are refused, never decoded."""
+    hostile = [
+        b"\x00" * (MAX_PAYLOAD_BYTES + 1),
+        msgpack.packb(msgpack.ExtType(1, b"x")),
+        b"\x91" * 5000 + b"\x00",  # 5000 nested arrays
+        b"\xdd\xff\xff\xff\xff",  # array32 claiming 4 G elements
+        b"\xc6\xff\xff\xff\xff",  # bin32 claiming 4 GiB
+        b"\xdf\x00\x01\x00\x00",  # map32 with 65 536 entries and no bytes
+        msgpack.packb({1: 2}),  # non-string key
+        b"",
+    ]
+    for payload in hostile:
+        with pytest.raises(RejectedMessage):
+            decode_device_message("ems/v1/A1/ecg", payload)
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.floats(),
+    st.text(max_size=20),
+    st.binary(max_size=64),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+_keys = st.sampled_from(
+    [
+        "v",
+        "unit",
+        "boot",
+        "seq",
+        "ts",
+        "fs",
+        "leads",
+        "lsb_uv",
+        "n",
+        "data",
+        "hr",
+        "lat",
+        "lon",
+        "kind",
+        "status",
+        "stream",
+        "first_seq",
+        "last_seq",
+        "of_boot",
+    ]
+)
+_topics = st.sampled_from(
+    ["ems/v1/A1/ecg", "ems/v1/A1/vitals", "ems/v1/A1/gps", "ems/v1/A1/event", "ems/v1/A1/ack", "x"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(topic=_topics, payload=st.binary(max_size=256))
+def test_arbitrary_bytes_only_raise_rejected_message(topic: str, payload: bytes) -> None:
+    """Arbitrary bytes either decode or raise RejectedMessage — never any other exception."""
+    try:
+        decode_device_message(topic, payload)
+    except RejectedMessage:
+        pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(topic=_topics, body=st.dictionaries(st.one_of(_keys, st.text(max_size=6)), _values, max_size=12))
+def test_arbitrary_maps_only_raise_rejected_message(topic: str, body: dict[str, object]) -> None:
+    """Arbitrary maps with plausible keys either decode or raise RejectedMessage — never anything else."""
+    try:
+        payload = msgpack.packb(body, use_bin_type=True)
+    except (OverflowError, ValueError):
+        return
+    try:
+        decode_device_message(topic, payload)
+    except RejectedMessage:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seq=st.integers(0, 2**32 - 1),
+    ts=st.integers(MIN_TS_US, MAX_TS_US),
+    hr=st.floats(0, 350),
+    lat=st.floats(-90, 90),
+    lon=st.floats(-180, 180),
+)
+def test_valid_messages_always_round_trip(seq: int, ts: int, hr: float, lat: float, lon: float) -> None:
+    """Any in-range vitals and GPS message decodes to exactly what was encoded."""
+    vitals = Vitals("U", 0, seq, ts, hr=hr)
+    fix = GpsFix("U", 0, seq, ts, lat, lon)
+    assert decode_device_message("ems/v1/U/vitals", encode_device_message(vitals)) == vitals
+    assert decode_device_message("ems/v1/U/gps", encode_device_message(fix)) == fix
