@@ -1,0 +1,285 @@
+"""The gateway on a real mosquitto and a real PostgreSQL: store once, ack after commit, reject and record, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import aiomqtt
+import pytest
+import pytest_asyncio
+
+from ambulance_gateway import Gateway
+from emergency.bus import LIVE_FILTER, LinkCondition, LinkState, link_topic
+from emergency.codec import decode_ack, encode_device_message
+from emergency.protocol import (
+    Ack,
+    DeviceEvent,
+    DeviceMessage,
+    EcgFrame,
+    EventKind,
+    GpsFix,
+    Stream,
+    Vitals,
+    device_topic,
+)
+from emergency.settings import GatewaySettings, MqttEndpoint
+from emergency.store import Store
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def ecg(unit: str, boot: int, seq: int) -> EcgFrame:
+    return EcgFrame(unit, boot, seq, _now_us(), 500.0, ("I", "II"), 2.5, 125, bytes(range(250)) * 2)
+
+
+class TestDevice:
+    """A minimal protocol-v1 device for driving the gateway directly (the simulator has its own tests)."""
+
+    __test__ = False
+
+    def __init__(self, client: aiomqtt.Client, unit: str) -> None:
+        self.client = client
+        self.unit = unit
+        self.acks: asyncio.Queue[Ack] = asyncio.Queue()
+
+    async def send(self, message: DeviceMessage) -> None:
+        await self.client.publish(device_topic(self.unit, message.stream), encode_device_message(message), qos=1)
+
+    async def send_raw(self, stream: str, payload: bytes) -> None:
+        await self.client.publish(f"ems/v1/{self.unit}/{stream}", payload, qos=1)
+
+    async def ack_covering(self, stream: Stream, boot: int, seq: int, timeout: float = 20) -> Ack:
+        async with asyncio.timeout(timeout):
+            while True:
+                ack = await self.acks.get()
+                if ack.stream is stream and ack.boot == boot and ack.upto >= seq:
+                    return ack
+
+
+@contextlib.asynccontextmanager
+async def connected_device(unit: str, endpoint: MqttEndpoint) -> AsyncIterator[TestDevice]:
+    async with aiomqtt.Client(
+        endpoint.host,
+        endpoint.port,
+        username=endpoint.username,
+        password=endpoint.password.get_secret_value() if endpoint.password else None,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        identifier=f"test-{unit}",
+    ) as client:
+        device = TestDevice(client, unit)
+        await client.subscribe(device_topic(unit, Stream.ACK), qos=1)
+
+        async def read_acks() -> None:
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                device.acks.put_nowait(decode_ack(message.payload))
+
+        reader = asyncio.create_task(read_acks(), name=f"test.acks[{unit}]")
+        try:
+            yield device
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+def _gateway_settings(**overrides: object) -> GatewaySettings:
+    base: dict[str, object] = {"http_port": 0, "batch_max_delay_s": 0.02, "silence_after_s": 1.5,
+                               "monitor_interval_s": 0.2, "gap_open_after_s": 1.0}
+    base.update(overrides)
+    return GatewaySettings(client_id=f"gw-test-{time.monotonic_ns()}", **base)  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def store(postgres) -> AsyncIterator[Store]:  # type: ignore[no-untyped-def]
+    async with Store.open(postgres.dsn) as store:
+        yield store
+
+
+async def _count(store: Store, table: str, unit: str) -> int:
+    value: int = await store.pool.fetchval(f"SELECT count(*) FROM {table} WHERE unit = $1", unit)
+    return value
+
+
+async def test_messages_are_stored_once_and_acknowledged_after_commit(store, gateway_endpoint, make_unit) -> None:
+    """Every stream's messages are committed exactly once and then acknowledged up to the last seq."""
+    unit, endpoint = await make_unit()
+    async with Gateway(_gateway_settings(), gateway_endpoint, store), connected_device(unit, endpoint) as device:
+        for seq in range(10):
+            await device.send(ecg(unit, 1, seq))
+        await device.send(Vitals(unit, 1, 0, _now_us(), hr=88.0, spo2=95.0))
+        await device.send(GpsFix(unit, 1, 0, _now_us(), 31.23, 121.47, speed=10.0))
+        await device.send(DeviceEvent(unit, 1, 0, _now_us(), EventKind.STATUS, {"status": "en_route"}))
+        ack = await device.ack_covering(Stream.ECG, 1, 9)
+        assert ack.rejected == ()
+        for stream in (Stream.VITALS, Stream.GPS, Stream.EVENT):
+            await device.ack_covering(stream, 1, 0)
+        assert await _count(store, "ecg_frames", unit) == 10
+        assert await _count(store, "vitals", unit) == 1
+        assert await _count(store, "gps_fixes", unit) == 1
+        assert await _count(store, "device_events", unit) == 1
+        raw = await store.pool.fetchval("SELECT data FROM ecg_frames WHERE unit = $1 AND seq = 3", unit)
+        assert raw == bytes(range(250)) * 2
+
+
+async def test_retransmissions_are_stored_once_and_answered_again(store, gateway_endpoint, make_unit) -> None:
+    """A replayed message is not stored twice, and the gateway acknowledges it again."""
+    unit, endpoint = await make_unit()
+    frames = [ecg(unit, 1, seq) for seq in range(5)]
+    async with Gateway(_gateway_settings(), gateway_endpoint, store) as gateway, connected_device(
+        unit, endpoint
+    ) as device:
+        for frame in frames:
+            await device.send(frame)
+        await device.ack_covering(Stream.ECG, 1, 4)
+        for frame in frames:
+            await device.send(frame)
+        again = await device.ack_covering(Stream.ECG, 1, 4)
+        assert again.upto == 4
+        assert await _count(store, "ecg_frames", unit) == 5
+        duplicates = gateway.metrics.duplicates.labels("ecg")._value.get()
+        assert duplicates >= 5
+
+
+async def test_invalid_message_is_rejected_recorded_and_named_in_the_ack(store, gateway_endpoint, make_unit) -> None:
+    """A message failing validation is recorded, listed as rejected, and later messages are still acknowledged."""
+    unit, endpoint = await make_unit()
+    bad = EcgFrame(unit, 1, 1, _now_us(), 500.0, ("I", "II"), 2.5, 125, b"\x00" * 10)  # wrong data length
+    async with Gateway(_gateway_settings(), gateway_endpoint, store), connected_device(unit, endpoint) as device:
+        await device.send(ecg(unit, 1, 0))
+        await device.send(bad)
+        await device.send_raw("ecg", b"\xc1 not msgpack at all")
+        await device.send(ecg(unit, 1, 2))
+        ack = await device.ack_covering(Stream.ECG, 1, 2)
+        assert ack.rejected == (1,)
+        assert await _count(store, "ecg_frames", unit) == 2
+        reasons = [
+            r["reason"]
+            for r in await store.pool.fetch("SELECT reason FROM rejected_messages WHERE unit = $1 ORDER BY id", unit)
+        ]
+        assert any("expected 2*2*125" in r for r in reasons)
+        assert any("not a msgpack document" in r for r in reasons)
+
+
+async def test_replayed_rejection_is_never_reported_as_stored(store, gateway_endpoint, make_unit) -> None:
+    """When a device replays a range that contained a rejected message, the new ack lists it as rejected again."""
+    unit, endpoint = await make_unit()
+    bad = Vitals(unit, 1, 1, _now_us(), hr=999.0)
+    good = [Vitals(unit, 1, s, _now_us(), hr=70.0) for s in (0, 2)]
+    async with Gateway(_gateway_settings(), gateway_endpoint, store), connected_device(unit, endpoint) as device:
+        for message in (good[0], bad, good[1]):
+            await device.send(message)
+        await device.ack_covering(Stream.VITALS, 1, 2)
+        for message in (good[0], bad, good[1]):
+            await device.send(message)
+        replay_ack = await device.ack_covering(Stream.VITALS, 1, 2)
+        assert 1 in replay_ack.rejected
+        assert await _count(store, "rejected_messages", unit) == 1
+
+
+async def test_restarted_gateway_continues_from_the_persisted_watermark(store, gateway_endpoint, make_unit) -> None:
+    """Messages published while the gateway is down are stored after its restart and acked past the old watermark."""
+    unit, endpoint = await make_unit()
+    settings = _gateway_settings()
+    async with connected_device(unit, endpoint) as device:
+        async with Gateway(settings, gateway_endpoint, store):
+            for seq in range(3):
+                await device.send(ecg(unit, 7, seq))
+            await device.ack_covering(Stream.ECG, 7, 2)
+        for seq in range(3, 6):  # the broker queues these for the gateway's persistent session
+            await device.send(ecg(unit, 7, seq))
+        async with Gateway(settings, gateway_endpoint, store):
+            ack = await device.ack_covering(Stream.ECG, 7, 5)
+            assert ack.upto == 5
+    assert await _count(store, "ecg_frames", unit) == 6
+
+
+async def test_declared_outbox_loss_moves_the_watermark_and_is_recorded(store, gateway_endpoint, make_unit) -> None:
+    """An outbox_drop event lets later seqs be acknowledged and records the lost range."""
+    unit, endpoint = await make_unit()
+    async with Gateway(_gateway_settings(), gateway_endpoint, store), connected_device(unit, endpoint) as device:
+        await device.send(ecg(unit, 1, 0))
+        await device.send(ecg(unit, 1, 5))
+        drop = {"stream": "ecg", "of_boot": 1, "first_seq": 1, "last_seq": 4, "reason": "outbox_full"}
+        await device.send(DeviceEvent(unit, 1, 0, _now_us(), EventKind.OUTBOX_DROP, drop))
+        ack = await device.ack_covering(Stream.ECG, 1, 5)
+        assert ack.upto == 5
+        row = await store.pool.fetchrow(
+            "SELECT first_seq, last_seq FROM link_events WHERE unit = $1 AND kind = 'data_loss'", unit
+        )
+        assert (row["first_seq"], row["last_seq"]) == (1, 4)
+
+
+async def test_open_gap_and_silence_are_recorded(store, gateway_endpoint, make_unit) -> None:
+    """A seq gap that stays open and a unit that goes quiet are both recorded as link events."""
+    unit, endpoint = await make_unit()
+    async with Gateway(_gateway_settings(), gateway_endpoint, store), connected_device(unit, endpoint) as device:
+        await device.send(ecg(unit, 1, 0))
+        await device.send(ecg(unit, 1, 3))
+        await device.ack_covering(Stream.ECG, 1, 0)
+        async with asyncio.timeout(20):
+            while True:
+                kinds = {
+                    r["kind"] for r in await store.pool.fetch("SELECT kind FROM link_events WHERE unit = $1", unit)
+                }
+                if {"seq_gap", "silent"} <= kinds:
+                    break
+                await asyncio.sleep(0.2)
+        gap = await store.pool.fetchrow(
+            "SELECT first_seq, last_seq FROM link_events WHERE unit = $1 AND kind = 'seq_gap'", unit
+        )
+        assert (gap["first_seq"], gap["last_seq"]) == (1, 2)
+
+
+async def test_validated_messages_reach_the_live_bus_and_link_state(
+    store, gateway_endpoint, console_endpoint, make_unit
+) -> None:
+    """A valid message is republished unchanged on the live bus; the unit's link state is retained on the bus."""
+    unit, endpoint = await make_unit()
+    frame = ecg(unit, 1, 0)
+    async with aiomqtt.Client(
+        console_endpoint.host,
+        console_endpoint.port,
+        username=console_endpoint.username,
+        password=console_endpoint.password.get_secret_value() if console_endpoint.password else None,
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as console:
+        await console.subscribe(LIVE_FILTER.replace("+/+", f"{unit}/+"), qos=0)
+        await console.subscribe(link_topic(unit), qos=1)
+        async with Gateway(_gateway_settings(), gateway_endpoint, store), connected_device(unit, endpoint) as device:
+            await device.send(frame)
+            seen: dict[str, bytes] = {}
+            async with asyncio.timeout(20):
+                async for message in console.messages:
+                    assert isinstance(message.payload, bytes)
+                    seen[message.topic.value] = message.payload
+                    if len(seen) == 2:
+                        break
+    assert seen[f"center/v1/live/{unit}/ecg"] == encode_device_message(frame)
+    assert LinkState.decode(seen[link_topic(unit)]).condition is LinkCondition.LIVE
+
+
+async def test_metrics_and_health_endpoints(store, gateway_endpoint, make_unit) -> None:
+    """/metrics exposes the counters and /healthz says ok while broker and database are reachable."""
+    unit, endpoint = await make_unit()
+    async with Gateway(_gateway_settings(), gateway_endpoint, store) as gateway, connected_device(
+        unit, endpoint
+    ) as device:
+        await device.send(ecg(unit, 1, 0))
+        await device.ack_covering(Stream.ECG, 1, 0)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(gateway.metrics_url) as response:
+                text = await response.text()
+            async with http.get(gateway.health_url) as response:
+                health = await response.json()
+                status = response.status
+    assert 'emergency_gateway_stored_total{stream="ecg"}' in text
+    assert "emergency_gateway_rejected_total" in text or "emergency_gateway_received_total" in text
+    assert status == 200 and health["status"] == "ok" and health["mqtt_connected"]
