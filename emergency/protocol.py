@@ -120,7 +120,7 @@ class UnitStatus(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DeviceEvent:
-    """A crew or device event. `detail` holds the kind's own fields, validated against `emergency.codec.EVENT_FIELDS`."""
+    """A crew or device event; `detail` holds the kind's own fields (see `emergency.codec.EVENT_FIELDS`)."""
 
     unit: str
     boot: int

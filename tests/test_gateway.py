@@ -56,8 +56,8 @@ class TestDevice:
     async def send_raw(self, stream: str, payload: bytes) -> None:
         await self.client.publish(f"ems/v1/{self.unit}/{stream}", payload, qos=1)
 
-    async def ack_covering(self, stream: Stream, boot: int, seq: int, timeout: float = 20) -> Ack:
-        async with asyncio.timeout(timeout):
+    async def ack_covering(self, stream: Stream, boot: int, seq: int, within_s: float = 20) -> Ack:
+        async with asyncio.timeout(within_s):
             while True:
                 ack = await self.acks.get()
                 if ack.stream is stream and ack.boot == boot and ack.upto >= seq:
@@ -91,8 +91,13 @@ async def connected_device(unit: str, endpoint: MqttEndpoint) -> AsyncIterator[T
 
 
 def _gateway_settings(**overrides: object) -> GatewaySettings:
-    base: dict[str, object] = {"http_port": 0, "batch_max_delay_s": 0.02, "silence_after_s": 1.5,
-                               "monitor_interval_s": 0.2, "gap_open_after_s": 1.0}
+    base: dict[str, object] = {
+        "http_port": 0,
+        "batch_max_delay_s": 0.02,
+        "silence_after_s": 1.5,
+        "monitor_interval_s": 0.2,
+        "gap_open_after_s": 1.0,
+    }
     base.update(overrides)
     return GatewaySettings(client_id=f"gw-test-{time.monotonic_ns()}", **base)  # type: ignore[arg-type]
 
@@ -133,9 +138,10 @@ async def test_retransmissions_are_stored_once_and_answered_again(store, gateway
     """A replayed message is not stored twice, and the gateway acknowledges it again."""
     unit, endpoint = await make_unit()
     frames = [ecg(unit, 1, seq) for seq in range(5)]
-    async with Gateway(_gateway_settings(), gateway_endpoint, store) as gateway, connected_device(
-        unit, endpoint
-    ) as device:
+    async with (
+        Gateway(_gateway_settings(), gateway_endpoint, store) as gateway,
+        connected_device(unit, endpoint) as device,
+    ):
         for frame in frames:
             await device.send(frame)
         await device.ack_covering(Stream.ECG, 1, 4)
@@ -269,9 +275,10 @@ async def test_validated_messages_reach_the_live_bus_and_link_state(
 async def test_metrics_and_health_endpoints(store, gateway_endpoint, make_unit) -> None:
     """/metrics exposes the counters and /healthz says ok while broker and database are reachable."""
     unit, endpoint = await make_unit()
-    async with Gateway(_gateway_settings(), gateway_endpoint, store) as gateway, connected_device(
-        unit, endpoint
-    ) as device:
+    async with (
+        Gateway(_gateway_settings(), gateway_endpoint, store) as gateway,
+        connected_device(unit, endpoint) as device,
+    ):
         await device.send(ecg(unit, 1, 0))
         await device.ack_covering(Stream.ECG, 1, 0)
         async with aiohttp.ClientSession() as http:

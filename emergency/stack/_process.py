@@ -81,7 +81,7 @@ async def start_service(
 
 
 async def stop_service(
-    proc: asyncio.subprocess.Process | None, sig: signal.Signals = signal.SIGTERM, timeout: float = 30
+    proc: asyncio.subprocess.Process | None, sig: signal.Signals = signal.SIGTERM, grace_s: float = 30
 ) -> None:
     """Signal, wait, and SIGKILL on timeout: a stopped service never outlives us."""
     if proc is None or proc.returncode is not None:
@@ -91,9 +91,9 @@ async def stop_service(
     except ProcessLookupError:
         return
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(grace_s):
             await proc.wait()
     except TimeoutError:
-        log.warning("pid %d did not stop within %.0f s; killing it", proc.pid, timeout)
+        log.warning("pid %d did not stop within %.0f s; killing it", proc.pid, grace_s)
         proc.kill()
         await proc.wait()

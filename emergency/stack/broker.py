@@ -145,7 +145,7 @@ class Broker:
 
     async def stop(self, graceful: bool = True) -> None:
         """Stop the broker: graceful saves its persistence store; not graceful is SIGKILL (a crash)."""
-        await stop_service(self._proc, signal.SIGTERM if graceful else signal.SIGKILL, timeout=20)
+        await stop_service(self._proc, signal.SIGTERM if graceful else signal.SIGKILL, grace_s=20)
         self._proc = None
         if not graceful:
             self.pid_file.unlink(missing_ok=True)

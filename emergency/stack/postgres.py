@@ -183,5 +183,5 @@ class PostgresCluster:
     async def stop(self, mode: str = "fast") -> None:
         """Stop the server: "fast" (SIGINT, clean) or "immediate" (SIGQUIT, crash-like, recovers at next start)."""
         sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
-        await stop_service(self._proc, sig, timeout=60)
+        await stop_service(self._proc, sig, grace_s=60)
         self._proc = None

@@ -1,0 +1,191 @@
+"""The `emergency` command: run the stack, a demo with a simulated fleet, the simulator alone, provision units."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from emergency.settings import Settings
+
+log = logging.getLogger("emergency")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Per-message chatter from libraries stays out of INFO.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def _wait_for_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    log.info("stopping")
+
+
+def _write_private_json(path: Path, content: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    tmp.replace(path)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
+    """PostgreSQL, mosquitto, store, gateway and console, started in order and stopped in reverse."""
+    from ambulance_gateway import Gateway
+    from console import Console
+    from emergency.stack import CONSOLE_ACCOUNT, GATEWAY_ACCOUNT, Broker, PostgresCluster
+    from emergency.store import Store
+
+    root = settings.data_dir.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.store.dsn is None:
+            pg = await stack.enter_async_context(PostgresCluster(root, settings.pg_port, settings.pg_os_user))
+            dsn = pg.dsn
+        else:
+            dsn = settings.store.dsn.get_secret_value()
+        broker = await stack.enter_async_context(Broker(root, settings.mqtt_port))
+        store = await stack.enter_async_context(Store.open(dsn, settings.store))
+        gateway = await stack.enter_async_context(
+            Gateway(settings.gateway, broker.internal_endpoint(GATEWAY_ACCOUNT), store)
+        )
+        console = await stack.enter_async_context(
+            Console(settings.console, settings.http_port, broker.internal_endpoint(CONSOLE_ACCOUNT), store)
+        )
+        info: dict[str, object] = {
+            "mqtt": {"host": broker.host, "port": broker.port},
+            "console_url": console.url,
+            "gateway_metrics_url": gateway.metrics_url,
+            "gateway_health_url": gateway.health_url,
+            "postgres_dsn": dsn,
+            "timescaledb": store.timescaledb,
+            "pid": os.getpid(),
+        }
+        stack_json = root / "stack.json"
+        _write_private_json(stack_json, info)
+        stack.callback(stack_json.unlink, missing_ok=True)
+        log.info("stack ready: console %s, MQTT %s:%d", console.url, broker.host, broker.port)
+        yield info
+
+
+def _sim_credentials(settings: Settings, count: int) -> dict[str, str]:
+    """Provision `sim-001`… once; their passwords are kept (0600) so later runs reuse the same accounts."""
+    from emergency.stack import provision_units
+
+    root = settings.data_dir.resolve()
+    path = root / "sim" / "credentials.json"
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    wanted = {f"sim-{i:03d}" for i in range(1, count + 1)}
+    new = {unit: secrets.token_urlsafe(18) for unit in sorted(wanted - known.keys())}
+    if new:
+        provision_units(root, new)
+        known.update(new)
+        _write_private_json(path, known)
+    return {unit: known[unit] for unit in sorted(wanted)}
+
+
+@contextlib.asynccontextmanager
+async def simulated_fleet(settings: Settings, count: int) -> AsyncIterator[object]:
+    from firmware_sim import DeviceConfig, Fleet
+
+    credentials = _sim_credentials(settings, count)
+    configs = [DeviceConfig(unit=unit, password=password) for unit, password in credentials.items()]
+    async with Fleet(configs, "127.0.0.1", settings.mqtt_port, settings.data_dir.resolve() / "sim") as fleet:
+        yield fleet
+
+
+async def _up(settings: Settings) -> None:
+    async with running_stack(settings):
+        await _wait_for_stop_signal()
+
+
+async def _demo(settings: Settings, units: int) -> None:
+    async with running_stack(settings) as info, simulated_fleet(settings, units):
+        print(
+            f"\n  Emergency center demo is running: open {info['console_url']}\n  ({units} simulated ambulances;"
+            " Ctrl-C stops everything)\n",
+            flush=True,
+        )
+        await _wait_for_stop_signal()
+
+
+async def _sim(settings: Settings, units: int) -> None:
+    async with simulated_fleet(settings, units):
+        log.info("simulating %d units against MQTT 127.0.0.1:%d", units, settings.mqtt_port)
+        await _wait_for_stop_signal()
+
+
+def _unit_add(settings: Settings, unit: str) -> int:
+    from emergency.stack import StackError, provision_unit
+
+    password: str | None = None
+    if not sys.stdin.isatty():
+        password = sys.stdin.readline().strip() or None
+    try:
+        issued = provision_unit(settings.data_dir.resolve(), unit, password)
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"unit {unit} provisioned for MQTT 127.0.0.1:{settings.mqtt_port} (username {unit})")
+    if password is None:
+        print(f"password: {issued}  (shown once; store it on the device)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emergency", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="run the whole stack in the foreground")
+    demo = commands.add_parser("demo", help="the stack plus a simulated fleet")
+    demo.add_argument("--units", type=int, default=8, help="simulated ambulances (default 8)")
+    sim = commands.add_parser("sim", help="a simulated fleet against the configured stack")
+    sim.add_argument("--units", type=int, default=8)
+    unit = commands.add_parser("unit", help="device accounts")
+    unit_commands = unit.add_subparsers(dest="unit_command", required=True)
+    add = unit_commands.add_parser("add", help="provision a device (password from stdin, or generated)")
+    add.add_argument("unit")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    if args.command == "unit":
+        return _unit_add(settings, args.unit)
+    from emergency.stack import StackError
+
+    try:
+        if args.command == "up":
+            asyncio.run(_up(settings))
+        elif args.command == "demo":
+            asyncio.run(_demo(settings, args.units))
+        elif args.command == "sim":
+            asyncio.run(_sim(settings, args.units))
+    except StackError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
