@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import aiomqtt
-import pytest
 import pytest_asyncio
 
 from ambulance_gateway import Gateway
@@ -28,8 +27,6 @@ from emergency.protocol import (
 )
 from emergency.settings import GatewaySettings, MqttEndpoint
 from emergency.store import Store
-
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 def _now_us() -> int:
