@@ -153,7 +153,7 @@ class Gateway:
     def _client_for(self) -> aiomqtt.Client:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = _SESSION_EXPIRY_S
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self._mqtt.host,
             self._mqtt.port,
             username=self._mqtt.username,
@@ -165,6 +165,9 @@ class Gateway:
             max_queued_incoming_messages=self._settings.queue_max_messages,
             timeout=10,
         )
+        # Acks and live forwards are published concurrently by design; aiomqtt warns past 10 in flight.
+        client.pending_calls_threshold = 4 * self._settings.batch_max_messages
+        return client
 
     async def _read_forever(self) -> None:
         attempt = 0

@@ -88,6 +88,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
         stack.callback(stack_json.unlink, missing_ok=True)
         log.info("stack ready: console %s, MQTT %s:%d", console.url, broker.host, broker.port)
         yield info
+    log.info("stack stopped")
 
 
 def _sim_credentials(settings: Settings, count: int) -> dict[str, str]:

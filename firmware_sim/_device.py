@@ -304,6 +304,7 @@ class Device:
                     timeout=10,
                     keepalive=15,
                 ) as client:
+                    client.pending_calls_threshold = _SEND_QUEUE_MAX  # a replay publishes many at once
                     self._client, attempt = client, 0
                     await client.subscribe(device_topic(self.unit, Stream.ACK), qos=1)
                     self._connected.set()

@@ -1,0 +1,284 @@
+"""The console web application: a factory-built aiohttp app, its bus subscription, and the websocket endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from console._hub import Client, ClientTooSlow, Hub
+from console._state import FleetState, ecg_json
+from emergency.bus import BUS_ROOT, LINK_FILTER, LinkState, live_topic, parse_bus_topic
+from emergency.codec import RejectedMessage, decode_device_message
+from emergency.protocol import UNIT_PATTERN, EcgFrame, Stream, device_topic
+from emergency.settings import ConsoleSettings, MqttEndpoint
+from emergency.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(str(resources.files("console") / "static"))
+# Always-on subscriptions: every unit's position, vitals and events, and link states. ECG is subscribed per unit
+# only while someone watches it, so an unwatched fleet's waveform never reaches this process.
+_ALWAYS = [f"{BUS_ROOT}/live/+/gps", f"{BUS_ROOT}/live/+/vitals", f"{BUS_ROOT}/live/+/event", LINK_FILTER]
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class ConsoleCore:
+    """The console's live state, hub and bus connection; shared by the app through `CORE`."""
+
+    def __init__(self, settings: ConsoleSettings, mqtt: MqttEndpoint, store: Store | None) -> None:
+        self.settings = settings
+        self.mqtt = mqtt
+        self.store = store
+        self.fleet = FleetState()
+        self.hub = Hub()
+        self.bus_client: aiomqtt.Client | None = None
+        self.bus_ready = asyncio.Event()
+
+    async def seed_from_store(self) -> None:
+        if self.store is None:
+            return
+        try:
+            for fix in await self.store.last_positions():
+                self.fleet.seed_position(fix)
+        except StoreError as exc:
+            log.warning("fleet positions not seeded from the store: %s", exc)
+
+    async def run_bus(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.mqtt.host,
+                    self.mqtt.port,
+                    username=self.mqtt.username,
+                    password=self.mqtt.password.get_secret_value() if self.mqtt.password else None,
+                    identifier=f"{self.settings.client_id}-{random.randrange(16**8):08x}",
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    timeout=10,
+                ) as client:
+                    await client.subscribe([(topic, 0) for topic in _ALWAYS])
+                    for unit in self.hub.watched_units():
+                        await client.subscribe(live_topic(unit, Stream.ECG), qos=0)
+                    self.bus_client, attempt = client, 0
+                    self.bus_ready.set()
+                    log.info("console connected to the bus at %s:%s", self.mqtt.host, self.mqtt.port)
+                    async for message in client.messages:
+                        payload = message.payload if isinstance(message.payload, bytes) else b""
+                        self.on_bus_message(message.topic.value, payload)
+            except aiomqtt.MqttError as exc:
+                log.warning("bus connection lost (%s); reconnecting", exc)
+            finally:
+                self.bus_client = None
+                self.bus_ready.clear()
+            attempt += 1
+            await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))
+
+    def on_bus_message(self, topic: str, payload: bytes) -> None:
+        rx = now_us()
+        try:
+            kind, unit, stream = parse_bus_topic(topic)
+            if kind == "link":
+                self.hub.broadcast_update(self.fleet.apply_link(LinkState.decode(payload)))
+                return
+            message = decode_device_message(device_topic(unit, Stream(stream)), payload)
+        except (ValueError, KeyError, RejectedMessage) as exc:
+            # The bus is written only by the gateway, after validation: this is a bug, not bad input.
+            log.error("malformed bus message on %s: %s", topic, exc)
+            return
+        if isinstance(message, EcgFrame):
+            self.hub.send_ecg(unit, ecg_json(message, rx))
+            return
+        update = self.fleet.apply(message, rx)
+        if update is None:
+            return
+        if update["type"] == "event":
+            self.hub.broadcast_event(update)
+        else:
+            self.hub.broadcast_update(update)
+
+    async def follow_ecg(self, unit: str, on: bool) -> None:
+        client = self.bus_client
+        if client is None:
+            return  # subscribed on (re)connect from hub.watched_units()
+        try:
+            if on:
+                await client.subscribe(live_topic(unit, Stream.ECG), qos=0)
+            else:
+                await client.unsubscribe(live_topic(unit, Stream.ECG))
+        except aiomqtt.MqttError as exc:
+            log.info("ECG subscription for %s not changed now (%s); the reconnect will", unit, exc)
+
+
+CORE = web.AppKey("core", ConsoleCore)
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def _health(request: web.Request) -> web.Response:
+    core = request.app[CORE]
+    healthy = core.bus_client is not None
+    return web.json_response(
+        {
+            "status": "ok" if healthy else "degraded",
+            "bus_connected": healthy,
+            "clients": len(core.hub.clients),
+            "units": len(core.fleet.units),
+        },
+        status=200 if healthy else 503,
+    )
+
+
+async def _fleet(request: web.Request) -> web.Response:
+    return web.json_response({"units": request.app[CORE].fleet.snapshot(), "server_time": now_us()})
+
+
+def _fleet_message(core: ConsoleCore) -> dict[str, object]:
+    return {
+        "type": "fleet",
+        "units": core.fleet.snapshot(),
+        "server_time": now_us(),
+        "stale_after_s": core.settings.stale_after_s,
+    }
+
+
+async def _websocket(request: web.Request) -> web.WebSocketResponse:
+    core = request.app[CORE]
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096)
+    await ws.prepare(request)
+    peer = request.remote or "?"
+    client = Client(ws, peer, core.hub.ecg_frames_max)
+    core.hub.add(client)
+    client.send_now(_fleet_message(core))
+    sender = asyncio.create_task(_send_or_drop(client), name=f"console.ws[{peer}].send")
+    try:
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                client.send_now({"type": "error", "reason": "messages must be JSON text"})
+                continue
+            await _on_client_message(core, client, msg.data)
+    finally:
+        for unit in core.hub.remove(client):
+            await core.follow_ecg(unit, on=False)
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+    return ws
+
+
+async def _send_or_drop(client: Client) -> None:
+    try:
+        await client.run_sender()
+    except ClientTooSlow as exc:
+        # Closing ends the handler's read loop too; a socket that accepts nothing is cut after close's timeout.
+        log.info("websocket client %s disconnected: %s", client.name, exc)
+        code = client.closing[0] if client.closing else WSCloseCode.POLICY_VIOLATION
+        await client.ws.close(code=code, message=str(exc).encode())
+
+
+async def _on_client_message(core: ConsoleCore, client: Client, text: str) -> None:
+    try:
+        request = json.loads(text)
+        kind, unit = request["type"], request.get("unit")
+    except (ValueError, TypeError, KeyError):
+        client.send_now({"type": "error", "reason": "expected a JSON object with a 'type'"})
+        return
+    if kind in ("watch", "unwatch"):
+        if not isinstance(unit, str) or not UNIT_PATTERN.fullmatch(unit):
+            client.send_now({"type": "error", "reason": f"{kind} needs a valid 'unit'"})
+            return
+        if kind == "watch" and core.hub.watch(client, unit):
+            await core.follow_ecg(unit, on=True)
+        if kind == "unwatch" and core.hub.unwatch(client, unit):
+            await core.follow_ecg(unit, on=False)
+        client.send_now({"type": kind + "ed", "unit": unit})
+    elif kind == "fleet":
+        client.send_now(_fleet_message(core))
+    else:
+        client.send_now({"type": "error", "reason": f"unknown message type {kind!r}"})
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    core = app[CORE]
+    await core.seed_from_store()
+    bus = asyncio.create_task(core.run_bus(), name="console.bus")
+    yield
+    bus.cancel()
+    await asyncio.gather(bus, return_exceptions=True)
+
+
+async def _say_goodbye(app: web.Application) -> None:
+    # on_shutdown runs before aiohttp waits for handlers: close every browser with GOING_AWAY so it reconnects
+    # (to this console when it is back, or to another behind the load balancer) instead of being cut.
+    await asyncio.gather(
+        *(c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"console shutting down") for c in app[CORE].hub.clients),
+        return_exceptions=True,
+    )
+
+
+def create_app(settings: ConsoleSettings, mqtt: MqttEndpoint, store: Store | None = None) -> web.Application:
+    app = web.Application()
+    app[CORE] = ConsoleCore(settings, mqtt, store)
+    app.router.add_get("/", _index)
+    app.router.add_get("/ws", _websocket)
+    app.router.add_get("/healthz", _health)
+    app.router.add_get("/api/fleet", _fleet)
+    app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_say_goodbye)
+    return app
+
+
+class Console:
+    """`async with Console(settings, http_port, mqtt, store) as console:` serves until the block exits."""
+
+    def __init__(self, settings: ConsoleSettings, http_port: int, mqtt: MqttEndpoint, store: Store | None) -> None:
+        self.app = create_app(settings, mqtt, store)
+        self._host = settings.host
+        self._port = http_port
+        self._runner: web.AppRunner | None = None
+        self.port = http_port
+
+    @property
+    def core(self) -> ConsoleCore:
+        return self.app[CORE]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._host}:{self.port}/"
+
+    async def __aenter__(self) -> Self:
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        if site._server is not None and site._server.sockets:
+            self.port = site._server.sockets[0].getsockname()[1]
+        try:
+            async with asyncio.timeout(15):
+                await self.core.bus_ready.wait()
+        except TimeoutError:
+            log.warning("console not yet connected to the bus; still trying")
+        log.info("console serving %s", self.url)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,149 @@
+"""Fan-out to websocket clients. Broadcasting never waits on a client: each has its own bounded queues and sender.
+
+Overflow policy, per client (docs/console-api.md):
+- ECG frames: a bounded deque; when full the oldest frame is dropped (a late waveform frame is worthless).
+- Unit updates (gps, vitals, status, link): coalesced per (type, unit); the latest replaces an unsent older one.
+- Events: a bounded deque; events are never dropped, so a client that lets it fill is disconnected (1013).
+- A client whose socket accepts nothing for `SEND_STALL_S` is disconnected (1008) and logged at INFO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+log = logging.getLogger(__name__)
+
+SEND_STALL_S = 5.0
+ECG_FRAMES_MAX = 64
+EVENTS_MAX = 1_000
+
+Json = dict[str, Any]
+
+
+class ClientTooSlow(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, ws: web.WebSocketResponse, name: str, ecg_frames_max: int = ECG_FRAMES_MAX) -> None:
+        self.ws = ws
+        self.name = name
+        self.watching: set[str] = set()
+        self._updates: dict[tuple[str, str], Json] = {}
+        self._events: collections.deque[Json] = collections.deque()
+        self._ecg: collections.deque[Json] = collections.deque(maxlen=ecg_frames_max)
+        self._wake = asyncio.Event()
+        self.dropped_ecg = 0
+        self.closing: tuple[int, str] | None = None
+
+    def offer_update(self, message: Json) -> None:
+        self._updates[(message["type"], message["unit"])] = message
+        self._wake.set()
+
+    def offer_event(self, message: Json) -> None:
+        if len(self._events) >= EVENTS_MAX:
+            self._close_soon(WSCloseCode.TRY_AGAIN_LATER, "too slow to receive events")
+            return
+        self._events.append(message)
+        self._wake.set()
+
+    def offer_ecg(self, message: Json) -> None:
+        if len(self._ecg) == self._ecg.maxlen:
+            self.dropped_ecg += 1
+        self._ecg.append(message)
+        self._wake.set()
+
+    def send_now(self, message: Json) -> None:
+        """Direct answers (errors, snapshots) go with the events: in order, never dropped."""
+        self.offer_event(message)
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        if self.closing is None:
+            self.closing = (code, reason)
+            self._wake.set()
+
+    async def run_sender(self) -> None:
+        """Send until the socket closes; raises ClientTooSlow when the client must be dropped."""
+        while not self.ws.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.closing is not None:
+                raise ClientTooSlow(self.closing[1])
+            # Events first (they must not be lost), then the latest unit updates, then waveform.
+            batch: list[Json] = list(self._events)
+            self._events.clear()
+            batch.extend(self._updates.values())
+            self._updates.clear()
+            batch.extend(self._ecg)
+            self._ecg.clear()
+            for message in batch:
+                try:
+                    async with asyncio.timeout(SEND_STALL_S):
+                        await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+                except TimeoutError:
+                    raise ClientTooSlow(f"socket accepted nothing for {SEND_STALL_S:.0f} s") from None
+                except ConnectionResetError:
+                    return
+
+
+class Hub:
+    def __init__(self, ecg_frames_max: int = ECG_FRAMES_MAX) -> None:
+        self.clients: set[Client] = set()
+        self.ecg_frames_max = ecg_frames_max
+        self._watchers: collections.Counter[str] = collections.Counter()
+
+    def add(self, client: Client) -> None:
+        self.clients.add(client)
+
+    def remove(self, client: Client) -> list[str]:
+        """Forget a client; returns the units nobody watches any more."""
+        self.clients.discard(client)
+        released = []
+        for unit in client.watching:
+            self._watchers[unit] -= 1
+            if self._watchers[unit] <= 0:
+                del self._watchers[unit]
+                released.append(unit)
+        client.watching.clear()
+        return released
+
+    def watch(self, client: Client, unit: str) -> bool:
+        """Returns True when this is the unit's first watcher (its ECG must now be fetched)."""
+        if unit in client.watching:
+            return False
+        client.watching.add(unit)
+        self._watchers[unit] += 1
+        return self._watchers[unit] == 1
+
+    def unwatch(self, client: Client, unit: str) -> bool:
+        """Returns True when the unit has no watcher left."""
+        if unit not in client.watching:
+            return False
+        client.watching.discard(unit)
+        self._watchers[unit] -= 1
+        if self._watchers[unit] <= 0:
+            del self._watchers[unit]
+            return True
+        return False
+
+    def watched_units(self) -> list[str]:
+        return list(self._watchers)
+
+    def broadcast_update(self, message: Json) -> None:
+        for client in self.clients:
+            client.offer_update(message)
+
+    def broadcast_event(self, message: Json) -> None:
+        for client in self.clients:
+            client.offer_event(message)
+
+    def send_ecg(self, unit: str, message: Json) -> None:
+        for client in self.clients:
+            if unit in client.watching:
+                client.offer_ecg(message)

@@ -1,0 +1,101 @@
+"""The fleet as the console sees it, and the JSON messages browsers receive. Pure: no I/O here."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from emergency.bus import LinkState
+from emergency.codec import VITAL_FIELDS
+from emergency.protocol import DeviceEvent, DeviceMessage, EcgFrame, EventKind, GpsFix, Vitals
+
+Json = dict[str, Any]
+
+
+@dataclass(slots=True)
+class UnitView:
+    unit: str
+    status: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    speed: float | None = None
+    heading: float | None = None
+    fix_ts: int | None = None
+    vitals: dict[str, float] = field(default_factory=dict)
+    vitals_ts: int | None = None
+    link: str = "unknown"
+    last_rx: int | None = None
+
+    def as_json(self) -> Json:
+        return asdict(self)
+
+
+def ecg_json(frame: EcgFrame, rx: int) -> Json:
+    """The frame for a browser: the device's raw int16 LE lead-major bytes, base64; no per-sample work here."""
+    return {
+        "type": "ecg",
+        "unit": frame.unit,
+        "seq": frame.seq,
+        "ts": frame.ts,
+        "rx": rx,
+        "fs": frame.fs,
+        "leads": list(frame.leads),
+        "lsb_uv": frame.lsb_uv,
+        "n": frame.n,
+        "data": base64.b64encode(frame.data).decode("ascii"),
+    }
+
+
+class FleetState:
+    def __init__(self) -> None:
+        self.units: dict[str, UnitView] = {}
+
+    def _unit(self, unit: str) -> UnitView:
+        view = self.units.get(unit)
+        if view is None:
+            view = self.units[unit] = UnitView(unit)
+        return view
+
+    def apply(self, message: DeviceMessage, rx: int) -> Json | None:
+        """Fold a live device message into the state; returns the update to send every client (None for ECG)."""
+        view = self._unit(message.unit)
+        view.last_rx = rx
+        if view.link != "live":
+            view.link = "live"
+        base: Json = {"unit": message.unit, "ts": message.ts, "rx": rx}
+        if isinstance(message, GpsFix):
+            if view.fix_ts is not None and message.ts < view.fix_ts:
+                return None  # a replayed backlog fix is history, not the unit's position now
+            view.lat, view.lon, view.speed, view.heading, view.fix_ts = (
+                message.lat, message.lon, message.speed, message.heading, message.ts,
+            )  # fmt: skip
+            return {"type": "gps", **base, "lat": message.lat, "lon": message.lon, "speed": message.speed,
+                    "heading": message.heading, "acc": message.acc}  # fmt: skip
+        if isinstance(message, Vitals):
+            values = {k: getattr(message, k) for k in VITAL_FIELDS if getattr(message, k) is not None}
+            if view.vitals_ts is None or message.ts >= view.vitals_ts:
+                view.vitals.update(values)
+                view.vitals_ts = message.ts
+            return {"type": "vitals", **base, **values, "nibp_ts": message.nibp_ts}
+        if isinstance(message, DeviceEvent):
+            if message.kind is EventKind.STATUS:
+                view.status = str(message.detail["status"])
+                return {"type": "status", **base, "status": view.status}
+            return {"type": "event", **base, "kind": message.kind.value, "detail": dict(message.detail)}
+        return None
+
+    def apply_link(self, state: LinkState) -> Json:
+        view = self._unit(state.unit)
+        view.link = state.condition.value
+        view.last_rx = max(view.last_rx or 0, state.last_rx)
+        return {"type": "link", "unit": state.unit, "condition": state.condition.value, "since": state.since,
+                "last_rx": state.last_rx}  # fmt: skip
+
+    def seed_position(self, fix: GpsFix) -> None:
+        view = self._unit(fix.unit)
+        if view.fix_ts is None:
+            view.lat, view.lon, view.speed, view.heading, view.fix_ts = fix.lat, fix.lon, 0.0, fix.heading, fix.ts
+
+    def snapshot(self) -> list[Json]:
+        return [view.as_json() for view in sorted(self.units.values(), key=lambda v: v.unit)]

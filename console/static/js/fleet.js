@@ -1,0 +1,38 @@
+// The browser's copy of the fleet, with staleness judged on the server's clock (offset from `server_time`).
+export class Fleet {
+  constructor() {
+    this.units = new Map();
+    this.clockOffsetUs = 0; // server_time - local time
+    this.staleAfterS = 10;
+  }
+
+  nowServerUs() { return Date.now() * 1000 + this.clockOffsetUs; }
+
+  load(snapshot) {
+    this.clockOffsetUs = snapshot.server_time - Date.now() * 1000;
+    this.staleAfterS = snapshot.stale_after_s ?? this.staleAfterS;
+    this.units.clear();
+    for (const u of snapshot.units) this.units.set(u.unit, { ...u });
+  }
+
+  unit(id) {
+    let u = this.units.get(id);
+    if (!u) { u = { unit: id, status: null, vitals: {}, link: "live", last_rx: null }; this.units.set(id, u); }
+    return u;
+  }
+
+  apply(m) {
+    const u = this.unit(m.unit);
+    if (m.rx) u.last_rx = Math.max(u.last_rx ?? 0, m.rx);
+    switch (m.type) {
+      case "gps": Object.assign(u, { lat: m.lat, lon: m.lon, speed: m.speed, heading: m.heading, fix_ts: m.ts }); u.link = "live"; break;
+      case "vitals": for (const k of ["hr", "sbp", "dbp", "map", "spo2", "rr", "temp", "etco2"]) if (m[k] != null) u.vitals[k] = m[k]; u.link = "live"; break;
+      case "status": u.status = m.status; break;
+      case "link": u.link = m.condition; u.last_rx = Math.max(u.last_rx ?? 0, m.last_rx); break;
+    }
+    return u;
+  }
+
+  ageS(u) { return u.last_rx ? Math.max(0, (this.nowServerUs() - u.last_rx) / 1e6) : Infinity; }
+  isStale(u) { return u.link === "silent" || this.ageS(u) > this.staleAfterS; }
+}

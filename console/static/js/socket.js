@@ -1,0 +1,37 @@
+// The console websocket: reconnects with capped backoff and jitter; hands every message to `onMessage`.
+export class ConsoleSocket {
+  constructor(onMessage, onState) {
+    this.onMessage = onMessage;
+    this.onState = onState;
+    this.attempt = 0;
+    this.watching = new Set();
+    this.connect();
+  }
+
+  connect() {
+    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onopen = () => {
+      this.attempt = 0;
+      this.onState(true);
+      for (const unit of this.watching) this.send({ type: "watch", unit });
+    };
+    ws.onmessage = (event) => this.onMessage(JSON.parse(event.data));
+    ws.onclose = () => {
+      this.onState(false);
+      const delay = Math.random() * Math.min(15000, 500 * 1.5 ** this.attempt++);
+      setTimeout(() => this.connect(), delay);
+    };
+  }
+
+  send(message) {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+  }
+
+  watch(unit) {
+    for (const other of this.watching) if (other !== unit) this.send({ type: "unwatch", unit: other });
+    this.watching = new Set([unit]);
+    this.send({ type: "watch", unit });
+  }
+}
