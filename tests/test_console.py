@@ -1,0 +1,177 @@
+"""The console on a real broker and a real aiohttp server: live fan-out, watch/unwatch, errors, slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiomqtt
+import pytest_asyncio
+import websockets
+
+from console import Console
+from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
+from emergency.codec import encode_device_message
+from emergency.protocol import EcgFrame, GpsFix, Stream
+from emergency.settings import ConsoleSettings, MqttEndpoint
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def console(console_endpoint: MqttEndpoint) -> AsyncIterator[Console]:
+    async with Console(ConsoleSettings(), 0, console_endpoint, store=None) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def bus(gateway_endpoint: MqttEndpoint) -> AsyncIterator[aiomqtt.Client]:
+    """A publisher on the bus with the gateway's account, as the gateway would publish."""
+    async with aiomqtt.Client(
+        gateway_endpoint.host,
+        gateway_endpoint.port,
+        username=gateway_endpoint.username,
+        password=gateway_endpoint.password.get_secret_value() if gateway_endpoint.password else None,
+        protocol=aiomqtt.ProtocolVersion.V5,
+    ) as client:
+        yield client
+
+
+def _ws_url(console: Console) -> str:
+    return f"ws://127.0.0.1:{console.port}/ws"
+
+
+async def _next(
+    ws: websockets.ClientConnection, kind: str, unit: str | None = None, within_s: float = 10
+) -> dict[str, Any]:
+    async with asyncio.timeout(within_s):
+        while True:
+            message = json.loads(await ws.recv())
+            if message["type"] == kind and (unit is None or message.get("unit") == unit):
+                return message
+
+
+async def _publish_until(bus: aiomqtt.Client, topic: str, payload: bytes, done: asyncio.Future[Any]) -> None:
+    """Publish repeatedly until `done`: the console subscribes to a unit's ECG asynchronously after a watch."""
+    while not done.done():
+        await bus.publish(topic, payload, qos=0)
+        await asyncio.sleep(0.1)
+
+
+async def test_watched_unit_receives_ecg_bytes_unchanged(console: Console, bus: aiomqtt.Client) -> None:
+    """A client watching a unit receives its ECG frames, whose base64 data are the device's exact bytes."""
+    frame = EcgFrame("CW1", 1, 0, _now_us(), 500.0, ("I", "II"), 2.5, 125, bytes(range(250)) * 2)
+    async with websockets.connect(_ws_url(console)) as ws:
+        await _next(ws, "fleet")
+        await ws.send(json.dumps({"type": "watch", "unit": "CW1"}))
+        await _next(ws, "watched", "CW1")
+        received: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(_next(ws, "ecg", "CW1"))
+        await _publish_until(bus, live_topic("CW1", Stream.ECG), encode_device_message(frame), received)
+        message = await received
+    assert base64.b64decode(message["data"]) == frame.data
+    assert (message["fs"], message["leads"], message["n"], message["ts"]) == (500.0, ["I", "II"], 125, frame.ts)
+
+
+async def test_unwatched_ecg_is_not_sent_but_positions_are(console: Console, bus: aiomqtt.Client) -> None:
+    """Without a watch a client gets a unit's GPS but never its ECG."""
+    frame = EcgFrame("CU1", 1, 0, _now_us(), 500.0, ("I",), 2.5, 125, bytes(250))
+    fix = GpsFix("CU1", 1, 0, _now_us(), 31.2, 121.4, speed=3.0)
+    async with websockets.connect(_ws_url(console)) as ws:
+        await _next(ws, "fleet")
+        for _ in range(3):
+            await bus.publish(live_topic("CU1", Stream.ECG), encode_device_message(frame), qos=0)
+        await bus.publish(live_topic("CU1", Stream.GPS), encode_device_message(fix), qos=0)
+        seen = []
+        async with asyncio.timeout(10):
+            while True:
+                message = json.loads(await ws.recv())
+                seen.append(message["type"])
+                if message["type"] == "gps" and message["unit"] == "CU1":
+                    break
+    assert message["lat"] == 31.2
+    assert "ecg" not in seen
+
+
+async def test_malformed_client_messages_get_an_error_and_the_connection_survives(console: Console) -> None:
+    """Garbage, unknown types and invalid unit ids are answered with an error; the socket stays usable."""
+    async with websockets.connect(_ws_url(console)) as ws:
+        await _next(ws, "fleet")
+        for bad in ("not json", json.dumps({"no": "type"}), json.dumps({"type": "dance"}),
+                    json.dumps({"type": "watch", "unit": "../etc"})):  # fmt: skip
+            await ws.send(bad)
+            assert (await _next(ws, "error"))["reason"]
+        await ws.send(json.dumps({"type": "fleet"}))
+        assert (await _next(ws, "fleet"))["type"] == "fleet"
+
+
+async def test_link_state_is_forwarded(console: Console, bus: aiomqtt.Client) -> None:
+    """A unit going silent on the bus reaches clients as a link update."""
+    async with websockets.connect(_ws_url(console)) as ws:
+        await _next(ws, "fleet")
+        state = LinkState("CL1", LinkCondition.SILENT, _now_us(), _now_us() - 12_000_000)
+        await bus.publish(link_topic("CL1"), state.encode(), qos=1)
+        message = await _next(ws, "link", "CL1")
+    assert message["condition"] == "silent"
+
+
+async def test_stalled_client_does_not_delay_others_and_is_dropped(console: Console, bus: aiomqtt.Client) -> None:
+    """A client that never reads does not hold up another client, and is eventually disconnected."""
+    big = EcgFrame("CS1", 1, 0, _now_us(), 1000.0, tuple(f"V{i}" for i in range(1, 7)), 2.5, 2000, bytes(24_000))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", console.port))
+    stalled = await websockets.connect(_ws_url(console), sock=sock, max_size=None, max_queue=1)
+    stalled.transport.pause_reading()  # the browser tab that froze
+    await stalled.send(json.dumps({"type": "watch", "unit": "CS1"}))
+    try:
+        async with websockets.connect(_ws_url(console)) as healthy:
+            await _next(healthy, "fleet")
+            await healthy.send(json.dumps({"type": "watch", "unit": "CS1"}))
+            await _next(healthy, "watched", "CS1")
+            got: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(_next(healthy, "ecg", "CS1"))
+            await _publish_until(bus, live_topic("CS1", Stream.ECG), encode_device_message(big), got)
+            await got
+            # Keep the stream going: the healthy client goes on receiving while the stalled one is cut off.
+            seq = 0
+            async with asyncio.timeout(90):
+                while len(console.core.hub.clients) > 1:
+                    seq += 1
+                    frame = EcgFrame("CS1", 1, seq, _now_us(), 1000.0, big.leads, 2.5, 2000, bytes(24_000))
+                    await bus.publish(live_topic("CS1", Stream.ECG), encode_device_message(frame), qos=0)
+                    assert (await _next(healthy, "ecg", "CS1"))["seq"] == seq
+            assert len(console.core.hub.clients) == 1
+    finally:
+        stalled.transport.abort()
+
+
+async def test_shutdown_closes_clients_with_going_away(console_endpoint: MqttEndpoint) -> None:
+    """Stopping the console closes every websocket with 1001 GOING_AWAY."""
+    async with Console(ConsoleSettings(), 0, console_endpoint, store=None) as running:
+        ws = await websockets.connect(f"ws://127.0.0.1:{running.port}/ws")
+        await _next(ws, "fleet")
+    async with asyncio.timeout(10):
+        await ws.wait_closed()
+    assert ws.close_code == 1001
+
+
+async def test_health_and_fleet_endpoints(console: Console) -> None:
+    """/healthz reports the bus connection and /api/fleet returns the fleet snapshot."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{console.port}/healthz") as response:
+            health = await response.json()
+        async with http.get(f"http://127.0.0.1:{console.port}/api/fleet") as response:
+            fleet = await response.json()
+        async with http.get(f"http://127.0.0.1:{console.port}/") as response:
+            page = await response.text()
+    assert health["bus_connected"] is True
+    assert isinstance(fleet["units"], list)
+    assert '<canvas id="ecg">' in page
