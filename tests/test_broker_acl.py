@@ -1,0 +1,89 @@
+"""The broker refuses what a device may not do: other units' topics, other units' acks, anonymity, bad passwords."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiomqtt
+import pytest
+
+from emergency.codec import encode_ack
+from emergency.protocol import Ack, Stream
+from emergency.settings import MqttEndpoint
+
+
+@contextlib.asynccontextmanager
+async def client(endpoint: MqttEndpoint, **overrides: object) -> AsyncIterator[aiomqtt.Client]:
+    options: dict[str, object] = {
+        "username": endpoint.username,
+        "password": endpoint.password.get_secret_value() if endpoint.password else None,
+        "protocol": aiomqtt.ProtocolVersion.V5,
+        "timeout": 5,
+    }
+    options.update(overrides)
+    async with aiomqtt.Client(endpoint.host, endpoint.port, **options) as c:  # type: ignore[arg-type]
+        yield c
+
+
+async def _received(c: aiomqtt.Client, within_s: float) -> list[str]:
+    topics: list[str] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within_s):
+            async for message in c.messages:
+                topics.append(message.topic.value)
+    return topics
+
+
+async def test_unit_cannot_publish_as_another_unit(make_unit, gateway_endpoint) -> None:
+    """A unit's publish on another unit's topic (or on the bus) never reaches the center; its own does."""
+    (a, a_endpoint), (b, _) = await make_unit(), await make_unit()
+    async with client(gateway_endpoint) as center, client(a_endpoint) as device:
+        await center.subscribe("ems/v1/#", qos=1)
+        await center.subscribe("center/v1/#", qos=1)
+        await device.publish(f"ems/v1/{b}/ecg", b"forged", qos=1)
+        await device.publish(f"ems/v1/{b}/event", b"forged", qos=1)
+        await device.publish(f"center/v1/live/{b}/ecg", b"forged", qos=1)
+        await device.publish(f"ems/v1/{a}/ack", b"forged ack", qos=1)
+        await device.publish(f"ems/v1/{a}/gps", b"own", qos=1)
+        topics = await _received(center, 2)
+    assert topics == [f"ems/v1/{a}/gps"]
+
+
+async def test_unit_cannot_read_another_units_acks(make_unit, gateway_endpoint) -> None:
+    """A unit subscribed to another unit's ack topic, or to everything, receives only its own acks."""
+    (a, a_endpoint), (b, _) = await make_unit(), await make_unit()
+    ack = encode_ack(Ack(boot=0, stream=Stream.ECG, upto=3))
+    async with client(a_endpoint) as device, client(gateway_endpoint) as center:
+        await device.subscribe(f"ems/v1/{b}/ack", qos=1)
+        await device.subscribe("ems/v1/#", qos=1)
+        await device.subscribe("#", qos=1)
+        await device.subscribe(f"ems/v1/{a}/ack", qos=1)
+        await center.publish(f"ems/v1/{b}/ack", ack, qos=1)
+        await center.publish(f"ems/v1/{a}/ack", ack, qos=1)
+        topics = await _received(device, 2)
+    assert topics and set(topics) == {f"ems/v1/{a}/ack"}  # overlapping subscriptions may repeat it
+
+
+@pytest.mark.parametrize("who", ["anonymous", "wrong password", "unknown unit"])
+async def test_unauthenticated_clients_are_refused(make_unit, who: str) -> None:
+    """Anonymous clients, wrong passwords and unknown units cannot connect at all."""
+    unit, endpoint = await make_unit()
+    overrides = {
+        "anonymous": {"username": None, "password": None},
+        "wrong password": {"password": "not-the-password"},
+        "unknown unit": {"username": "NOBODY99"},
+    }[who]
+    with pytest.raises(aiomqtt.MqttError):
+        async with client(endpoint, **overrides):
+            pass
+
+
+async def test_console_account_cannot_read_device_topics(make_unit, console_endpoint, gateway_endpoint) -> None:
+    """The console's account reads the bus only, never raw device traffic."""
+    unit, endpoint = await make_unit()
+    async with client(console_endpoint) as console, client(endpoint) as device:
+        await console.subscribe("ems/v1/#", qos=1)
+        await device.publish(f"ems/v1/{unit}/gps", b"x", qos=1)
+        assert await _received(console, 1.5) == []
