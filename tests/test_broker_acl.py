@@ -69,7 +69,7 @@ async def test_unit_cannot_read_another_units_acks(make_unit, gateway_endpoint) 
 @pytest.mark.parametrize("who", ["anonymous", "wrong password", "unknown unit"])
 async def test_unauthenticated_clients_are_refused(make_unit, who: str) -> None:
     """Anonymous clients, wrong passwords and unknown units cannot connect at all."""
-    unit, endpoint = await make_unit()
+    _, endpoint = await make_unit()
     overrides = {
         "anonymous": {"username": None, "password": None},
         "wrong password": {"password": "not-the-password"},

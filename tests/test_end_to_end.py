@@ -59,7 +59,7 @@ async def settle(fleet: Fleet) -> None:
 async def assert_ledger_matches_store(store: Store, device: Device) -> None:
     """Nothing lost (every generated seq acked and stored), nothing doubled, nothing extra."""
     for stream, table in TABLES.items():
-        generated = {(stream.value, device.boot, seq) for seq in range(device._seq[stream])}  # noqa: SLF001
+        generated = {(stream.value, device.boot, seq) for seq in range(device._seq[stream])}
         acked = {key for key in device.ledger.acked_stored if key[0] == stream.value}
         assert acked == generated, f"{device.unit}/{stream.value}: acked differs from generated"
         rows = await store.pool.fetch(f"SELECT boot, seq FROM {table} WHERE unit = $1", device.unit)
