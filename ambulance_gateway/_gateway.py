@@ -26,6 +26,7 @@ from ambulance_gateway._metrics import GatewayMetrics
 from ambulance_gateway._monitor import LinkChange, SilenceMonitor
 from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
 from emergency.codec import RejectedMessage, decode_device_message, encode_ack
+from emergency.mqtt import mqtt_client
 from emergency.protocol import (
     DEVICE_STREAMS,
     Ack,
@@ -153,17 +154,12 @@ class Gateway:
     def _client_for(self) -> aiomqtt.Client:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = _SESSION_EXPIRY_S
-        client = aiomqtt.Client(
-            self._mqtt.host,
-            self._mqtt.port,
-            username=self._mqtt.username,
-            password=self._mqtt.password.get_secret_value() if self._mqtt.password else None,
+        client = mqtt_client(
+            self._mqtt,
             identifier=self._settings.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=False,  # a persistent session: the broker queues for us while we restart
             properties=properties,
             max_queued_incoming_messages=self._settings.queue_max_messages,
-            timeout=10,
         )
         # Acks and live forwards are published concurrently by design; aiomqtt warns past 10 in flight.
         client.pending_calls_threshold = 4 * self._settings.batch_max_messages

@@ -20,6 +20,7 @@ from console._hub import Client, ClientTooSlow, Hub
 from console._state import FleetState, ecg_json
 from emergency.bus import BUS_ROOT, LINK_FILTER, LinkState, live_topic, parse_bus_topic
 from emergency.codec import RejectedMessage, decode_device_message
+from emergency.mqtt import mqtt_client
 from emergency.protocol import UNIT_PATTERN, EcgFrame, Stream, device_topic
 from emergency.settings import ConsoleSettings, MqttEndpoint
 from emergency.store import Store, StoreError
@@ -61,14 +62,8 @@ class ConsoleCore:
         attempt = 0
         while True:
             try:
-                async with aiomqtt.Client(
-                    self.mqtt.host,
-                    self.mqtt.port,
-                    username=self.mqtt.username,
-                    password=self.mqtt.password.get_secret_value() if self.mqtt.password else None,
-                    identifier=f"{self.settings.client_id}-{random.randrange(16**8):08x}",
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    timeout=10,
+                async with mqtt_client(
+                    self.mqtt, identifier=f"{self.settings.client_id}-{random.randrange(16**8):08x}"
                 ) as client:
                     await client.subscribe([(topic, 0) for topic in _ALWAYS])
                     for unit in self.hub.watched_units():

@@ -18,6 +18,7 @@ from typing import Self
 import aiomqtt
 
 from emergency.codec import RejectedMessage, decode_ack, encode_device_message
+from emergency.mqtt import NO_DELAY
 from emergency.protocol import (
     DeviceEvent,
     DeviceMessage,
@@ -303,6 +304,7 @@ class Device:
                     protocol=aiomqtt.ProtocolVersion.V5,
                     timeout=10,
                     keepalive=15,
+                    socket_options=NO_DELAY,
                 ) as client:
                     client.pending_calls_threshold = _SEND_QUEUE_MAX  # a replay publishes many at once
                     self._client, attempt = client, 0

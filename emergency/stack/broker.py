@@ -14,6 +14,7 @@ from typing import Self
 
 import aiomqtt
 
+from emergency.mqtt import mqtt_client
 from emergency.settings import MqttEndpoint
 from emergency.stack._process import StackError, start_service, stop_service
 from emergency.stack.provision import GATEWAY_ACCOUNT, ensure_internal_accounts, internal_endpoint
@@ -109,6 +110,8 @@ class Broker:
             "log_type warning\n"
             "log_type notice\n"
             "connection_messages false\n"
+            # Telemetry is many small messages: send each at once rather than batching behind Nagle's algorithm.
+            "set_tcp_nodelay true\n"
             f"listener {self.port} {self.host}\n"
         )
 
@@ -132,13 +135,7 @@ class Broker:
             if self._proc is not None and self._proc.returncode is not None:
                 raise StackError(f"mosquitto exited with {self._proc.returncode}; see {self.root}/logs/mosquitto.log")
             try:
-                async with aiomqtt.Client(
-                    endpoint.host,
-                    endpoint.port,
-                    username=endpoint.username,
-                    password=endpoint.password.get_secret_value() if endpoint.password else None,
-                    timeout=2,
-                ):
+                async with mqtt_client(endpoint, timeout=2):
                     return
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.1)

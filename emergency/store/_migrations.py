@@ -120,7 +120,7 @@ async def _create_time_series(conn: asyncpg.Connection, table: TimeSeriesTable, 
     if ctx.timescaledb:
         await conn.execute(f"CREATE TABLE {table.name} ({columns})")
         await conn.execute(
-            "SELECT create_hypertable($1::regclass, 'ts', chunk_time_interval => $2::interval)",
+            "SELECT create_hypertable($1::regclass, 'ts', chunk_time_interval => $2::text::interval)",
             table.name,
             table.chunk_interval,
         )
@@ -131,12 +131,12 @@ async def _create_time_series(conn: asyncpg.Connection, table: TimeSeriesTable, 
             "timescaledb.compress_orderby = 'ts DESC, boot, seq')"
         )
         await conn.execute(
-            "SELECT add_compression_policy($1::regclass, $2::interval)",
+            "SELECT add_compression_policy($1::regclass, $2::text::interval)",
             table.name,
             f"{ctx.settings.compress_after_days} days",
         )
         await conn.execute(
-            "SELECT add_retention_policy($1::regclass, $2::interval)",
+            "SELECT add_retention_policy($1::regclass, $2::text::interval)",
             table.name,
             f"{ctx.settings.retention_days} days",
         )
@@ -182,6 +182,11 @@ async def migrate(conn: asyncpg.Connection, settings: StoreSettings) -> bool:
 async def _enable_timescaledb(conn: asyncpg.Connection) -> bool:
     available = await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
     if not available:
+        return False
+    preloaded = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
+    if "timescaledb" not in preloaded:
+        # Creating the extension without the preload makes the server drop the connection, so ask first.
+        log.info("timescaledb is installed but not preloaded by this server; using native partitions")
         return False
     try:
         async with conn.transaction():  # a savepoint: a failed CREATE EXTENSION must not abort the migration
