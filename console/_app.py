@@ -154,10 +154,11 @@ def _fleet_message(core: ConsoleCore) -> dict[str, object]:
 
 async def _websocket(request: web.Request) -> web.WebSocketResponse:
     core = request.app[CORE]
-    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096)
+    # No per-message compression: it would cost the server CPU per frame per client, and latency, for base64 ECG.
+    ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096, compress=False)
     await ws.prepare(request)
     peer = request.remote or "?"
-    client = Client(ws, peer, core.hub.ecg_frames_max)
+    client = Client(ws, peer, core.hub.ecg_frames_max, request.transport)
     core.hub.add(client)
     client.send_now(_fleet_message(core))
     sender = asyncio.create_task(_send_or_drop(client), name=f"console.ws[{peer}].send")
@@ -181,8 +182,12 @@ async def _send_or_drop(client: Client) -> None:
     except ClientTooSlow as exc:
         # Closing ends the handler's read loop too; a socket that accepts nothing is cut after close's timeout.
         log.info("websocket client %s disconnected: %s", client.name, exc)
-        code = client.closing[0] if client.closing else WSCloseCode.POLICY_VIOLATION
-        await client.ws.close(code=code, message=str(exc).encode())
+        if client.closing is not None:
+            # It still reads, only too slowly: tell it why, so that it reconnects and starts afresh.
+            await client.ws.close(code=client.closing[0], message=str(exc).encode())
+        elif client.transport is not None:
+            # A socket that accepts nothing cannot take a close frame either: cut it.
+            client.transport.abort()
 
 
 async def _on_client_message(core: ConsoleCore, client: Client, text: str) -> None:

@@ -31,8 +31,15 @@ class ClientTooSlow(Exception):
 
 
 class Client:
-    def __init__(self, ws: web.WebSocketResponse, name: str, ecg_frames_max: int = ECG_FRAMES_MAX) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        name: str,
+        ecg_frames_max: int = ECG_FRAMES_MAX,
+        transport: asyncio.BaseTransport | None = None,
+    ) -> None:
         self.ws = ws
+        self.transport = transport
         self.name = name
         self.watching: set[str] = set()
         self._updates: dict[tuple[str, str], Json] = {}
