@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +36,7 @@ class DropRange:
     last_seq: int
 
 
-def plan_drops(oldest: dict[Stream, Sequence[tuple[int, int]]], excess: int) -> list[DropRange]:
+def plan_drops(oldest: Mapping[Stream, Sequence[tuple[int, int]]], excess: int) -> list[DropRange]:
     """Which rows to give up to shed `excess` rows. `oldest[stream]` lists (boot, seq) oldest first.
 
     Pure: the policy in one place. Streams in DROP_ORDER; never `event`; contiguous seqs become one range.
@@ -57,17 +57,35 @@ def plan_drops(oldest: dict[Stream, Sequence[tuple[int, int]]], excess: int) -> 
 
 
 class Outbox:
-    def __init__(self, path: Path, max_rows: int = 200_000) -> None:
+    """Rows keyed by (stream, boot, seq), each the exact payload that was (or will be) published.
+
+    Bound: `max_rows`. A `put` that takes the outbox past it gives rows up by `plan_drops` until `max_rows -
+    shed_margin` remain; the margin makes shedding (and so the device's `outbox_drop` notices) happen in chunks
+    rather than one row per new message. Rows put with `shed=False` (those notices) may exceed the bound by
+    their own number; `event` rows are never given up, so an outbox of nothing but events is not bounded here.
+
+    When each row was last published is kept in memory only: after a restart every row is published again anyway,
+    and not writing it saves a transaction per publish. That map holds at most one entry per row (plus entries of
+    rows settled while their publish was in flight, removed at the next retransmission scan), so it shares the
+    outbox's bound.
+    """
+
+    def __init__(self, path: Path, max_rows: int = 200_000, shed_margin: int = 0) -> None:
+        if not 0 <= shed_margin < max_rows:
+            raise ValueError(f"shed_margin {shed_margin} must be in [0, max_rows={max_rows})")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.max_rows = max_rows
+        self.shed_margin = shed_margin
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox (stream TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, "
-            "payload BLOB NOT NULL, sent_at REAL NOT NULL DEFAULT 0, PRIMARY KEY (stream, boot, seq))"
+            "payload BLOB NOT NULL, PRIMARY KEY (stream, boot, seq)) WITHOUT ROWID"
         )
-        self._rows = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        self._rows: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        # (stream, boot, seq) → time.monotonic() of its last publish; insertion order is publish order.
+        self._sent_at: dict[tuple[str, int, int], float] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -75,15 +93,21 @@ class Outbox:
     def __len__(self) -> int:
         return self._rows
 
-    def put(self, messages: Iterable[Pending]) -> list[DropRange]:
-        """Store messages durably (one transaction). Returns the ranges given up to stay within max_rows."""
+    def put(self, messages: Iterable[Pending], *, shed: bool = True) -> list[DropRange]:
+        """Store messages durably (one committed transaction) and return the ranges given up to make room.
+
+        A row whose key is already present is kept as it was (a retransmission must be byte-identical).
+        """
         rows = [(m.stream.value, m.boot, m.seq, m.payload) for m in messages]
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO outbox (stream, boot, seq, payload) VALUES (?,?,?,?)", rows)
-        self._rows += len(rows)
-        excess = self._rows - self.max_rows
-        return self._shed(excess) if excess > 0 else []
+            cur = self._db.executemany(
+                "INSERT OR IGNORE INTO outbox (stream, boot, seq, payload) VALUES (?,?,?,?)", rows
+            )
+        self._rows += cur.rowcount
+        if not shed or self._rows <= self.max_rows:
+            return []
+        return self._shed(self._rows - (self.max_rows - self.shed_margin))
 
     def _shed(self, excess: int) -> list[DropRange]:
         oldest = {
@@ -101,52 +125,72 @@ class Outbox:
                     (d.stream.value, d.boot, d.first_seq, d.last_seq),
                 )
                 self._rows -= cur.rowcount
+        for d in drops:
+            for seq in range(d.first_seq, d.last_seq + 1):
+                self._sent_at.pop((d.stream.value, d.boot, seq), None)
         return drops
 
     def settle(self, stream: Stream, boot: int, upto: int) -> list[int]:
-        """Remove everything of (stream, boot) with seq ≤ upto; returns the seqs removed."""
+        """Remove everything of (stream, boot) with seq ≤ upto; returns the seqs removed, ascending."""
         with self._db:
             self._db.execute("BEGIN")
-            seqs = [
+            seqs = sorted(
                 r[0]
                 for r in self._db.execute(
-                    "SELECT seq FROM outbox WHERE stream = ? AND boot = ? AND seq <= ?", (stream.value, boot, upto)
+                    "DELETE FROM outbox WHERE stream = ? AND boot = ? AND seq <= ? RETURNING seq",
+                    (stream.value, boot, upto),
                 )
-            ]
-            self._db.execute(
-                "DELETE FROM outbox WHERE stream = ? AND boot = ? AND seq <= ?", (stream.value, boot, upto)
             )
         self._rows -= len(seqs)
+        for seq in seqs:
+            self._sent_at.pop((stream.value, boot, seq), None)
         return seqs
 
-    def unsent_or_older_than(self, age_s: float, limit: int = 1000) -> list[Pending]:
-        """Rows never published, or published more than `age_s` ago without an ack, in (stream, boot, seq) order."""
-        cutoff = time.time() - age_s
-        rows = self._db.execute(
-            "SELECT stream, boot, seq, payload FROM outbox WHERE sent_at < ? ORDER BY stream, boot, seq LIMIT ?",
-            (cutoff, limit),
-        ).fetchall()
-        return [Pending(Stream(s), b, q, p) for s, b, q, p in rows]
+    def mark_sent(self, messages: Iterable[Pending]) -> None:
+        """Note that these rows were just published (the broker acknowledged them)."""
+        now = time.monotonic()
+        for m in messages:
+            key = (m.stream.value, m.boot, m.seq)
+            self._sent_at.pop(key, None)  # re-insert: the map stays in publish order
+            self._sent_at[key] = now
+
+    def sent_before(self, age_s: float, limit: int = 1000) -> list[Pending]:
+        """Rows published more than `age_s` ago and still not settled, oldest publish first."""
+        cutoff = time.monotonic() - age_s
+        stale: list[Pending] = []
+        gone: list[tuple[str, int, int]] = []
+        for key, sent_at in self._sent_at.items():
+            if sent_at >= cutoff or len(stale) >= limit:
+                break
+            row = self._db.execute(
+                "SELECT payload FROM outbox WHERE stream = ? AND boot = ? AND seq = ?", key
+            ).fetchone()
+            if row is None:
+                gone.append(key)  # settled while its publish was in flight
+            else:
+                stale.append(Pending(Stream(key[0]), key[1], key[2], row[0]))
+        for key in gone:
+            del self._sent_at[key]
+        return stale
+
+    def unsent(self, after: tuple[str, int, int] | None = None, limit: int = 1000) -> list[Pending]:
+        """Rows never published since the outbox was opened, in (stream, boot, seq) order, paged like `all_pending`."""
+        found: list[Pending] = []
+        while len(found) < limit and (page := self.all_pending(after, limit)):
+            found += [p for p in page if (p.stream.value, p.boot, p.seq) not in self._sent_at]
+            last = page[-1]
+            after = (last.stream.value, last.boot, last.seq)
+        return found[:limit]
 
     def all_pending(self, after: tuple[str, int, int] | None = None, limit: int = 1000) -> list[Pending]:
         """Every row in (stream, boot, seq) order, paged: pass the last row's key as `after`."""
-        if after is None:
-            rows = self._db.execute(
-                "SELECT stream, boot, seq, payload FROM outbox ORDER BY stream, boot, seq LIMIT ?", (limit,)
-            ).fetchall()
-        else:
-            rows = self._db.execute(
-                "SELECT stream, boot, seq, payload FROM outbox WHERE (stream, boot, seq) > (?, ?, ?) "
-                "ORDER BY stream, boot, seq LIMIT ?",
-                (*after, limit),
-            ).fetchall()
+        rows = self._db.execute(
+            "SELECT stream, boot, seq, payload FROM outbox WHERE (stream, boot, seq) > (?, ?, ?) "
+            "ORDER BY stream, boot, seq LIMIT ?",
+            (*(after or ("", -1, -1)), limit),
+        ).fetchall()
         return [Pending(Stream(s), b, q, p) for s, b, q, p in rows]
 
-    def mark_sent(self, messages: Iterable[Pending]) -> None:
-        now = time.time()
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "UPDATE outbox SET sent_at = ? WHERE stream = ? AND boot = ? AND seq = ?",
-                [(now, m.stream.value, m.boot, m.seq) for m in messages],
-            )
+    def keys(self) -> list[tuple[str, int, int]]:
+        """Every (stream, boot, seq) held, in order (for tests and diagnostics)."""
+        return [(s, b, q) for s, b, q in self._db.execute("SELECT stream, boot, seq FROM outbox ORDER BY 1, 2, 3")]

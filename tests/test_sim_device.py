@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+import firmware_sim._device
 from emergency.codec import decode_device_message, encode_ack
 from emergency.mqtt import mqtt_client
 from emergency.protocol import (
@@ -24,11 +27,13 @@ from emergency.protocol import (
     GpsFix,
     OutboxDrop,
     Stream,
+    UnitStatus,
     Vitals,
     device_topic,
 )
 from emergency.settings import MqttEndpoint
-from firmware_sim import Device, DeviceConfig, Fleet, Ledger, backoff_delay
+from firmware_sim import Device, DeviceConfig, Drive, Fleet, Ledger, VitalsMonitor, backoff_delay
+from firmware_sim._route import CITY_CENTRE, bearing_deg, distance_m
 
 Key = tuple[str, int, int]
 _center_ids = itertools.count()
@@ -326,3 +331,94 @@ async def test_device_unreachable_broker_keeps_buffering(tmp_path: Path) -> None
             await asyncio.sleep(1.6)
             assert not device.is_connected
             assert device.pending() >= 2 + 6 + 2 + 2  # two boot events, ECG at 4/s, vitals and GPS at 1/s
+
+
+async def test_an_overflowing_send_queue_loses_and_repeats_nothing(
+    make_unit: Callable[[], Any], gateway_endpoint: MqttEndpoint, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a send queue of one, the link catches up from the outbox: every stream still arrives once, in order."""
+    monkeypatch.setattr(firmware_sim._device, "_SEND_QUEUE_MAX", 1)
+    async with unit_and_center(make_unit, gateway_endpoint) as (config, endpoint, center):
+        async with Device(config, endpoint.host, endpoint.port, tmp_path) as device:
+            await center.wait_for(lambda: center.count(Stream.VITALS) >= 3)
+            await device.stop_generating()
+            generated = {s: device.next_seq(s) for s in (Stream.ECG, Stream.VITALS, Stream.GPS, Stream.EVENT)}
+            await center.wait_for(lambda: all(center.count(s) == n for s, n in generated.items()))
+        for stream, seqs in seqs_per_stream(center.keys()).items():
+            assert seqs == list(range(generated[Stream(stream)])), stream
+
+
+async def test_unacknowledged_messages_are_retransmitted_while_connected(
+    make_unit: Callable[[], Any], gateway_endpoint: MqttEndpoint, tmp_path: Path
+) -> None:
+    """A message left unacknowledged for retransmit_after_s on a live link is published again, byte-identical."""
+    unit, endpoint = await make_unit()
+    config = DeviceConfig(unit, endpoint.password.get_secret_value(), retransmit_after_s=1.0)
+    async with FakeCenter(gateway_endpoint, unit) as center:
+        async with Device(config, endpoint.host, endpoint.port, tmp_path) as device:
+            await center.wait_for(lambda: center.count(Stream.EVENT) >= 2)
+            await device.stop_generating()
+            start = ("event", device.boot, 0)
+            await center.wait_for(lambda: center.keys().count(start) >= 2, within_s=10)
+            copies = {r.payload for r in center.received if r.key == start}
+            assert len(copies) == 1
+            await center.ack_everything_received()
+            await device.drained(10)
+
+
+async def test_clock_skew_shifts_every_timestamp(
+    make_unit: Callable[[], Any], gateway_endpoint: MqttEndpoint, tmp_path: Path
+) -> None:
+    """A device with clock_skew_s stamps every message that far from the true time, ECG included."""
+    unit, endpoint = await make_unit()
+    config = DeviceConfig(unit, endpoint.password.get_secret_value(), clock_skew_s=-3600.0)
+    async with FakeCenter(gateway_endpoint, unit) as center:
+        async with Device(config, endpoint.host, endpoint.port, tmp_path):
+            await center.wait_for(lambda: center.count(Stream.ECG) >= 4 and center.count(Stream.GPS) >= 1)
+        now_us = time.time_ns() // 1000
+        for r in center.received:
+            assert abs(now_us - 3600 * 1_000_000 - r.message.ts) < 10_000_000, r.key
+
+
+def test_route_speed_and_heading_agree_with_the_movement() -> None:
+    """Over three hours of duty cycle the unit moves at road speeds, in the direction it reports, within the city."""
+    drive = Drive.start(21)
+    statuses: list[UnitStatus] = []
+    last = drive.position
+    stopped_at_destination = 0
+    for _ in range(3 * 3600):
+        status = drive.step(1.0)
+        if status is not None:
+            statuses.append(status)
+        fix = drive.fix()
+        moved = distance_m(last, drive.position)
+        assert 0 <= fix.speed <= 80 / 3.6 + 0.01
+        assert moved <= fix.speed * 1.0 + 0.01
+        if moved > 3:
+            turn = abs((bearing_deg(last, drive.position) - fix.heading + 180) % 360 - 180)
+            assert turn < 2.0
+        if drive.status in (UnitStatus.ON_SCENE, UnitStatus.AT_DESTINATION):
+            assert fix.speed == 0
+            stopped_at_destination += 1
+        assert distance_m(CITY_CENTRE, drive.position) < 15_000
+        last = drive.position
+    cycle = [UnitStatus.EN_ROUTE, UnitStatus.ON_SCENE, UnitStatus.TRANSPORTING, UnitStatus.AT_DESTINATION]
+    assert statuses[:4] == cycle and statuses[4] is UnitStatus.AVAILABLE and statuses[5:9] == cycle
+    assert stopped_at_destination > 0
+
+
+def test_vitals_drift_plausibly_with_a_cuff_reading_every_three_minutes() -> None:
+    """An hour of numerics stays physiological, HR follows its baseline, and the cuff reads every 180 s."""
+    monitor = VitalsMonitor(seed=3, hr_baseline=90)
+    readings = [monitor.second(1_795_000_000_000_000 + i * 1_000_000) for i in range(3600)]
+    assert all(82 <= v.hr <= 98 for v in readings)
+    assert all(88 <= v.spo2 <= 100 and 8 <= v.rr <= 30 and 35.5 <= v.temp <= 38.5 for v in readings)
+    cuffed = [i for i, v in enumerate(readings) if v.sbp is not None]
+    assert cuffed[0] == 0 and all(b - a == 180 for a, b in itertools.pairwise(cuffed))
+    for i in cuffed:
+        v = readings[i]
+        assert v.dbp is not None and v.map is not None and v.sbp is not None
+        assert v.dbp < v.map < v.sbp and v.nibp_ts == 1_795_000_000_000_000 + i * 1_000_000
+    # Slow drift: consecutive seconds differ by little, but the hour is not flat.
+    assert max(abs(a.spo2 - b.spo2) for a, b in itertools.pairwise(readings)) <= 2
+    assert len({v.rr for v in readings}) > 3

@@ -188,3 +188,16 @@ def test_ledger_records_stored_and_rejected_and_reloads_from_its_lines(tmp_path:
     assert reloaded.acked_stored == ledger.acked_stored
     assert reloaded.rejected == ledger.rejected
     assert reloaded.dropped == [DropRange(Stream.ECG, 4, 7, 9)]
+
+
+def test_sent_before_lists_published_rows_still_unsettled_oldest_first(tmp_path: Path) -> None:
+    """Rows published and not yet settled are due for retransmission, in the order they were published."""
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.put(rows(Stream.ECG, 0, range(4)) + rows(Stream.GPS, 0, range(2)))
+    box.mark_sent(rows(Stream.GPS, 0, [1]) + rows(Stream.ECG, 0, [0, 1, 2]))
+    box.settle(Stream.ECG, 0, 0)
+    assert [(p.stream, p.seq) for p in box.sent_before(0.0)] == [(Stream.GPS, 1), (Stream.ECG, 1), (Stream.ECG, 2)]
+    assert box.sent_before(3600.0) == []
+    box.mark_sent(rows(Stream.GPS, 0, [1]))  # published again: now the most recent
+    assert [(p.stream, p.seq) for p in box.sent_before(0.0, limit=2)] == [(Stream.ECG, 1), (Stream.ECG, 2)]
+    box.close()
