@@ -26,7 +26,7 @@ from ambulance_gateway._metrics import GatewayMetrics
 from ambulance_gateway._monitor import LinkChange, SilenceMonitor
 from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
 from emergency.codec import RejectedMessage, decode_device_message, encode_ack
-from emergency.mqtt import mqtt_client
+from emergency.mqtt import mqtt_client, publish_nowait
 from emergency.protocol import (
     DEVICE_STREAMS,
     Ack,
@@ -199,8 +199,8 @@ class Gateway:
         else:
             outcome = Received(decoded, rx_us)
             self.metrics.received.labels(decoded.stream.value).inc()
-            # Live data reaches consoles now, not after the commit.
-            await client.publish(live_topic(decoded.unit, decoded.stream), payload, qos=0)
+            # Live data reaches consoles now, not after the commit; best effort (QoS 0), never waited on.
+            publish_nowait(client, live_topic(decoded.unit, decoded.stream), payload)
             change = self._silence.heard(decoded.unit, rx_mono, rx_us)
             if change is not None:
                 await self._announce(change, rx_us)
@@ -394,16 +394,16 @@ class Gateway:
         client = self._client
         if client is None or not acks:
             return  # not connected: devices keep the messages and send them again; nothing is lost
-        try:
-            await asyncio.gather(
-                *(
-                    client.publish(device_topic(unit, Stream.ACK), encode_ack(ack), qos=1)
-                    for (unit, _, _), ack in acks.items()
-                )
+        # Queued, not awaited: a lost ack costs only a retransmission, which is answered again.
+        published = sum(
+            publish_nowait(client, device_topic(unit, Stream.ACK), encode_ack(ack), qos=1)
+            for (unit, _, _), ack in acks.items()
+        )
+        self.metrics.acks.inc(published)
+        if published < len(acks):
+            log.info(
+                "%d acks not queued (connection lost); devices will resend and be answered again", len(acks) - published
             )
-            self.metrics.acks.inc(len(acks))
-        except aiomqtt.MqttError as exc:
-            log.info("acks not delivered (%s); devices will resend and be answered again", exc)
 
     # -- monitoring --------------------------------------------------------------------------------------------
 

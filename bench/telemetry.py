@@ -227,6 +227,8 @@ async def bench(units: int, seconds: float, watched: int) -> dict[str, object]:
         for load in loads:
             load.ack_latency_ms.clear()
         sampler.sample()
+        me = psutil.Process()
+        loadgen_cpu = sum(me.cpu_times()[:2])
         started = time.monotonic()
         sent_before = sum(len(s) for load in loads for s in load.sent.values())
         while time.monotonic() - started < seconds:
@@ -236,6 +238,7 @@ async def bench(units: int, seconds: float, watched: int) -> dict[str, object]:
         sent_during = sum(len(s) for load in loads for s in load.sent.values()) - sent_before
         sampler.sample()
         cpu = sampler.cpu_cores(elapsed)
+        cpu["load generator (this process)"] = (sum(me.cpu_times()[:2]) - loadgen_cpu) / elapsed
         stop.set()
         await asyncio.gather(*tasks)
         ws_stop.set()
