@@ -85,6 +85,9 @@ class DeviceConfig:
     backoff_cap_s: float = 30.0
     retransmit_after_s: float = 30.0  # protocol v1: resend what stays unacknowledged this long while connected
     firmware: str = FIRMWARE
+    # ledger.jsonl is bounded: past this size it becomes ledger.jsonl.1 (replacing the previous one) and a new file
+    # starts, so a demo left running for days does not fill the disk; tests stay far below it.
+    ledger_max_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -198,7 +201,8 @@ class Device:
     """`async with Device(config, host, port, state_dir) as device:` generates, buffers, sends and replays.
 
     State lives in `state_dir/{unit}/`: `boot` (the boot counter), `outbox.sqlite3`, and `ledger.jsonl` (one line
-    per ack that settled something, and one per range given up).
+    per ack that settled something, and one per range given up; rotated to `ledger.jsonl.1` past
+    `config.ledger_max_bytes`).
     """
 
     def __init__(self, config: DeviceConfig, host: str, port: int, state_dir: Path) -> None:
@@ -217,6 +221,7 @@ class Device:
         self.ledger = Ledger()
         self.outbox: Outbox | None = None
         self._ledger_file: IO[str] | None = None
+        self._ledger_path = self.state_dir / "ledger.jsonl"
         self._send_queue: asyncio.Queue[Pending] = asyncio.Queue(maxsize=_SEND_QUEUE_MAX)
         self._behind = False  # the send queue overflowed: catch up from the outbox
         self._outbox_full = False  # for logging the start of a shedding episode once
@@ -240,7 +245,7 @@ class Device:
         max_rows = self.config.outbox_max_rows
         self.outbox = Outbox(self.state_dir / "outbox.sqlite3", max_rows, shed_margin=max_rows // 20)
         try:
-            self._ledger_file = (self.state_dir / "ledger.jsonl").open("a", encoding="utf-8")
+            self._ledger_file = self._ledger_path.open("a", encoding="utf-8")
             if not len(self.outbox):
                 self._empty.set()
             self._record(self._event(EventKind.DEVICE_START, {"firmware": self.config.firmware}))  # seq 0, always
@@ -392,6 +397,10 @@ class Device:
         # One write per call and a flush, so a test reading the file after the process ends sees every line.
         self._ledger_file.write("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
         self._ledger_file.flush()
+        if self._ledger_file.tell() > self.config.ledger_max_bytes:
+            self._ledger_file.close()
+            self._ledger_path.replace(self._ledger_path.with_name(self._ledger_path.name + ".1"))
+            self._ledger_file = self._ledger_path.open("a", encoding="utf-8")
 
     async def _generate_forever(self) -> None:
         frame_n = round(ECG_FS * ECG_FRAME_S)

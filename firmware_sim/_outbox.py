@@ -81,7 +81,7 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox (stream TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, "
-            "payload BLOB NOT NULL, PRIMARY KEY (stream, boot, seq)) WITHOUT ROWID"
+            "payload BLOB NOT NULL, PRIMARY KEY (stream, boot, seq))"
         )
         self._rows: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         # (stream, boot, seq) → time.monotonic() of its last publish; insertion order is publish order.

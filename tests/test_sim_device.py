@@ -422,3 +422,22 @@ def test_vitals_drift_plausibly_with_a_cuff_reading_every_three_minutes() -> Non
     # Slow drift: consecutive seconds differ by little, but the hour is not flat.
     assert max(abs(a.spo2 - b.spo2) for a, b in itertools.pairwise(readings)) <= 2
     assert len({v.rr for v in readings}) > 3
+
+
+async def test_ledger_file_is_bounded_by_rotation(
+    make_unit: Callable[[], Any], gateway_endpoint: MqttEndpoint, tmp_path: Path
+) -> None:
+    """Past ledger_max_bytes the ledger file rotates to ledger.jsonl.1, so neither file grows past the bound."""
+    unit, endpoint = await make_unit()
+    config = DeviceConfig(unit, endpoint.password.get_secret_value(), ledger_max_bytes=300)
+    async with FakeCenter(gateway_endpoint, unit) as center:
+        async with Device(config, endpoint.host, endpoint.port, tmp_path) as device:
+            await center.wait_for(lambda: center.count(Stream.ECG) >= 12)
+            await device.stop_generating()
+            for upto in range(12):
+                await center.ack(Stream.ECG, device.boot, upto)
+            await eventually(lambda: device.ledger.stored_seqs(Stream.ECG, device.boot) == list(range(12)))
+    current, previous = tmp_path / unit / "ledger.jsonl", tmp_path / unit / "ledger.jsonl.1"
+    assert previous.exists()
+    longest_line = max(len(line) for f in (current, previous) for line in f.read_bytes().splitlines(keepends=True))
+    assert all(f.stat().st_size <= 300 + longest_line for f in (current, previous))
