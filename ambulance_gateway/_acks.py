@@ -28,28 +28,58 @@ class _Progress:
     gap_since: float | None = None  # monotonic time the current gap was first seen
     gap_reported: int | None = None  # the first missing seq of the gap already recorded
 
-    def copy(self) -> _Progress:
-        return _Progress(self.upto, dict(self.pending), list(self.lost), self.gap_since, self.gap_reported)
 
-    def advance(self) -> list[int]:
-        """Move upto over every settled seq contiguous with it; returns the rejected seqs passed over."""
-        rejected: list[int] = []
+@dataclass(slots=True)
+class _Delta:
+    """What one batch would change for one key. Planning never copies `pending`: a batch costs O(batch + advance),
+    however many seqs wait above an open gap."""
+
+    progress: _Progress
+    additions: dict[int, bool] = field(default_factory=dict)
+    lost: list[tuple[int, int]] = field(default_factory=list)
+    upto: int = -1
+    rejected: list[int] = field(default_factory=list)
+
+    def settled(self, seq: int) -> bool | None:
+        """None when `seq` is not settled; else whether it was rejected."""
+        if seq in self.additions:
+            return self.additions[seq]
+        return self.progress.pending.get(seq)
+
+    def advance(self) -> None:
+        """Move upto over every settled seq contiguous with it, collecting the rejected seqs passed over."""
+        self.upto = self.progress.upto
+        lost = self.progress.lost + self.lost
         while True:
             nxt = self.upto + 1
-            if nxt in self.pending:
-                if self.pending.pop(nxt):
-                    rejected.append(nxt)
+            rejected = self.settled(nxt)
+            if rejected is not None:
+                if rejected:
+                    self.rejected.append(nxt)
                 self.upto = nxt
                 continue
-            covering = [last for first, last in self.lost if first <= nxt <= last]
-            if covering:
-                self.upto = max(covering)
-                for seq in [s for s in self.pending if s <= self.upto]:
-                    if self.pending.pop(seq):
-                        rejected.append(seq)
-                self.lost = [(f, last) for f, last in self.lost if last > self.upto]
-                continue
-            return rejected
+            covering = [last for first, last in lost if first <= nxt <= last]
+            if not covering:
+                return
+            self.upto = max(covering)
+            # Seqs stored inside a declared loss are settled too; only their rejections need naming.
+            for seq, was_rejected in (*self.progress.pending.items(), *self.additions.items()):
+                if nxt <= seq <= self.upto and was_rejected and seq not in self.rejected:
+                    self.rejected.append(seq)
+
+    def apply(self) -> None:
+        p = self.progress
+        p.pending.update(self.additions)
+        advanced = self.upto - p.upto
+        if advanced > 0:
+            if advanced <= len(p.pending):
+                for seq in range(p.upto + 1, self.upto + 1):
+                    p.pending.pop(seq, None)
+            else:
+                p.pending = {seq: r for seq, r in p.pending.items() if seq > self.upto}
+            p.gap_since = None
+        p.upto = self.upto
+        p.lost = [(first, last) for first, last in p.lost + self.lost if last > p.upto]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +100,7 @@ class Loss:
 
 @dataclass(slots=True)
 class AckPlan:
-    progress: dict[Key, _Progress]
+    deltas: dict[Key, _Delta]
     advanced: dict[Key, Ack]  # keys whose watermark moves, with the ack to publish after commit
     replayed: dict[Key, int]  # keys that saw seqs at or below their watermark: lowest such seq
 
@@ -110,39 +140,40 @@ class AckTracker:
 
     def plan(self, settlements: Iterable[Settlement], losses: Iterable[Loss] = ()) -> AckPlan:
         """What settling these would do; the tracker itself is unchanged until `apply`."""
-        progress: dict[Key, _Progress] = {}
+        deltas: dict[Key, _Delta] = {}
         replayed: dict[Key, int] = {}
 
-        def of(key: Key) -> _Progress:
-            if key not in progress:
-                progress[key] = self._progress[key].copy() if key in self._progress else _Progress()
-            return progress[key]
+        def of(key: Key) -> _Delta:
+            if key not in deltas:
+                deltas[key] = _Delta(self._progress.get(key) or _Progress())
+            return deltas[key]
 
         for s in settlements:
-            p = of(s.key)
-            if s.seq <= p.upto:
+            d = of(s.key)
+            if s.seq <= d.progress.upto:
                 replayed[s.key] = min(s.seq, replayed.get(s.key, s.seq))
-            elif len(p.pending) < MAX_PENDING_PER_KEY or s.seq in p.pending:
-                # A seq both stored and rejected (a replay of a rejected message) stays rejected.
-                p.pending[s.seq] = p.pending.get(s.seq, False) or s.rejected
+                continue
+            known = d.settled(s.seq)
+            if known is None and len(d.progress.pending) + len(d.additions) >= MAX_PENDING_PER_KEY:
+                continue
+            # A seq both stored and rejected (a replay of a rejected message) stays rejected.
+            d.additions[s.seq] = bool(known) or s.rejected
         for loss in losses:
-            p = of(loss.key)
-            if loss.last > p.upto:
-                p.lost.append((max(loss.first, p.upto + 1), loss.last))
+            d = of(loss.key)
+            if loss.last > d.progress.upto:
+                d.lost.append((max(loss.first, d.progress.upto + 1), loss.last))
         advanced: dict[Key, Ack] = {}
-        for key, p in progress.items():
-            before = self.watermark(key)
-            rejected = p.advance()
-            if p.upto > before:
-                advanced[key] = Ack(boot=key[1], stream=key[2], upto=p.upto, rejected=tuple(sorted(rejected)))
-        return AckPlan(progress, advanced, replayed)
+        for key, d in deltas.items():
+            d.advance()
+            if d.upto > d.progress.upto:
+                advanced[key] = Ack(boot=key[1], stream=key[2], upto=d.upto, rejected=tuple(sorted(d.rejected)))
+        return AckPlan(deltas, advanced, replayed)
 
     def apply(self, plan: AckPlan) -> None:
         """The plan's batch is committed: make its watermarks current."""
-        for key, p in plan.progress.items():
-            if p.upto != self.watermark(key):
-                p.gap_since = None
-            self._progress[key] = p
+        for key, delta in plan.deltas.items():
+            self._progress[key] = delta.progress
+            delta.apply()
 
     def open_gaps(self, now: float, older_than: float) -> list[GapReport]:
         """Gaps (missing seqs below settled ones) open for longer than `older_than`, each reported once."""

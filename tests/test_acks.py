@@ -52,6 +52,24 @@ def test_declared_loss_moves_the_watermark_past_given_up_seqs() -> None:
     assert plan.advanced == {KEY: Ack(2, Stream.ECG, 10, ())}
 
 
+def test_rejections_inside_a_declared_loss_are_still_named() -> None:
+    """A rejected seq that a declared loss range jumps over is still listed as rejected in the ack."""
+    tracker = AckTracker()
+    _settle(tracker, 0, 3, rejected=(3,))
+    plan = tracker.plan([], [Loss(KEY, 1, 5)])
+    assert plan.advanced == {KEY: Ack(2, Stream.ECG, 5, (3,))}
+
+
+def test_many_seqs_above_a_gap_then_the_gap_closes() -> None:
+    """Thousands of seqs held above a gap are all covered once the missing seq arrives."""
+    tracker = AckTracker()
+    for start in range(1, 20_001, 1000):
+        _settle(tracker, *range(start, start + 1000))
+    assert tracker.watermark(KEY) == -1
+    assert _settle(tracker, 0) == {KEY: Ack(2, Stream.ECG, 20_000, ())}
+    assert tracker.open_gap_count() == 0
+
+
 def test_open_gap_is_reported_once_after_the_delay() -> None:
     """A gap that stays open past the delay is reported once with its missing range."""
     tracker = AckTracker()
