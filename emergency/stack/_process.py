@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import pwd
 import signal
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -59,8 +63,35 @@ async def run_checked(*argv: str, user: tuple[int, int] | None = None, stdin: by
     return text
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A preexec hook asking Linux to send `sig` to the service when we die, even by SIGKILL.
+
+    The services run in their own session, so a killed test run or CLI would otherwise leave them behind with
+    nobody to stop them. The hook runs in the child after the switch to the service account (a change of
+    credentials clears the setting, so it must come after); it only calls into libc, resolved here beforehand.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # we died between fork and prctl
+            os.kill(os.getpid(), sig)
+
+    return hook
+
+
 async def start_service(
-    *argv: str, log_path: Path, user: tuple[int, int] | None = None, env: dict[str, str] | None = None
+    *argv: str,
+    log_path: Path,
+    user: tuple[int, int] | None = None,
+    env: dict[str, str] | None = None,
+    parent_death_signal: signal.Signals = signal.SIGTERM,
 ) -> asyncio.subprocess.Process:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
@@ -77,6 +108,7 @@ async def start_service(
             env=env,
             # Own session: a Ctrl-C in the terminal reaches only us, and we stop children in order.
             start_new_session=True,
+            preexec_fn=_die_with_parent(parent_death_signal),
         )
 
 

@@ -151,6 +151,8 @@ class PostgresCluster:
             *self._server_options(),
             log_path=self.root / "logs" / "postgres.log",
             user=self._user,
+            # Orphaned, it shuts down fast: committed work is already durable.
+            parent_death_signal=signal.SIGINT,
         )  # fmt: skip
         try:
             async with asyncio.timeout(60):
