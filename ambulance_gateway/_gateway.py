@@ -152,7 +152,7 @@ class Gateway:
     # -- reading -----------------------------------------------------------------------------------------------
 
     def _client_for(self) -> aiomqtt.Client:
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = _SESSION_EXPIRY_S
         client = mqtt_client(
             self._mqtt,
@@ -457,8 +457,7 @@ class Gateway:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.http_host, self._settings.http_port)
         await site.start()
-        sockets = site._server.sockets if site._server else []
-        port = sockets[0].getsockname()[1] if sockets else self._settings.http_port
+        port = self._runner.addresses[0][1]  # the bound port, when 0 was asked
         self.metrics_url = f"http://{self._settings.http_host}:{port}/metrics"
 
     async def _metrics_handler(self, request: web.Request) -> web.Response:

@@ -89,7 +89,7 @@ class ConsoleCore:
             if kind == "link":
                 self.hub.broadcast_update(self.fleet.apply_link(LinkState.decode(payload)))
                 return
-            message = decode_device_message(device_topic(unit, Stream(stream)), payload)
+            message = decode_device_message(device_topic(unit, Stream(stream or "")), payload)
         except (ValueError, KeyError, RejectedMessage) as exc:
             # The bus is written only by the gateway, after validation: this is a bug, not bad input.
             log.error("malformed bus message on %s: %s", topic, exc)
@@ -266,8 +266,7 @@ class Console:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        if site._server is not None and site._server.sockets:
-            self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self._runner.addresses[0][1]  # the bound port, when 0 was asked
         try:
             async with asyncio.timeout(15):
                 await self.core.bus_ready.wait()

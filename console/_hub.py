@@ -36,7 +36,7 @@ class Client:
         ws: web.WebSocketResponse,
         name: str,
         ecg_frames_max: int = ECG_FRAMES_MAX,
-        transport: asyncio.BaseTransport | None = None,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.ws = ws
         self.transport = transport

@@ -113,7 +113,7 @@ class _Fields:
     def has(self, key: str) -> bool:
         return self._obj.get(key) is not None
 
-    def int(self, key: str, lo: int, hi: int, *, required: bool = True) -> int | None:
+    def integer(self, key: str, lo: int, hi: int, *, required: bool = True) -> int | None:
         value = self._obj.get(key)
         if value is None:
             if required:
@@ -126,7 +126,7 @@ class _Fields:
         return value
 
     def req_int(self, key: str, lo: int, hi: int) -> int:
-        value = self.int(key, lo, hi)
+        value = self.integer(key, lo, hi)
         assert value is not None
         return value
 
@@ -157,6 +157,11 @@ class _Fields:
             raise self.reject(f"field {key!r} must be a string, got {type(value).__name__}")
         if not value or len(value) > max_len:
             raise self.reject(f"field {key!r} must have 1..{max_len} characters")
+        return value
+
+    def req_text(self, key: str, *, max_len: int = MAX_TEXT) -> str:
+        value = self.text(key, max_len=max_len)
+        assert value is not None
         return value
 
     def boolean(self, key: str) -> bool | None:
@@ -207,7 +212,7 @@ def _decode_vitals(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq
         rr=f.num("rr", 0, 150),
         temp=f.num("temp", 15, 45),
         etco2=f.num("etco2", 0, 150),
-        nibp_ts=f.int("nibp_ts", MIN_TS_US, MAX_TS_US, required=False),
+        nibp_ts=f.integer("nibp_ts", MIN_TS_US, MAX_TS_US, required=False),
     )
     if all(getattr(vitals, k) is None for k in VITAL_FIELDS):
         raise f.reject("vitals message carries no vital sign")
@@ -240,7 +245,7 @@ def _text(f: _Fields, key: str, required: bool) -> object:
 
 
 def _uint(f: _Fields, key: str, required: bool) -> object:
-    return f.int(key, 0, UINT32_MAX, required=required)
+    return f.integer(key, 0, UINT32_MAX, required=required)
 
 
 def _score(f: _Fields, key: str, required: bool) -> object:
@@ -286,7 +291,7 @@ EVENT_FIELDS: dict[EventKind, dict[str, _EventField]] = {
 
 
 def _decode_event(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: int, ts: int) -> DeviceEvent:
-    kind_name = f.text("kind")
+    kind_name = f.req_text("kind")
     try:
         kind = EventKind(kind_name)
     except ValueError:
@@ -301,7 +306,7 @@ def _decode_event(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq:
     return DeviceEvent(unit, boot, seq, ts, kind, detail)
 
 
-_DECODERS = {
+_DECODERS: dict[Stream, Callable[[_Fields, Mapping[str, Any], str, int, int, int], DeviceMessage]] = {
     Stream.ECG: _decode_ecg,
     Stream.VITALS: _decode_vitals,
     Stream.GPS: _decode_gps,
@@ -322,9 +327,9 @@ def decode_device_message(topic: str, payload: bytes) -> DeviceMessage:
         raise
     f = _Fields(raw, header)
     # Read boot and seq first, so that any later rejection can name the seq it settles.
-    boot = f.int("boot", 0, UINT32_MAX, required=False)
+    boot = f.integer("boot", 0, UINT32_MAX, required=False)
     header.boot = boot
-    seq = f.int("seq", 0, UINT32_MAX, required=False)
+    seq = f.integer("seq", 0, UINT32_MAX, required=False)
     header.seq = seq
     if boot is None:
         raise f.reject("missing field 'boot'")
@@ -387,7 +392,7 @@ def decode_ack(payload: bytes) -> Ack:
     f = _Fields(raw, RejectedMessage("", stream=Stream.ACK))
     if raw.get("v") != PROTOCOL_VERSION:
         raise f.reject(f"unsupported protocol version {raw.get('v')!r}")
-    stream_name = f.text("stream")
+    stream_name = f.req_text("stream")
     try:
         stream = Stream(stream_name)
     except ValueError:
