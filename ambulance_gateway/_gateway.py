@@ -89,6 +89,8 @@ class Gateway:
         # then discards — such messages were never acknowledged, so devices retransmit them (docs/protocol.md).
         self._queue: asyncio.Queue[_Incoming] = asyncio.Queue(maxsize=settings.queue_max_messages)
         self._link_events: collections.deque[LinkEvent] = collections.deque(maxlen=_LINK_EVENTS_MAX)
+        # Committed but not yet announced: at most one ack per (unit, boot, stream), so bounded by the fleet.
+        self._outgoing_acks: dict[Key, Ack] = {}
         self._client: aiomqtt.Client | None = None
         self._subscribed = asyncio.Event()
         self._store_failing = False
@@ -109,6 +111,8 @@ class Gateway:
             self._tasks.create_task(self._write_forever(), name="gateway.writer"),
             self._tasks.create_task(self._monitor_forever(), name="gateway.monitor"),
         ]
+        if self._settings.ack_interval_s > 0:
+            self._background.append(self._tasks.create_task(self._flush_acks_forever(), name="gateway.acks"))
         try:
             async with asyncio.timeout(30):
                 await self._subscribed.wait()
@@ -391,6 +395,18 @@ class Gateway:
                 acks.pop(key, None)
                 continue
             acks[key] = Ack(boot=key[1], stream=key[2], upto=upto, rejected=tuple(rejected))
+        for key, ack in acks.items():
+            # Acks are cumulative: one per stream per interval carries what several batches settled.
+            earlier = self._outgoing_acks.get(key)
+            if earlier is not None:
+                ack = Ack(ack.boot, ack.stream, max(ack.upto, earlier.upto),
+                          tuple(sorted(set(ack.rejected) | set(earlier.rejected))))  # fmt: skip
+            self._outgoing_acks[key] = ack
+        if self._settings.ack_interval_s == 0:
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        acks, self._outgoing_acks = self._outgoing_acks, {}
         client = self._client
         if client is None or not acks:
             return  # not connected: devices keep the messages and send them again; nothing is lost
@@ -404,6 +420,11 @@ class Gateway:
             log.info(
                 "%d acks not queued (connection lost); devices will resend and be answered again", len(acks) - published
             )
+
+    async def _flush_acks_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.ack_interval_s)
+            self._flush_acks()
 
     # -- monitoring --------------------------------------------------------------------------------------------
 

@@ -34,6 +34,9 @@ class GatewaySettings(_Section):
     # Bounded hand-off from the MQTT reader to the writer; when full the reader waits (backpressure to the
     # broker, whose queue is in turn covered by each device's outbox).
     queue_max_messages: int = Field(default=20_000, ge=1)
+    # Acks of one stream are coalesced over this interval (0: one per committed batch). Halves the ack traffic at
+    # the standard load; the device keeps those messages this much longer.
+    ack_interval_s: float = Field(default=0.5, ge=0)
     silence_after_s: float = Field(default=10.0, gt=0)
     gap_open_after_s: float = Field(default=30.0, gt=0)
     monitor_interval_s: float = Field(default=1.0, gt=0)
