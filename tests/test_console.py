@@ -18,6 +18,7 @@ import websockets
 from console import Console
 from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
 from emergency.codec import encode_device_message
+from emergency.mqtt import mqtt_client
 from emergency.protocol import EcgFrame, GpsFix, Stream
 from emergency.settings import ConsoleSettings, MqttEndpoint
 
@@ -35,13 +36,7 @@ async def console(console_endpoint: MqttEndpoint) -> AsyncIterator[Console]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def bus(gateway_endpoint: MqttEndpoint) -> AsyncIterator[aiomqtt.Client]:
     """A publisher on the bus with the gateway's account, as the gateway would publish."""
-    async with aiomqtt.Client(
-        gateway_endpoint.host,
-        gateway_endpoint.port,
-        username=gateway_endpoint.username,
-        password=gateway_endpoint.password.get_secret_value() if gateway_endpoint.password else None,
-        protocol=aiomqtt.ProtocolVersion.V5,
-    ) as client:
+    async with mqtt_client(gateway_endpoint) as client:
         yield client
 
 

@@ -14,6 +14,7 @@ import pytest_asyncio
 from ambulance_gateway import Gateway
 from emergency.bus import LIVE_FILTER, LinkCondition, LinkState, link_topic
 from emergency.codec import decode_ack, encode_device_message
+from emergency.mqtt import mqtt_client
 from emergency.protocol import (
     Ack,
     DeviceEvent,
@@ -63,14 +64,7 @@ class TestDevice:
 
 @contextlib.asynccontextmanager
 async def connected_device(unit: str, endpoint: MqttEndpoint) -> AsyncIterator[TestDevice]:
-    async with aiomqtt.Client(
-        endpoint.host,
-        endpoint.port,
-        username=endpoint.username,
-        password=endpoint.password.get_secret_value() if endpoint.password else None,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        identifier=f"test-{unit}",
-    ) as client:
+    async with mqtt_client(endpoint, identifier=f"test-{unit}") as client:
         device = TestDevice(client, unit)
         await client.subscribe(device_topic(unit, Stream.ACK), qos=1)
 
@@ -247,13 +241,7 @@ async def test_validated_messages_reach_the_live_bus_and_link_state(
     """A valid message is republished unchanged on the live bus; the unit's link state is retained on the bus."""
     unit, endpoint = await make_unit()
     frame = ecg(unit, 1, 0)
-    async with aiomqtt.Client(
-        console_endpoint.host,
-        console_endpoint.port,
-        username=console_endpoint.username,
-        password=console_endpoint.password.get_secret_value() if console_endpoint.password else None,
-        protocol=aiomqtt.ProtocolVersion.V5,
-    ) as console:
+    async with mqtt_client(console_endpoint) as console:
         await console.subscribe(LIVE_FILTER.replace("+/+", f"{unit}/+"), qos=0)
         await console.subscribe(link_topic(unit), qos=1)
         async with Gateway(_gateway_settings(), gateway_endpoint, store), connected_device(unit, endpoint) as device:
