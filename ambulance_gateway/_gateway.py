@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,7 +25,7 @@ from ambulance_gateway._metrics import GatewayMetrics
 from ambulance_gateway._monitor import LinkChange, SilenceMonitor
 from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
 from emergency.codec import RejectedMessage, decode_device_message, encode_ack
-from emergency.mqtt import mqtt_client, publish_nowait
+from emergency.mqtt import backoff_delay, mqtt_client, publish_nowait
 from emergency.protocol import (
     DEVICE_STREAMS,
     Ack,
@@ -51,7 +50,6 @@ from emergency.store import (
 log = logging.getLogger(__name__)
 
 _SESSION_EXPIRY_S = 24 * 3600
-_BACKOFF_CAP_EXPONENT = 10
 # Link events waiting to be recorded. They are observations about the link, not patient data: if the database is
 # unreachable for so long that this fills, the oldest observations are dropped (and counted).
 _LINK_EVENTS_MAX = 10_000
@@ -59,11 +57,6 @@ _LINK_EVENTS_MAX = 10_000
 
 def now_us() -> int:
     return time.time_ns() // 1000
-
-
-def backoff_delay(attempt: int) -> float:
-    """Capped exponential backoff with full jitter (as aiomqtt recommends)."""
-    return random.uniform(0, 1.5 ** min(_BACKOFF_CAP_EXPONENT, attempt))
 
 
 @dataclass(frozen=True, slots=True)

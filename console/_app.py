@@ -20,7 +20,7 @@ from console._hub import Client, ClientTooSlow, Hub
 from console._state import FleetState, ecg_json
 from emergency.bus import BUS_ROOT, LINK_FILTER, LinkState, live_topic, parse_bus_topic
 from emergency.codec import RejectedMessage, decode_device_message
-from emergency.mqtt import mqtt_client
+from emergency.mqtt import backoff_delay, mqtt_client
 from emergency.protocol import UNIT_PATTERN, EcgFrame, Stream, device_topic
 from emergency.settings import ConsoleSettings, MqttEndpoint
 from emergency.store import Store, StoreError
@@ -80,7 +80,7 @@ class ConsoleCore:
                 self.bus_client = None
                 self.bus_ready.clear()
             attempt += 1
-            await asyncio.sleep(random.uniform(0, 1.5 ** min(10, attempt)))
+            await asyncio.sleep(backoff_delay(attempt))
 
     def on_bus_message(self, topic: str, payload: bytes) -> None:
         rx = now_us()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from typing import Any
 
@@ -36,3 +37,12 @@ def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int 
     """
     info = client._client.publish(topic, payload, qos, retain)
     return info.rc == 0
+
+
+# The center's own links reconnect quickly: a minute without the gateway is a minute without live patient data.
+RECONNECT_CAP_S = 10.0
+
+
+def backoff_delay(attempt: int, cap_s: float = RECONNECT_CAP_S) -> float:
+    """Capped exponential backoff with full jitter: uniform in [0, min(cap, 1.5^attempt)] seconds."""
+    return random.uniform(0, min(cap_s, 1.5 ** min(attempt, 64)))

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import pytest_asyncio
 import websockets
+from ledger import assert_ledger_matches_store, settle
 
 from ambulance_gateway import Gateway
 from console import Console
-from emergency.protocol import Stream
 from emergency.settings import ConsoleSettings, GatewaySettings, MqttEndpoint
 from emergency.stack import Broker, provision_units
 from emergency.store import Store
-from firmware_sim import Device, DeviceConfig, Fleet
+from firmware_sim import DeviceConfig, Fleet
 
-TABLES = {Stream.ECG: "ecg_frames", Stream.VITALS: "vitals", Stream.GPS: "gps_fixes", Stream.EVENT: "device_events"}
 GATEWAY = GatewaySettings(http_port=0, client_id="gw-e2e", batch_max_delay_s=0.02)
 
 
@@ -46,27 +45,6 @@ async def fleet_of(broker: Broker, tmp_path: Path, prefix: str, count: int) -> A
         for device in fleet.devices:
             await device.connected()
         yield fleet
-
-
-async def settle(fleet: Fleet) -> None:
-    """Stop generating and wait until every device's outbox is empty (all acknowledged)."""
-    for device in fleet.devices:
-        await device.stop_generating()
-    for device in fleet.devices:
-        await device.drained(within_s=90)
-
-
-async def assert_ledger_matches_store(store: Store, device: Device) -> None:
-    """Nothing lost (every generated seq acked and stored), nothing doubled, nothing extra."""
-    for stream, table in TABLES.items():
-        generated = {(stream.value, device.boot, seq) for seq in range(device._seq[stream])}
-        acked = {key for key in device.ledger.acked_stored if key[0] == stream.value}
-        assert acked == generated, f"{device.unit}/{stream.value}: acked differs from generated"
-        rows = await store.pool.fetch(f"SELECT boot, seq FROM {table} WHERE unit = $1", device.unit)
-        stored = [(stream.value, r["boot"], r["seq"]) for r in rows]
-        assert len(stored) == len(set(stored)), f"{device.unit}/{stream.value}: a message is stored twice"
-        assert set(stored) == acked, f"{device.unit}/{stream.value}: store differs from the acknowledged set"
-    assert not device.ledger.rejected
 
 
 async def test_fleet_streams_live_to_console_and_every_ack_is_stored_once(

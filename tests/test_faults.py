@@ -1,0 +1,105 @@
+"""Faults while a fleet streams: the broker killed, PostgreSQL stopped in immediate mode. Nothing acknowledged is
+lost, nothing is stored twice, and the stack serves live data again afterwards.
+
+These run on their own broker and cluster (killing the session-wide ones would disturb other tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest_asyncio
+import websockets
+from conftest import free_port
+from ledger import assert_ledger_matches_store, settle
+
+from ambulance_gateway import Gateway
+from console import Console
+from emergency.settings import ConsoleSettings, GatewaySettings
+from emergency.stack import CONSOLE_ACCOUNT, GATEWAY_ACCOUNT, Broker, PostgresCluster, provision_units
+from emergency.store import Store
+from firmware_sim import DeviceConfig, Fleet
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def services() -> AsyncIterator[tuple[PostgresCluster, Broker]]:
+    root = Path(tempfile.mkdtemp(prefix="emergency-faults-"))
+    root.chmod(0o755)
+    async with (
+        PostgresCluster(root / "pg", free_port(), timescaledb=False) as pg,
+        Broker(root / "mq", free_port()) as mq,
+    ):
+        yield pg, mq
+
+
+def _fleet(broker: Broker, tmp_path: Path, prefix: str) -> Fleet:
+    credentials = {f"{prefix}{i}": secrets.token_urlsafe(12) for i in range(3)}
+    provision_units(broker.root, credentials)
+    # Short reconnect backoff and retransmission keep the test brief; the behaviour under test is the same.
+    configs = [DeviceConfig(u, p, backoff_cap_s=3.0, retransmit_after_s=5.0) for u, p in credentials.items()]
+    return Fleet(configs, broker.host, broker.port, tmp_path / "sim")
+
+
+async def _live_ecg_arrives(console: Console, unit: str) -> None:
+    async with websockets.connect(f"ws://127.0.0.1:{console.port}/ws") as ws:
+        await ws.send(json.dumps({"type": "watch", "unit": unit}))
+        async with asyncio.timeout(60):
+            while json.loads(await ws.recv())["type"] != "ecg":
+                pass
+
+
+async def test_broker_killed_mid_stream(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL of the broker while units stream: after its restart every generated message is stored exactly once
+    (what the broker lost, the devices' outboxes resent) and live ECG reaches the console again."""
+    pg, broker = services
+    async with (
+        Store.open(pg.dsn) as store,
+        Gateway(
+            GatewaySettings(http_port=0, client_id="gw-fault-mq"), broker.internal_endpoint(GATEWAY_ACCOUNT), store
+        ),
+        Console(ConsoleSettings(), 0, broker.internal_endpoint(CONSOLE_ACCOUNT), store) as console,
+        _fleet(broker, tmp_path, "KMQ") as fleet,
+    ):
+        await asyncio.sleep(2)
+        await broker.stop(graceful=False)
+        await asyncio.sleep(3)  # devices keep generating into their outboxes
+        await broker.start()
+        await _live_ecg_arrives(console, fleet.devices[0].unit)
+        await settle(fleet)
+        for device in fleet.devices:
+            await assert_ledger_matches_store(store, device)
+
+
+async def test_postgres_stopped_immediately_mid_stream(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """PostgreSQL stopped in immediate mode while units stream: the gateway reports itself degraded, withholds acks,
+    keeps serving live data, and after the restart stores everything exactly once."""
+    pg, broker = services
+    gateway_settings = GatewaySettings(http_port=0, client_id="gw-fault-pg")
+    async with (
+        Store.open(pg.dsn) as store,
+        Gateway(gateway_settings, broker.internal_endpoint(GATEWAY_ACCOUNT), store) as gateway,
+        Console(ConsoleSettings(), 0, broker.internal_endpoint(CONSOLE_ACCOUNT), store) as console,
+        _fleet(broker, tmp_path, "KPG") as fleet,
+        aiohttp.ClientSession() as http,
+    ):
+        await asyncio.sleep(2)
+        await pg.stop("immediate")
+        async with asyncio.timeout(30):
+            while True:  # the next commit fails and the gateway says so
+                async with http.get(gateway.health_url) as response:
+                    if response.status == 503 and not (await response.json())["store_available"]:
+                        break
+                await asyncio.sleep(0.2)
+        await _live_ecg_arrives(console, fleet.devices[0].unit)  # live data does not wait on the database
+        assert all(device.pending() > 0 for device in fleet.devices)  # acks withheld
+        await pg.start()
+        await settle(fleet)
+        for device in fleet.devices:
+            await assert_ledger_matches_store(store, device)
+        async with http.get(gateway.health_url) as response:
+            assert response.status == 200
