@@ -132,6 +132,40 @@ async def _demo(settings: Settings, units: int) -> None:
         await _wait_for_stop_signal()
 
 
+def _store_dsn(settings: Settings) -> str:
+    from emergency.stack.postgres import private_dsn
+
+    if settings.store.dsn is not None:
+        return settings.store.dsn.get_secret_value()
+    return private_dsn(settings.data_dir.resolve(), settings.pg_port)
+
+
+async def _gateway(settings: Settings) -> None:
+    """One more gateway process on a running stack (scale out, or restart one after a crash)."""
+    from ambulance_gateway import Gateway
+    from emergency.stack import GATEWAY_ACCOUNT, internal_endpoint
+    from emergency.store import Store
+
+    endpoint = internal_endpoint(settings.data_dir.resolve(), GATEWAY_ACCOUNT, settings.mqtt_port)
+    async with Store.open(_store_dsn(settings), settings.store) as store, Gateway(settings.gateway, endpoint, store):
+        await _wait_for_stop_signal()
+
+
+async def _console(settings: Settings) -> None:
+    """One more console process on a running stack."""
+    from console import Console
+    from emergency.stack import CONSOLE_ACCOUNT, internal_endpoint
+    from emergency.store import Store
+
+    endpoint = internal_endpoint(settings.data_dir.resolve(), CONSOLE_ACCOUNT, settings.mqtt_port)
+    async with (
+        Store.open(_store_dsn(settings), settings.store) as store,
+        Console(settings.console, settings.http_port, endpoint, store) as console,
+    ):
+        log.info("console serving %s", console.url)
+        await _wait_for_stop_signal()
+
+
 async def _sim(settings: Settings, units: int) -> None:
     async with simulated_fleet(settings, units):
         log.info("simulating %d units against MQTT 127.0.0.1:%d", units, settings.mqtt_port)
@@ -161,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("up", help="run the whole stack in the foreground")
     demo = commands.add_parser("demo", help="the stack plus a simulated fleet")
     demo.add_argument("--units", type=int, default=8, help="simulated ambulances (default 8)")
+    commands.add_parser("gateway", help="a gateway process joining the configured, running stack")
+    commands.add_parser("console", help="a console process joining the configured, running stack")
     sim = commands.add_parser("sim", help="a simulated fleet against the configured stack")
     sim.add_argument("--units", type=int, default=8)
     unit = commands.add_parser("unit", help="device accounts")
@@ -182,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_demo(settings, args.units))
         elif args.command == "sim":
             asyncio.run(_sim(settings, args.units))
+        elif args.command == "gateway":
+            asyncio.run(_gateway(settings))
+        elif args.command == "console":
+            asyncio.run(_console(settings))
     except StackError as exc:
         log.error("%s", exc)
         return 1

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -103,3 +105,43 @@ async def test_postgres_stopped_immediately_mid_stream(services, tmp_path: Path)
             await assert_ledger_matches_store(store, device)
         async with http.get(gateway.health_url) as response:
             assert response.status == 200
+
+
+async def test_gateway_process_killed_mid_stream(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL of a gateway process (`emergency gateway`) while units stream, then a new one: nothing acknowledged
+    is lost, nothing is stored twice."""
+    pg, broker = services
+    env = {
+        **os.environ,
+        "EMERGENCY_DATA_DIR": str(broker.root),
+        "EMERGENCY_MQTT_PORT": str(broker.port),
+        "EMERGENCY_STORE__DSN": pg.dsn,
+        "EMERGENCY_GATEWAY__HTTP_PORT": "0",
+        "EMERGENCY_GATEWAY__CLIENT_ID": "gw-fault-kill",
+    }
+
+    async def gateway_process() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "emergency.cli", "gateway", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+
+    async with Store.open(pg.dsn) as store, _fleet(broker, tmp_path, "KGW") as fleet:
+        gateway = await gateway_process()
+        try:
+            for _ in range(300):  # until the first gateway is up and acknowledging every unit
+                if all(device.ledger.acked_stored for device in fleet.devices):
+                    break
+                await asyncio.sleep(0.2)
+            assert all(device.ledger.acked_stored for device in fleet.devices)
+            gateway.kill()
+            await gateway.wait()
+            await asyncio.sleep(2)
+            gateway = await gateway_process()
+            await settle(fleet)
+            for device in fleet.devices:
+                await assert_ledger_matches_store(store, device)
+        finally:
+            if gateway.returncode is None:
+                gateway.terminate()
+                await gateway.wait()

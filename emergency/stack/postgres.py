@@ -51,6 +51,12 @@ def timescaledb_available(bindir: Path) -> bool:
     return any((d / "timescaledb.control").exists() for d in shared)
 
 
+def private_dsn(root: Path, port: int) -> str:
+    """The DSN of the private cluster under `root` (for processes that join a running stack)."""
+    password = (root / "secrets" / "postgres-password").read_text().strip()
+    return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{port}/{DATABASE}"
+
+
 class PostgresCluster:
     """`async with PostgresCluster(root, port) as pg:` — initdb on first use, start, create the database, stop."""
 
@@ -67,7 +73,7 @@ class PostgresCluster:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://{SUPERUSER}:{self._password()}@127.0.0.1:{self.port}/{DATABASE}"
+        return private_dsn(self.root, self.port)
 
     @property
     def timescaledb(self) -> bool:
