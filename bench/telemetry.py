@@ -194,6 +194,7 @@ async def bench(units: int, seconds: float, watched: int) -> dict[str, object]:
         "EMERGENCY_MQTT_PORT": str(free_port()),
         "EMERGENCY_HTTP_PORT": str(free_port()),
         "EMERGENCY_PG_PORT": str(free_port()),
+        "EMERGENCY_MQTT_TLS_PORT": str(free_port()),
         "EMERGENCY_GATEWAY__HTTP_PORT": "0",
         "EMERGENCY_LOG_LEVEL": "WARNING",
     }

@@ -66,7 +66,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
             dsn = pg.dsn
         else:
             dsn = settings.store.dsn.get_secret_value()
-        broker = await stack.enter_async_context(Broker(root, settings.mqtt_port))
+        broker = await stack.enter_async_context(Broker(root, settings.mqtt_port, tls_port=settings.mqtt_tls_port))
         store = await stack.enter_async_context(Store.open(dsn, settings.store))
         gateway = await stack.enter_async_context(
             Gateway(settings.gateway, broker.internal_endpoint(GATEWAY_ACCOUNT), store)
@@ -76,6 +76,9 @@ async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
         )
         info: dict[str, object] = {
             "mqtt": {"host": broker.host, "port": broker.port},
+            "mqtt_tls": {"host": broker.host, "port": broker.tls_port, "ca_file": str(broker.ca_file)}
+            if broker.tls_port
+            else None,
             "console_url": console.url,
             "gateway_metrics_url": gateway.metrics_url,
             "gateway_health_url": gateway.health_url,
@@ -172,8 +175,9 @@ async def _sim(settings: Settings, units: int) -> None:
         await _wait_for_stop_signal()
 
 
-def _unit_add(settings: Settings, unit: str) -> int:
+def _unit_add(settings: Settings, unit: str, with_cert: bool) -> int:
     from emergency.stack import StackError, provision_unit
+    from emergency.stack.tls import ensure_ca, issue_device_cert
 
     password: str | None = None
     if not sys.stdin.isatty():
@@ -186,6 +190,10 @@ def _unit_add(settings: Settings, unit: str) -> int:
     print(f"unit {unit} provisioned for MQTT 127.0.0.1:{settings.mqtt_port} (username {unit})")
     if password is None:
         print(f"password: {issued}  (shown once; store it on the device)")
+    if with_cert:
+        pair = issue_device_cert(settings.data_dir.resolve(), unit)
+        ca = ensure_ca(settings.data_dir.resolve())
+        print(f"TLS on port {settings.mqtt_tls_port}: certificate {pair.cert}, key {pair.key}, broker CA {ca}")
     return 0
 
 
@@ -203,12 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     unit_commands = unit.add_subparsers(dest="unit_command", required=True)
     add = unit_commands.add_parser("add", help="provision a device (password from stdin, or generated)")
     add.add_argument("unit")
+    add.add_argument("--cert", action="store_true", help="also issue a TLS client certificate (CN = unit id)")
     args = parser.parse_args(argv)
 
     settings = Settings()
     configure_logging(settings.log_level)
     if args.command == "unit":
-        return _unit_add(settings, args.unit)
+        return _unit_add(settings, args.unit, args.cert)
     from emergency.stack import StackError
 
     try:

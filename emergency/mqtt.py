@@ -17,6 +17,15 @@ NO_DELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 def mqtt_client(endpoint: MqttEndpoint, **options: Any) -> aiomqtt.Client:
     """An aiomqtt client for `endpoint`; `options` are passed through (identifier, clean_start, ...)."""
     options.setdefault("protocol", aiomqtt.ProtocolVersion.V5)
+    if endpoint.tls_ca is not None:
+        options.setdefault(
+            "tls_params",
+            aiomqtt.TLSParameters(
+                ca_certs=str(endpoint.tls_ca),
+                certfile=str(endpoint.tls_cert) if endpoint.tls_cert else None,
+                keyfile=str(endpoint.tls_key) if endpoint.tls_key else None,
+            ),
+        )
     options.setdefault("timeout", 10)
     return aiomqtt.Client(
         endpoint.host,

@@ -23,7 +23,9 @@ class MqttEndpoint(_Section):
     port: int = 18830
     username: str | None = None
     password: SecretStr | None = None
-    tls_ca: Path | None = None
+    tls_ca: Path | None = None  # verify the broker with this CA (TLS on when set)
+    tls_cert: Path | None = None  # client certificate and key, for a broker that requires them
+    tls_key: Path | None = None
 
 
 class GatewaySettings(_Section):
@@ -73,6 +75,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
     mqtt_port: int = 18830
+    mqtt_tls_port: int | None = 18883  # devices over TLS with a certificate each; None: no TLS listener
     http_port: int = 8080
     pg_port: int = 54329
     pg_os_user: str = "nobody"  # the unprivileged account PostgreSQL runs as when started by root

@@ -41,6 +41,7 @@ async def stack() -> AsyncIterator[tuple[asyncio.subprocess.Process, Path, dict[
         "EMERGENCY_MQTT_PORT": str(free_port()),
         "EMERGENCY_HTTP_PORT": str(free_port()),
         "EMERGENCY_PG_PORT": str(free_port()),
+        "EMERGENCY_MQTT_TLS_PORT": str(free_port()),
         "EMERGENCY_GATEWAY__HTTP_PORT": "0",
     }
     proc = await asyncio.create_subprocess_exec(
@@ -65,11 +66,12 @@ async def test_up_serves_provisions_and_stops_cleanly(stack) -> None:  # type: i
     assert (data / "stack.json").stat().st_mode & 0o077 == 0  # it holds the database password
 
     add = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "emergency.cli", "unit", "add", "CLI-1", env=env,
+        sys.executable, "-m", "emergency.cli", "unit", "add", "CLI-1", "--cert", env=env,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, _ = await add.communicate(b"s3cret-device-pw\n")
     assert add.returncode == 0 and b"CLI-1" in out and b"s3cret" not in out
+    assert (data / "tls" / "device-CLI-1.crt").exists() and info["mqtt_tls"]["port"]
 
     async with aiomqtt.Client(
         info["mqtt"]["host"], info["mqtt"]["port"], username="CLI-1", password="s3cret-device-pw",

@@ -18,6 +18,7 @@ from emergency.mqtt import mqtt_client
 from emergency.settings import MqttEndpoint
 from emergency.stack._process import StackError, start_service, stop_service
 from emergency.stack.provision import GATEWAY_ACCOUNT, ensure_internal_accounts, internal_endpoint
+from emergency.stack.tls import ensure_ca, ensure_server_cert
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,12 @@ def mosquitto_binary() -> str:
 class Broker:
     """`async with Broker(root, port) as broker:` — configure, start, wait until it accepts the gateway, stop."""
 
-    def __init__(self, root: Path, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, root: Path, port: int, host: str = "127.0.0.1", tls_port: int | None = None) -> None:
         self.root = root.resolve()
         self.host = host
         self.port = port
+        # A second listener for devices, with TLS and a client certificate per device (its CN is the unit id).
+        self.tls_port = tls_port
         self.dir = self.root / "mosquitto"
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -112,8 +115,29 @@ class Broker:
             "connection_messages false\n"
             # Telemetry is many small messages: send each at once rather than batching behind Nagle's algorithm.
             "set_tcp_nodelay true\n"
-            f"listener {self.port} {self.host}\n"
+            f"listener {self.port} {self.host}\n" + self._tls_listener()
         )
+
+    def _tls_listener(self) -> str:
+        if self.tls_port is None:
+            return ""
+        ca = ensure_ca(self.root)
+        server = ensure_server_cert(self.root, [self.host, "localhost"])
+        return (
+            f"listener {self.tls_port} {self.host}\n"
+            f"cafile {ca}\n"
+            f"certfile {server.cert}\n"
+            f"keyfile {server.key}\n"
+            "tls_version tlsv1.2\n"
+            # Devices prove who they are with their certificate; its common name becomes the MQTT username, so the
+            # same ACL patterns confine a unit to its own topics. No password is involved on this listener.
+            "require_certificate true\n"
+            "use_identity_as_username true\n"
+        )
+
+    @property
+    def ca_file(self) -> Path:
+        return ensure_ca(self.root)
 
     async def start(self) -> None:
         if self._proc is not None and self._proc.returncode is None:

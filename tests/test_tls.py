@@ -1,0 +1,74 @@
+"""Devices over TLS: the broker's second listener requires a certificate from the stack's CA, one per device."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+import pytest_asyncio
+from conftest import free_port
+
+from emergency.mqtt import mqtt_client
+from emergency.settings import MqttEndpoint
+from emergency.stack import GATEWAY_ACCOUNT, Broker
+from emergency.stack.tls import issue_device_cert
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def tls_broker() -> AsyncIterator[Broker]:
+    root = Path(tempfile.mkdtemp(prefix="emergency-tls-"))
+    root.chmod(0o755)
+    async with Broker(root, free_port(), tls_port=free_port()) as broker:
+        yield broker
+
+
+def _device(broker: Broker, unit: str, **overrides: object) -> MqttEndpoint:
+    pair = issue_device_cert(broker.root, unit)
+    fields: dict[str, object] = {
+        "host": "127.0.0.1", "port": broker.tls_port, "tls_ca": broker.ca_file, "tls_cert": pair.cert,
+        "tls_key": pair.key,
+    }  # fmt: skip
+    fields.update(overrides)
+    return MqttEndpoint.model_validate(fields)
+
+
+async def _received(client: aiomqtt.Client, within_s: float) -> list[str]:
+    topics: list[str] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within_s):
+            async for message in client.messages:
+                topics.append(message.topic.value)
+    return topics
+
+
+async def test_device_with_its_certificate_publishes_only_as_itself(tls_broker: Broker) -> None:
+    """A device authenticated by its certificate reaches the center on its own topics, not on another unit's."""
+    async with (
+        mqtt_client(tls_broker.internal_endpoint(GATEWAY_ACCOUNT)) as center,
+        mqtt_client(_device(tls_broker, "TLS1"), timeout=5) as device,
+    ):
+        await center.subscribe("ems/v1/#", qos=1)
+        await device.publish("ems/v1/TLS2/gps", b"forged", qos=1)
+        await device.publish("ems/v1/TLS1/gps", b"own", qos=1)
+        topics = await _received(center, 2)
+    assert topics == ["ems/v1/TLS1/gps"]
+
+
+@pytest.mark.parametrize("case", ["no client certificate", "certificate from another CA", "plain MQTT"])
+async def test_tls_listener_refuses_what_it_cannot_verify(tls_broker: Broker, case: str, tmp_path: Path) -> None:
+    """No certificate, a certificate our CA did not sign, or plain MQTT on the TLS port: the connection fails."""
+    if case == "no client certificate":
+        endpoint = _device(tls_broker, "TLS3", tls_cert=None, tls_key=None)
+    elif case == "certificate from another CA":
+        stranger = issue_device_cert(tmp_path, "TLS4")  # a CA of its own under tmp_path
+        endpoint = _device(tls_broker, "TLS4", tls_cert=stranger.cert, tls_key=stranger.key)
+    else:
+        endpoint = MqttEndpoint(host="127.0.0.1", port=tls_broker.tls_port or 0, username="TLS5")
+    with pytest.raises(aiomqtt.MqttError):
+        async with mqtt_client(endpoint, timeout=5):
+            pass
