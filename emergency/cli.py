@@ -112,11 +112,25 @@ def _sim_credentials(settings: Settings, count: int) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def simulated_fleet(settings: Settings, count: int) -> AsyncIterator[object]:
+    from emergency.stack.tls import ensure_ca
     from firmware_sim import DeviceConfig, Fleet
 
+    root = settings.data_dir.resolve()
     credentials = _sim_credentials(settings, count)
-    configs = [DeviceConfig(unit=unit, password=password) for unit, password in credentials.items()]
-    async with Fleet(configs, "127.0.0.1", settings.mqtt_port, settings.data_dir.resolve() / "sim") as fleet:
+    if settings.mqtt_tls_port is None:
+        configs = [DeviceConfig(unit=unit, password=password) for unit, password in credentials.items()]
+        port = settings.mqtt_port
+    else:
+        # As real ambulances would: TLS, each unit with its own certificate from the stack's CA.
+        from emergency.stack.tls import device_cert
+
+        ca = ensure_ca(root)
+        configs = []
+        for unit, password in credentials.items():
+            pair = device_cert(root, unit)
+            configs.append(DeviceConfig(unit=unit, password=password, tls_ca=ca, tls_cert=pair.cert, tls_key=pair.key))
+        port = settings.mqtt_tls_port
+    async with Fleet(configs, "127.0.0.1", port, root / "sim") as fleet:
         yield fleet
 
 

@@ -88,6 +88,11 @@ class DeviceConfig:
     # ledger.jsonl is bounded: past this size it becomes ledger.jsonl.1 (replacing the previous one) and a new file
     # starts, so a demo left running for days does not fill the disk; tests stay far below it.
     ledger_max_bytes: int = 64 * 1024 * 1024
+    # TLS: the broker's CA and this unit's client certificate (CN = unit id). With these the device connects to the
+    # broker's TLS listener and authenticates by certificate; the password is then not used.
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass(slots=True)
@@ -209,7 +214,15 @@ class Device:
         self.config = config
         self.unit = config.unit
         self.state_dir = state_dir / config.unit
-        self._endpoint = MqttEndpoint(host=host, port=port, username=config.unit, password=SecretStr(config.password))
+        self._endpoint = MqttEndpoint(
+            host=host,
+            port=port,
+            username=config.unit,
+            password=SecretStr(config.password),
+            tls_ca=config.tls_ca,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+        )
         seed = config.seed if config.seed is not None else zlib.crc32(config.unit.encode())
         self.ecg = EcgSynth(config.ecg_model, fs=ECG_FS, leads=config.ecg_leads, seed=seed)
         self.monitor = VitalsMonitor(seed, hr_baseline=config.ecg_model.heart_rate_bpm)

@@ -127,3 +127,12 @@ def issue_device_cert(root: Path, unit: str) -> CertPair:
     if not UNIT_PATTERN.fullmatch(unit):
         raise StackError(f"unit id {unit!r} must match [A-Za-z0-9_-]{{1,32}}")
     return _issue(root, unit, server=False, names=[], out=f"device-{unit}")
+
+
+def device_cert(root: Path, unit: str) -> CertPair:
+    """The unit's existing client certificate, or a new one."""
+    d = _tls_dir(root)
+    pair = CertPair(d / f"device-{unit}.crt", d / f"device-{unit}.key")
+    if pair.cert.exists() and pair.key.exists():
+        return pair
+    return issue_device_cert(root, unit)
