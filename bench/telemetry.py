@@ -156,10 +156,14 @@ class ProcessSampler:
         self.cpu_end: dict[int, tuple[str, float]] = {}
 
     def _procs(self) -> list[tuple[str, psutil.Process]]:
-        out = [("gateway+console", self.root)]
+        out = [("gateway", self.root)]
         for child in self.root.children(recursive=True):
-            name = child.name()
-            out.append(("postgres" if "postgres" in name else "mosquitto" if "mosquitto" in name else name, child))
+            with contextlib.suppress(psutil.Error):
+                name, cmdline = child.name(), " ".join(child.cmdline())
+                role = "postgres" if "postgres" in name else "mosquitto" if "mosquitto" in name else name
+                if "emergency.cli console" in cmdline:
+                    role = "console"
+                out.append((role, child))
         return out
 
     def sample(self) -> None:

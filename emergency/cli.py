@@ -52,10 +52,14 @@ def _write_private_json(path: Path, content: object) -> None:
 
 @contextlib.asynccontextmanager
 async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
-    """PostgreSQL, mosquitto, store, gateway and console, started in order and stopped in reverse."""
+    """PostgreSQL, mosquitto, store, gateway and console, started in order and stopped in reverse.
+
+    The gateway runs in this process; the console in a child process of its own (`emergency console`), so that
+    the console's fan-out and the gateway's ingest each have an event loop and a core.
+    """
     from ambulance_gateway import Gateway
-    from console import Console
-    from emergency.stack import CONSOLE_ACCOUNT, GATEWAY_ACCOUNT, Broker, PostgresCluster
+    from emergency.stack import GATEWAY_ACCOUNT, Broker, PostgresCluster
+    from emergency.stack.component import ComponentProcess
     from emergency.store import Store
 
     root = settings.data_dir.resolve()
@@ -71,15 +75,17 @@ async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
         gateway = await stack.enter_async_context(
             Gateway(settings.gateway, broker.internal_endpoint(GATEWAY_ACCOUNT), store)
         )
+        console_url = f"http://{settings.console.host}:{settings.http_port}/"
         console = await stack.enter_async_context(
-            Console(settings.console, settings.http_port, broker.internal_endpoint(CONSOLE_ACCOUNT), store)
+            ComponentProcess("console", root, console_url + "healthz", env={"EMERGENCY_STORE__DSN": dsn})
         )
         info: dict[str, object] = {
             "mqtt": {"host": broker.host, "port": broker.port},
             "mqtt_tls": {"host": broker.host, "port": broker.tls_port, "ca_file": str(broker.ca_file)}
             if broker.tls_port
             else None,
-            "console_url": console.url,
+            "console_url": console_url,
+            "console_pid": console.pid,
             "gateway_metrics_url": gateway.metrics_url,
             "gateway_health_url": gateway.health_url,
             "postgres_dsn": dsn,
@@ -89,7 +95,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
         stack_json = root / "stack.json"
         _write_private_json(stack_json, info)
         stack.callback(stack_json.unlink, missing_ok=True)
-        log.info("stack ready: console %s, MQTT %s:%d", console.url, broker.host, broker.port)
+        log.info("stack ready: console %s, MQTT %s:%d", console_url, broker.host, broker.port)
         yield info
     log.info("stack stopped")
 
