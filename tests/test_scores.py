@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -69,10 +71,8 @@ NORMAL = News2Inputs(
 )
 
 
-def _with(**changes: object) -> News2Inputs:
-    fields = {name: getattr(NORMAL, name) for name in NORMAL.__dataclass_fields__}
-    fields.update(changes)
-    return News2Inputs(**fields)  # type: ignore[arg-type]
+def _with(**changes: Any) -> News2Inputs:
+    return dataclasses.replace(NORMAL, **changes)
 
 
 @pytest.mark.parametrize(("rr", "points"), RESPIRATION_RATE_EDGES)
