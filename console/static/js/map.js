@@ -107,7 +107,7 @@ export class FleetMap {
     for (let lat = Math.ceil(south / step) * step; lat < north; lat += step) {
       const y = h / 2 - (project(lat, 0)[1] - v.cy) / v.scale;
       g.beginPath(); g.moveTo(0, y); g.lineTo(w, y); g.stroke();
-      g.fillText(`${lat.toFixed(2)}°N`, 4, y - 3);
+      if (y > 28) g.fillText(`${lat.toFixed(2)}°N`, 4, y - 3); // keep clear of the longitude labels on top
     }
   }
 
