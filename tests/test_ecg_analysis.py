@@ -421,6 +421,23 @@ def test_a_disconnected_lead_is_reported_and_not_used() -> None:
     assert findings.stemi is False
 
 
+def test_a_lead_full_of_artefact_is_reported_and_not_used() -> None:
+    """V4 buried in 0.5 mV of noise is listed as unreadable; the other leads still carry an inferior STEMI."""
+    leads, _ = make_ecg(st=INFERIOR)
+    leads["V4"] = leads["V4"] + np.random.default_rng(8).normal(0.0, 0.5, len(leads["V4"]))
+    findings = analyze(leads, 500.0)
+    assert "V4" in findings.unreadable_leads and findings.quality == "noisy"
+    assert findings.stemi and findings.stemi_territory == "inferior"
+
+
+def test_st_at_j_plus_60_ms_and_qrs_duration_are_reported() -> None:
+    """Besides the J point, ST at J+60 ms is reported per lead, and the QRS duration is physiological (60–120 ms)."""
+    leads, _ = make_ecg(st=INFERIOR)
+    findings = analyze(leads, 500.0)
+    assert findings.st_j60_mv["II"] == pytest.approx(0.25, abs=0.06)
+    assert findings.qrs_duration_ms is not None and 60.0 <= findings.qrs_duration_ms <= 120.0
+
+
 # --- invalid input ------------------------------------------------------------------------------------------------
 
 

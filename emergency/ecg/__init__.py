@@ -21,7 +21,7 @@ Method, in order:
 6. Median beat of the selected beats; QRS onset and J point from its spatial velocity (summed absolute slope over
    leads); PR baseline = mean over 28–8 ms before QRS onset; ST deviation = mean level at the J point (±2 ms)
    minus the PR baseline, also reported at J+60 ms. A lead that is flat or whose beat-to-beat J-point spread
-   gives a standard error over 0.03 mV is reported as unreadable and not used.
+   gives a standard error over 0.05 mV is reported as unreadable and not used.
 7. STEMI per the 4th Universal Definition of MI (see `emergency.ecg._criteria`): ≥ 2 contiguous leads (Cabrera
    limb sequence aVL, I, −aVR, II, aVF, III; chest V5R…V3R, V1…V6, V7…V9) above their sex- and age-specific
    thresholds, the territory named, reciprocal depression ≥ 0.05 mV in the opposite leads reported.

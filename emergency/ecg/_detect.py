@@ -47,9 +47,9 @@ def detect_qrs(band: FloatArray, fs: float) -> IntArray:
     if len(candidates) == 0 or not np.isfinite(envelope).all() or envelope.max() <= 0.0:
         return np.zeros(0, dtype=np.int64)
     heights = envelope[candidates]
-    # A slope measure per candidate for the T-wave rule: the steepest point within ±75 ms.
+    # The steepest spatial slope (mV/s) within ±75 ms of each candidate, for the T-wave rule.
     half = round(0.075 * fs)
-    slopes = np.array([energy[max(c - half, 0) : c + half + 1].max() for c in candidates])
+    slopes = np.sqrt([energy[max(c - half, 0) : c + half + 1].max() for c in candidates])
 
     learning = envelope[: max(round(_LEARNING_S * fs), 1)]
     signal_level = 0.33 * float(learning.max())
