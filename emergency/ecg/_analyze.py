@@ -125,13 +125,17 @@ def analyze(
     fiducials = _detect.detect_qrs(_signal.detection_band(clean, fs), fs)
     heart_rate = _heart_rate(fiducials, fs)
     if len(fiducials) < MIN_BEATS:
-        return _unusable(f"only {len(fiducials)} QRS complexes found (need at least {MIN_BEATS})", heart_rate)
+        return _unusable(
+            f"only {len(fiducials)} QRS complexes found (need at least {MIN_BEATS})", heart_rate, len(fiducials)
+        )
 
     # Shapes and timing from a 0.5 Hz high-passed copy, where wander cannot spoil the comparison.
     pre, post = round(_beats.PRE_S * fs), round(_beats.POST_S * fs)
     shapes, kept = _beats.cut_beats(_signal.classification_highpass(clean, fs), fiducials, pre, post)
     if len(kept) < MIN_BEATS:
-        return _unusable(f"only {len(kept)} complete beats in the recording (need at least {MIN_BEATS})", heart_rate)
+        return _unusable(
+            f"only {len(kept)} complete beats in the recording (need at least {MIN_BEATS})", heart_rate, len(fiducials)
+        )
     shifts, correlation = _beats.align_to_template(shapes, fs, pre)
     aligned = fiducials.copy()
     aligned[kept] = fiducials[kept] + shifts
