@@ -88,7 +88,10 @@ _NORMAL_BEAT = (
     _Wave(0.247, 0.010, (-0.30, -0.25, -0.55)),  # S
     _Wave(0.47, 0.055, (0.22, 0.18, 0.12), rate_dependent=True),  # T
 )
-_ST_CENTRE_S, _ST_HALF_PLATEAU_S, _ST_EDGE_S = 0.34, 0.05, 0.035
+# The J point (end of the S wave), and the shortest J-to-T-peak interval, which keeps a fast rhythm's T wave off
+# the J point (a normal ECG has no ST deviation at J at any rate).
+_J_POINT_S, _MIN_J_TO_T_PEAK_S = 0.265, 0.13
+_ST_ONSET_EDGE_S = 0.008
 _TEMPLATE_S = 0.75  # at 60 /min every lobe has decayed to < 1e-6 of its peak by then
 
 
@@ -117,13 +120,22 @@ def heart_vector(fs: float, rr_s: float, st_vector_mv: Vector) -> FloatArray:
     n = round(_TEMPLATE_S * max(scale, 1.0) * fs)
     t = np.arange(n) / fs
     vec = np.zeros((3, n))
+    t_peak, t_width = 0.0, 0.0
     for wave in _NORMAL_BEAT:
-        centre = wave.centre_s * (scale if wave.rate_dependent else 1.0)
-        vec += np.outer(wave.vector_mv, np.exp(-0.5 * ((t - centre) / wave.width_s) ** 2))
+        centre, width = wave.centre_s, wave.width_s
+        if wave.rate_dependent:
+            # Repolarisation shortens with rate, its wave narrows with it, and it never reaches back to the J point.
+            centre = max(wave.centre_s * scale, _J_POINT_S + _MIN_J_TO_T_PEAK_S)
+            width = wave.width_s * min(scale, 1.0)
+            t_peak, t_width = centre, width
+        vec += np.outer(wave.vector_mv, np.exp(-0.5 * ((t - centre) / width) ** 2))
     if any(st_vector_mv):
-        # A plateau from the J point into the T wave with soft edges: the injury current of acute ischaemia.
-        distance = np.maximum(np.abs(t - _ST_CENTRE_S * scale) - _ST_HALF_PLATEAU_S * scale, 0.0)
-        vec += np.outer(st_vector_mv, np.exp(-0.5 * (distance / _ST_EDGE_S) ** 2))
+        # The injury current of acute ischaemia: a plateau from the J point to the T peak, at full height at J
+        # whatever the rate, with a steep rise at J and a fall that follows the T wave.
+        before = np.exp(-0.5 * ((t - _J_POINT_S) / _ST_ONSET_EDGE_S) ** 2)
+        after = np.exp(-0.5 * ((t - t_peak) / t_width) ** 2)
+        lobe = np.where(t < _J_POINT_S, before, np.where(t > t_peak, after, 1.0))
+        vec += np.outer(st_vector_mv, lobe)
     return vec
 
 
