@@ -9,6 +9,7 @@ from typing import Any
 from emergency.bus import LinkState
 from emergency.codec import VITAL_FIELDS
 from emergency.protocol import DeviceEvent, DeviceMessage, EcgFrame, EventKind, GpsFix, Vitals
+from emergency.scores import News2Inputs, ScoreInputError, news2
 
 Json = dict[str, Any]
 
@@ -26,9 +27,33 @@ class UnitView:
     vitals_ts: int | None = None
     link: str = "unknown"
     last_rx: int | None = None
+    news2: Json | None = None
 
     def as_json(self) -> Json:
         return asdict(self)
+
+
+def news2_json(vitals: dict[str, float]) -> Json | None:
+    """NEWS2 from the monitor's latest values. Oxygen and consciousness come from the crew, not the monitor, so
+    until they are known the score is partial: a lower bound, shown as such."""
+    try:
+        result = news2(
+            News2Inputs(
+                respiration_rate=vitals.get("rr"),
+                spo2=vitals.get("spo2"),
+                systolic_bp=vitals.get("sbp"),
+                pulse=vitals.get("hr"),
+                temperature=vitals.get("temp"),
+            )
+        )
+    except ScoreInputError:
+        return None  # the codec's ranges make this unreachable; a score is never worth a crash
+    return {
+        "total": result.total,
+        "risk": result.clinical_risk.value,
+        "partial": bool(result.missing),
+        "missing": [str(m) for m in result.missing],
+    }
 
 
 def ecg_json(frame: EcgFrame, rx: int) -> Json:
@@ -77,7 +102,8 @@ class FleetState:
             if view.vitals_ts is None or message.ts >= view.vitals_ts:
                 view.vitals.update(values)
                 view.vitals_ts = message.ts
-            return {"type": "vitals", **base, **values, "nibp_ts": message.nibp_ts}
+                view.news2 = news2_json(view.vitals)
+            return {"type": "vitals", **base, **values, "nibp_ts": message.nibp_ts, "news2": view.news2}
         if isinstance(message, DeviceEvent):
             if message.kind is EventKind.STATUS:
                 view.status = str(message.detail["status"])

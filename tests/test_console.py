@@ -19,7 +19,7 @@ from console import Console
 from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
 from emergency.codec import encode_device_message
 from emergency.mqtt import mqtt_client
-from emergency.protocol import EcgFrame, GpsFix, Stream
+from emergency.protocol import EcgFrame, GpsFix, Stream, Vitals
 from emergency.settings import ConsoleSettings, MqttEndpoint
 
 
@@ -192,3 +192,19 @@ async def test_health_and_fleet_endpoints(console: Console) -> None:
     assert health["bus_connected"] is True
     assert isinstance(fleet["units"], list)
     assert '<canvas id="ecg">' in page
+
+
+async def test_vitals_carry_a_partial_news2(console: Console, bus: aiomqtt.Client) -> None:
+    """Vitals updates carry NEWS2 from the monitor's values, marked partial until oxygen and consciousness are known."""
+    vitals = Vitals("CN1", 1, 0, _now_us(), hr=120.0, rr=26.0, spo2=91.0, sbp=95.0, temp=39.5)
+    async with websockets.connect(_ws_url(console)) as ws:
+        await _next(ws, "fleet")
+        await bus.publish(live_topic("CN1", Stream.VITALS), encode_device_message(vitals), qos=0)
+        message = await _next(ws, "vitals", "CN1")
+    # RR 26 → 3, SpO2 91 → 3, SBP 95 → 2, pulse 120 → 2, temp 39.5 → 2 (RCP 2017 chart)
+    assert message["news2"] == {
+        "total": 12,
+        "risk": "high",
+        "partial": True,
+        "missing": ["air_or_oxygen", "consciousness"],
+    }

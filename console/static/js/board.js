@@ -28,7 +28,7 @@ export class Board {
       if (!tr) {
         tr = document.createElement("tr");
         tr.dataset.unit = u.unit;
-        tr.innerHTML = "<td class=unit></td><td><span class=chip></span></td><td class=speed></td><td class=age></td><td class=hr></td><td class=spo2></td>";
+        tr.innerHTML = "<td class=unit></td><td><span class=chip></span></td><td class=speed></td><td class=age></td><td class=hr></td><td class=spo2></td><td class=news2></td>";
         this.rows.set(u.unit, tr);
       }
       const stale = this.fleet.isStale(u);
@@ -42,6 +42,8 @@ export class Board {
       tr.cells[3].textContent = ageText(age);
       tr.cells[4].textContent = u.vitals.hr != null ? u.vitals.hr.toFixed(0) : "—";
       tr.cells[5].textContent = u.vitals.spo2 != null ? u.vitals.spo2.toFixed(0) : "—";
+      tr.cells[6].textContent = u.news2 ? `${u.news2.partial ? "≥" : ""}${u.news2.total}` : "—";
+      tr.cells[6].className = "news2 " + (u.news2?.risk ?? "");
     }
     // Keep DOM order stable and sorted without rebuilding rows (no layout jumps).
     units.forEach((u, i) => {

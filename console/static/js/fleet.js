@@ -26,7 +26,11 @@ export class Fleet {
     if (m.rx) u.last_rx = Math.max(u.last_rx ?? 0, m.rx);
     switch (m.type) {
       case "gps": Object.assign(u, { lat: m.lat, lon: m.lon, speed: m.speed, heading: m.heading, fix_ts: m.ts }); u.link = "live"; break;
-      case "vitals": for (const k of ["hr", "sbp", "dbp", "map", "spo2", "rr", "temp", "etco2"]) if (m[k] != null) u.vitals[k] = m[k]; u.link = "live"; break;
+      case "vitals":
+        for (const k of ["hr", "sbp", "dbp", "map", "spo2", "rr", "temp", "etco2"]) if (m[k] != null) u.vitals[k] = m[k];
+        if (m.news2) u.news2 = m.news2;
+        u.link = "live";
+        break;
       case "status": u.status = m.status; break;
       case "link": u.link = m.condition; u.last_rx = Math.max(u.last_rx ?? 0, m.last_rx); break;
     }

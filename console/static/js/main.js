@@ -44,6 +44,10 @@ function showVitals(u) {
   $("v-rr").textContent = f(v.rr);
   $("v-etco2").textContent = f(v.etco2);
   $("v-temp").textContent = f(v.temp, 1);
+  // Partial until the crew records oxygen and consciousness: a lower bound, shown with "≥".
+  $("v-news2").textContent = u.news2 ? `${u.news2.partial ? "≥" : ""}${u.news2.total}` : "--";
+  $("v-news2-risk").textContent = u.news2 ? u.news2.risk : "";
+  $("news2-tile").className = "vital news2 " + (u.news2?.risk ?? "");
 }
 
 function logEvent(m) {
