@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import shutil
 import socket
@@ -9,11 +11,22 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import aiomqtt
 import pytest
 import pytest_asyncio
 
 from emergency.settings import MqttEndpoint
 from emergency.stack import CONSOLE_ACCOUNT, GATEWAY_ACCOUNT, Broker, PostgresCluster, provision_unit
+
+
+async def received_topics(client: aiomqtt.Client, within_s: float) -> list[str]:
+    """The topics of every message `client` receives within `within_s` seconds."""
+    topics: list[str] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within_s):
+            async for message in client.messages:
+                topics.append(message.topic.value)
+    return topics
 
 
 def free_port() -> int:

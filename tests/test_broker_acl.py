@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 import aiomqtt
 import pytest
+from conftest import received_topics
 
 from emergency.codec import encode_ack
 from emergency.mqtt import mqtt_client
@@ -23,15 +23,6 @@ async def client(endpoint: MqttEndpoint, **overrides: object) -> AsyncIterator[a
         yield c
 
 
-async def _received(c: aiomqtt.Client, within_s: float) -> list[str]:
-    topics: list[str] = []
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(within_s):
-            async for message in c.messages:
-                topics.append(message.topic.value)
-    return topics
-
-
 async def test_unit_cannot_publish_as_another_unit(make_unit, gateway_endpoint) -> None:
     """A unit's publish on another unit's topic (or on the bus) never reaches the center; its own does."""
     (a, a_endpoint), (b, _) = await make_unit(), await make_unit()
@@ -44,7 +35,7 @@ async def test_unit_cannot_publish_as_another_unit(make_unit, gateway_endpoint) 
         await device.publish(f"ems/v1/{a}/ack", b"forged ack", qos=1)
         await device.publish(f"ems/v1/{a}/gps", b"own", qos=1)
         # Other tests' units may still be talking on the shared broker: look only at these two.
-        topics = [t for t in await _received(center, 2) if t.split("/")[-2] in (a, b)]
+        topics = [t for t in await received_topics(center, 2) if t.split("/")[-2] in (a, b)]
     assert topics == [f"ems/v1/{a}/gps"]
 
 
@@ -59,7 +50,7 @@ async def test_unit_cannot_read_another_units_acks(make_unit, gateway_endpoint) 
         await device.subscribe(f"ems/v1/{a}/ack", qos=1)
         await center.publish(f"ems/v1/{b}/ack", ack, qos=1)
         await center.publish(f"ems/v1/{a}/ack", ack, qos=1)
-        topics = await _received(device, 2)
+        topics = await received_topics(device, 2)
     assert topics and set(topics) == {f"ems/v1/{a}/ack"}  # overlapping subscriptions may repeat it
 
 
@@ -83,4 +74,4 @@ async def test_console_account_cannot_read_device_topics(make_unit, console_endp
     async with client(console_endpoint) as console, client(endpoint) as device:
         await console.subscribe("ems/v1/#", qos=1)
         await device.publish(f"ems/v1/{unit}/gps", b"x", qos=1)
-        assert await _received(console, 1.5) == []
+        assert await received_topics(console, 1.5) == []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 import pytest_asyncio
-from conftest import free_port
+from conftest import free_port, received_topics
 
 from emergency.mqtt import mqtt_client
 from emergency.settings import MqttEndpoint
@@ -37,15 +35,6 @@ def _device(broker: Broker, unit: str, **overrides: object) -> MqttEndpoint:
     return MqttEndpoint.model_validate(fields)
 
 
-async def _received(client: aiomqtt.Client, within_s: float) -> list[str]:
-    topics: list[str] = []
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(within_s):
-            async for message in client.messages:
-                topics.append(message.topic.value)
-    return topics
-
-
 async def test_device_with_its_certificate_publishes_only_as_itself(tls_broker: Broker) -> None:
     """A device authenticated by its certificate reaches the center on its own topics, not on another unit's."""
     async with (
@@ -55,7 +44,7 @@ async def test_device_with_its_certificate_publishes_only_as_itself(tls_broker: 
         await center.subscribe("ems/v1/#", qos=1)
         await device.publish("ems/v1/TLS2/gps", b"forged", qos=1)
         await device.publish("ems/v1/TLS1/gps", b"own", qos=1)
-        topics = await _received(center, 2)
+        topics = await received_topics(center, 2)
     assert topics == ["ems/v1/TLS1/gps"]
 
 
