@@ -287,7 +287,8 @@ class Gateway:
                     settlements.append(Settlement(key, outcome.seq, rejected=True))
         await self._seed({s.key for s in settlements} | {loss.key for loss in losses})
         plan = self._tracker.plan(settlements, losses)
-        link_events = [*loss_events, *self._take_link_events()]
+        observed = self._take_link_events()
+        link_events = [*loss_events, *observed]
         batch = IngestBatch(
             received=received,
             rejections=rejections,
@@ -303,7 +304,8 @@ class Gateway:
             # Not retryable: something in this batch is refused by the database. Halve it until the one
             # message responsible is found and recorded as rejected; the rest is committed normally.
             log.error("batch of %d refused by the store (%s); isolating the cause", len(items), exc)
-            self._link_events.extend(link_events)
+            # The halves take the monitor's observations again and derive their own data losses afresh.
+            self._link_events.extendleft(reversed(observed))
             middle = len(items) // 2
             await self._settle(items[:middle])
             await self._settle(items[middle:])
@@ -315,7 +317,11 @@ class Gateway:
     async def _refuse(self, item: _Incoming, exc: StoreError) -> None:
         """The database refuses this one message: record it as rejected so the device is told, never stall."""
         outcome = item.outcome
-        assert isinstance(outcome, Received)
+        if not isinstance(outcome, Received):
+            # Even the record of a rejection is refused: a bug in the store, not bad input. The message stays
+            # unacknowledged, so its device sends it again once the bug is fixed.
+            log.error("store refused the rejection of %s: %s", item.topic, exc, exc_info=exc)
+            return
         m = outcome.message
         log.error("store refused %s seq %d of %s: %s", m.stream.value, m.seq, m.unit, exc, exc_info=exc)
         rejection = RejectedMessage(f"store refused: {exc}", unit=m.unit, stream=m.stream, boot=m.boot, seq=m.seq)
