@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -24,6 +23,8 @@ log = logging.getLogger(__name__)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _PARTITION_DAYS_AHEAD = 3
 _MAINTENANCE_INTERVAL_S = 3600.0
+# What a lost or refusing database raises through asyncpg: server errors, a dropped connection, a socket error.
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 
 def from_us(us: int) -> dt.datetime:
@@ -203,7 +204,7 @@ class Store:
             await asyncio.sleep(_MAINTENANCE_INTERVAL_S)
             try:
                 await self.maintain_partitions()
-            except (asyncpg.PostgresError, OSError) as exc:
+            except DB_ERRORS as exc:
                 log.warning("partition maintenance failed, will retry: %s", exc)
 
     async def maintain_partitions(self, today: dt.date | None = None) -> None:
@@ -341,7 +342,7 @@ class Store:
         try:
             async with self.pool.acquire() as conn:
                 await self._insert_link_events(conn, events)
-        except (asyncpg.PostgresError, OSError) as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"could not record link events: {exc}", retryable=True) from exc
 
     async def watermarks(self, keys: Sequence[tuple[str, int, Stream]]) -> dict[tuple[str, int, Stream], int]:
@@ -376,20 +377,13 @@ class Store:
     async def _read(self, fetch: Callable[..., Awaitable[list[asyncpg.Record]]], *args: Any) -> list[asyncpg.Record]:
         try:
             return await fetch(*args)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except DB_ERRORS as exc:
             raise StoreError(f"read failed: {exc}", retryable=True) from exc
-
-    async def upsert_unit(self, unit: str, label: str | None = None) -> None:
-        await self.pool.execute(
-            "INSERT INTO units (unit, label) VALUES ($1, $2) ON CONFLICT (unit) DO UPDATE "
-            "SET label = COALESCE(EXCLUDED.label, units.label)",
-            unit,
-            label,
-        )
 
     async def last_positions(self) -> list[GpsFix]:
         """Each unit's latest stored GPS fix (to seed a console's fleet view at start)."""
-        rows = await self.pool.fetch(
+        rows = await self._read(
+            self.pool.fetch,
             "SELECT DISTINCT ON (unit) unit, boot, seq, ts, lat, lon, speed, heading, acc "
             "FROM gps_fixes WHERE ts > now() - interval '1 day' ORDER BY unit, ts DESC"
         )
@@ -407,8 +401,3 @@ class Store:
             )
             for r in rows
         ]
-
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self.pool.acquire() as conn:
-            yield conn
