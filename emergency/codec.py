@@ -157,6 +157,9 @@ class _Fields:
             raise self.reject(f"field {key!r} must be a string, got {type(value).__name__}")
         if not value or len(value) > max_len:
             raise self.reject(f"field {key!r} must have 1..{max_len} characters")
+        if "\x00" in value:
+            # PostgreSQL text and jsonb cannot hold NUL: refuse it here, with a reason, not in the database.
+            raise self.reject(f"field {key!r} contains a NUL character")
         return value
 
     def req_text(self, key: str, *, max_len: int = MAX_TEXT) -> str:

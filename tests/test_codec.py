@@ -96,6 +96,11 @@ def test_ack_round_trip() -> None:
         ("ems/v1/A1/gps", {"v": 1, "unit": "A1", "boot": 1, "seq": 1, "ts": TS, "lat": 95, "lon": 0}, "range"),
         ("ems/v1/A1/event", {"v": 1, "unit": "A1", "boot": 1, "seq": 1, "ts": TS, "kind": "dance"}, "kind"),
         ("ems/v1/A1/event", {"v": 1, "unit": "A1", "boot": 1, "seq": 1, "ts": TS, "kind": "status"}, "missing"),
+        (
+            "ems/v1/A1/event",
+            {"v": 1, "unit": "A1", "boot": 1, "seq": 1, "ts": TS, "kind": "chief_complaint", "text": "chest\x00pain"},
+            "NUL",
+        ),
         ("ems/v1/A1/ack", _ecg(), "ack stream"),
         ("ems/v1/A.1/ecg", _ecg(), "does not match"),
         ("ems/v2/A1/ecg", _ecg(), "is not"),
