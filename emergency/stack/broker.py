@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
-import os
 import shutil
 import signal
 from pathlib import Path
@@ -170,8 +169,3 @@ class Broker:
         self._proc = None
         if not graceful:
             self.pid_file.unlink(missing_ok=True)
-
-    def reload(self) -> None:
-        """Re-read the password file and ACL (SIGHUP)."""
-        if self._proc is not None and self._proc.returncode is None:
-            os.kill(self._proc.pid, signal.SIGHUP)
