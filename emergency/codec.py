@@ -255,6 +255,21 @@ def _score(f: _Fields, key: str, required: bool) -> object:
     return f.num(key, -1000, 1000, required=required)
 
 
+def _age(f: _Fields, key: str, required: bool) -> object:
+    return f.integer(key, 0, 130, required=required)
+
+
+def _sex(f: _Fields, key: str, required: bool) -> object:
+    value = f.text(key, required=required)
+    if value is not None and value not in ("male", "female", "unknown"):
+        raise f.reject(f"sex {value!r} is not male, female or unknown")
+    return value
+
+
+def _time(f: _Fields, key: str, required: bool) -> object:
+    return f.integer(key, 0, 2**63 - 1, required=required)
+
+
 def _status(f: _Fields, key: str, required: bool) -> object:
     value = f.text(key, required=required)
     if value is not None and value not in UnitStatus.__members__.values():
@@ -279,9 +294,16 @@ def _priority(f: _Fields, key: str, required: bool) -> object:
 EVENT_FIELDS: dict[EventKind, dict[str, _EventField]] = {
     EventKind.DEVICE_START: {"firmware": (_text, False)},
     EventKind.STATUS: {"status": (_status, True)},
-    EventKind.PATIENT_CONTACT: {"note": (_text, False)},
+    EventKind.PATIENT_CONTACT: {"note": (_text, False), "age": (_age, False), "sex": (_sex, False)},
     EventKind.CHIEF_COMPLAINT: {"text": (_text, True), "code": (_text, False)},
-    EventKind.FINDING: {"text": (_text, True), "code": (_text, False), "value": (_score, False)},
+    EventKind.FINDING: {"text": (_text, True), "code": (_text, False), "value": (_score, False), "at": (_time, False)},
+    EventKind.TREATMENT: {
+        "text": (_text, True),
+        "code": (_text, False),
+        "dose": (_score, False),
+        "dose_unit": (_text, False),
+    },
+    EventKind.TRANSFER_OF_CARE: {"to": (_text, False)},
     EventKind.DEVICE_ALARM: {"alarm": (_text, True), "priority": (_priority, True), "text": (_text, False)},
     EventKind.OUTBOX_DROP: {
         "stream": (_stream, True),

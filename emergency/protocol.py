@@ -104,8 +104,24 @@ class EventKind(enum.StrEnum):
     PATIENT_CONTACT = "patient_contact"
     CHIEF_COMPLAINT = "chief_complaint"
     FINDING = "finding"
+    TREATMENT = "treatment"
+    TRANSFER_OF_CARE = "transfer_of_care"
     DEVICE_ALARM = "device_alarm"
     OUTBOX_DROP = "outbox_drop"
+
+
+class FindingCode(enum.StrEnum):
+    """Finding codes the center reads (others are stored and shown as free text). docs/protocol.md gives each one's
+    `text`/`value`/`at` convention."""
+
+    AVPU = "avpu"  # text: A, C (new confusion), V, P or U
+    SUPPLEMENTAL_O2 = "supplemental_o2"  # value: litres/min, 0 = off
+    SPO2_SCALE_2 = "spo2_scale_2"  # hypercapnic respiratory failure: NEWS2 SpO2 scale 2 applies
+    RACE = "race"  # value: RACE score 0–9
+    LAST_KNOWN_WELL = "last_known_well"  # at: µs since the epoch
+    GCS = "gcs"  # value: 3–15
+    TRAUMA_CRITERIA = "trauma_criteria"  # text: the field-triage criterion met
+    SYMPTOM_ONSET = "symptom_onset"  # at: µs since the epoch
 
 
 class UnitStatus(enum.StrEnum):
