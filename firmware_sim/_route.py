@@ -78,6 +78,8 @@ class Drive:
     path: list[tuple[float, float]] = field(default_factory=list)
     dwell_s: float = 0.0
     cruise: float = 14.0
+    # Where the next transport goes; a clinical scenario sets it to a hospital that can treat its patient.
+    destination: tuple[float, float] | None = None
 
     @classmethod
     def start(cls, seed: int) -> Drive:
@@ -128,7 +130,8 @@ class Drive:
             incident = _offset(self.base, self.rng.uniform(-4000, 4000), self.rng.uniform(-4000, 4000))
             return self._go(incident, UnitStatus.EN_ROUTE)
         if self.status is UnitStatus.ON_SCENE:
-            return self._go(self.rng.choice(HOSPITALS), UnitStatus.TRANSPORTING)
+            destination, self.destination = self.destination or self.rng.choice(HOSPITALS), None
+            return self._go(destination, UnitStatus.TRANSPORTING)
         if self.status is UnitStatus.AT_DESTINATION:
             self._go(self.base, UnitStatus.AVAILABLE)
             return UnitStatus.AVAILABLE
