@@ -148,7 +148,121 @@ async def _create_time_series(conn: asyncpg.Connection, table: TimeSeriesTable, 
         await conn.execute(f"CREATE TABLE {table.name}_default PARTITION OF {table.name} DEFAULT")
 
 
-MIGRATIONS: tuple[tuple[int, str, Migration], ...] = ((1, "telemetry", _v1_telemetry),)
+async def _v2_care(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
+    """The clinical loop's records (emergency/care/_model.py). Times are timestamptz; `source` says whose clock."""
+    await conn.execute(
+        """
+        CREATE TABLE incidents (
+            id bigserial PRIMARY KEY,
+            call_received_at timestamptz NOT NULL,
+            priority smallint NOT NULL CHECK (priority BETWEEN 1 AND 4),
+            complaint text NOT NULL,
+            lat double precision, lon double precision, address text,
+            unit text,
+            created_by text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            closed_at timestamptz
+        );
+        -- At most one open incident per unit: patient contact attaches to it.
+        CREATE UNIQUE INDEX incidents_open_unit ON incidents (unit) WHERE unit IS NOT NULL AND closed_at IS NULL;
+        CREATE TABLE incident_times (
+            incident_id bigint NOT NULL REFERENCES incidents,
+            name text NOT NULL, at timestamptz NOT NULL, source text NOT NULL, actor text,
+            recorded_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (incident_id, name)
+        );
+        CREATE TABLE encounters (
+            id bigserial PRIMARY KEY,
+            alias text NOT NULL UNIQUE,
+            incident_id bigint NOT NULL REFERENCES incidents,
+            unit text NOT NULL,
+            status text NOT NULL,
+            contact_at timestamptz NOT NULL,
+            destination text,
+            age smallint, sex text, chief_complaint text,
+            acuity text NOT NULL DEFAULT 'low',
+            eta_at timestamptz, door_at timestamptz,
+            patient_id text, patient_name text,
+            last_known_well_at timestamptz, symptom_onset_at timestamptz,
+            disposition text, diagnosis text,
+            handoff_notes jsonb NOT NULL DEFAULT '{}',
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        -- One active encounter per unit, and one per incident: a replayed patient_contact never duplicates it.
+        CREATE UNIQUE INDEX encounters_active_unit ON encounters (unit) WHERE status IN ('pre_registered', 'arrived');
+        CREATE UNIQUE INDEX encounters_incident ON encounters (incident_id);
+        CREATE INDEX encounters_patient ON encounters (patient_id) WHERE patient_id IS NOT NULL;
+        CREATE TABLE encounter_times (
+            encounter_id bigint NOT NULL REFERENCES encounters,
+            name text NOT NULL, at timestamptz NOT NULL, source text NOT NULL, actor text,
+            recorded_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (encounter_id, name)
+        );
+        -- Crew findings and treatments, keyed by the device message that carried them (replays are no-ops).
+        CREATE TABLE encounter_notes (
+            unit text NOT NULL, boot bigint NOT NULL, seq bigint NOT NULL,
+            encounter_id bigint NOT NULL REFERENCES encounters,
+            at timestamptz NOT NULL,
+            kind text NOT NULL,
+            text text NOT NULL, code text, value double precision, dose double precision, dose_unit text,
+            PRIMARY KEY (unit, boot, seq)
+        );
+        CREATE INDEX encounter_notes_encounter ON encounter_notes (encounter_id, at);
+        CREATE TABLE alerts (
+            id bigserial PRIMARY KEY,
+            unit text NOT NULL,
+            encounter_id bigint REFERENCES encounters,
+            kind text NOT NULL, severity text NOT NULL, state text NOT NULL,
+            summary text NOT NULL, detail jsonb NOT NULL DEFAULT '{}',
+            raised_at timestamptz NOT NULL, updated_at timestamptz NOT NULL,
+            delivered_at timestamptz,
+            acknowledged_at timestamptz, acknowledged_by text, acknowledged_role text,
+            resolved_at timestamptz,
+            repeats integer NOT NULL DEFAULT 0,
+            escalation integer NOT NULL DEFAULT 0,
+            backlog boolean NOT NULL DEFAULT false
+        );
+        -- No storms: while a condition persists there is exactly one open alert for it.
+        CREATE UNIQUE INDEX alerts_open ON alerts (unit, kind) WHERE state <> 'resolved';
+        CREATE INDEX alerts_encounter ON alerts (encounter_id);
+        CREATE TABLE alert_events (
+            id bigserial PRIMARY KEY,
+            alert_id bigint NOT NULL REFERENCES alerts,
+            at timestamptz NOT NULL,
+            event text NOT NULL,
+            actor text,
+            detail jsonb NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX alert_events_alert ON alert_events (alert_id, at);
+        CREATE TABLE activations (
+            id bigserial PRIMARY KEY,
+            encounter_id bigint NOT NULL REFERENCES encounters,
+            team text NOT NULL, state text NOT NULL, reason text NOT NULL,
+            requested_at timestamptz NOT NULL, requested_by text NOT NULL,
+            acknowledged_at timestamptz, acknowledged_by text,
+            cancelled_at timestamptz
+        );
+        CREATE UNIQUE INDEX activations_open ON activations (encounter_id, team) WHERE state <> 'cancelled';
+        CREATE TABLE follow_ups (
+            id bigserial PRIMARY KEY,
+            encounter_id bigint NOT NULL REFERENCES encounters,
+            label text NOT NULL,
+            due_at timestamptz NOT NULL,
+            state text NOT NULL DEFAULT 'due',
+            alive boolean, readmitted boolean, mace boolean, notes text,
+            recorded_at timestamptz, recorded_by text,
+            UNIQUE (encounter_id, label)
+        );
+        CREATE INDEX follow_ups_due ON follow_ups (due_at) WHERE state = 'due';
+        """
+    )
+
+
+MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
+    (1, "telemetry", _v1_telemetry),
+    (2, "care", _v2_care),
+)
 
 
 async def migrate(conn: asyncpg.Connection, settings: StoreSettings) -> bool:
