@@ -16,6 +16,7 @@ from emergency.settings import StoreSettings
 from emergency.stack import PostgresCluster, timescaledb_available
 from emergency.stack.postgres import pg_bindir
 from emergency.store import IngestBatch, Received, Rejection, Store, Watermark
+from emergency.store._migrations import MIGRATIONS
 
 HAS_TIMESCALEDB = timescaledb_available(pg_bindir())
 FLAVOURS = [
@@ -62,7 +63,7 @@ async def test_migrations_are_idempotent(store: Store) -> None:
     """Opening the store again applies nothing twice and keeps its flavour."""
     async with Store.open(store._dsn) as again:
         assert again.timescaledb == store.timescaledb
-    assert await store.pool.fetchval("SELECT count(*) FROM schema_migrations") == 1
+    assert await store.pool.fetchval("SELECT count(*) FROM schema_migrations") == len(MIGRATIONS)
 
 
 async def test_commit_stores_once_and_keeps_raw_samples(store: Store) -> None:
