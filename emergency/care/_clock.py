@@ -1,0 +1,52 @@
+"""Is a message live, or late? And is the device's clock wrong? Pure per-unit bookkeeping on (device ts, rx time).
+
+A message is *late* when it reached the center much later than the device says it was taken: an outbox replay after
+an outage. A late message fills in the record but must not be taken for the patient's state now.
+
+A device clock that is off by minutes looks the same as lateness for a single message. The difference is over time:
+a replay catches up — device time runs faster than the center's clock while the backlog drains — whereas a skewed
+clock keeps a steady offset while device time advances at the center's rate. So an offset that holds steady for
+`settle_s` of center time is adopted as the device's clock skew (and reported); until then the messages count as
+late. A device ahead of the center cannot be replaying, so its offset is adopted at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ClockVerdict:
+    late: bool
+    lag_s: float  # how far behind the center's clock this message is, after the adopted skew
+    skew_adopted_s: float | None = None  # set on the message that made the tracker adopt a new skew
+
+
+@dataclass(slots=True)
+class ClockTracker:
+    late_after_s: float = 30.0
+    settle_s: float = 20.0
+    tolerance_s: float = 2.0
+    skew_us: int = 0  # adopted offset: device clock = center clock − skew
+    _candidate_us: int | None = None
+    _candidate_since_rx: int | None = None
+
+    def observe(self, ts: int, rx: int) -> ClockVerdict:
+        lag = rx - ts - self.skew_us
+        late_us = self.late_after_s * 1e6
+        if abs(lag) <= late_us:
+            self._candidate_us = self._candidate_since_rx = None
+            return ClockVerdict(False, lag / 1e6)
+        if lag < 0:  # the device is ahead: no replay can explain it
+            self.skew_us += lag
+            return ClockVerdict(False, 0.0, self.skew_us / -1e6)
+        steady = self._candidate_us is not None and abs(lag - self._candidate_us) <= self.tolerance_s * 1e6
+        if not steady:
+            self._candidate_us, self._candidate_since_rx = lag, rx
+            return ClockVerdict(True, lag / 1e6)
+        assert self._candidate_since_rx is not None
+        if rx - self._candidate_since_rx >= self.settle_s * 1e6:
+            self.skew_us += lag
+            self._candidate_us = self._candidate_since_rx = None
+            return ClockVerdict(False, 0.0, self.skew_us / -1e6)
+        return ClockVerdict(True, lag / 1e6)
