@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 import aiomqtt
 from aiohttp import web
@@ -30,6 +30,7 @@ from emergency.protocol import (
     DEVICE_STREAMS,
     Ack,
     DeviceEvent,
+    DeviceMessage,
     EventKind,
     OutboxDrop,
     Stream,
@@ -68,11 +69,23 @@ class _Incoming:
     outcome: Received | RejectedMessage
 
 
+class Observer(Protocol):
+    """What the gateway hands every accepted message and link observation to, synchronously and before the commit
+    (the clinical loop, `emergency.care.ClinicalLoop`). It must not block; an exception is logged, never fatal."""
+
+    def observe(self, message: DeviceMessage, rx: int) -> None: ...
+
+    def observe_link(self, event: LinkEvent) -> None: ...
+
+
 class Gateway:
     """`async with Gateway(settings, mqtt, store) as gateway:` runs until the block exits."""
 
-    def __init__(self, settings: GatewaySettings, mqtt: MqttEndpoint, store: Store) -> None:
+    def __init__(
+        self, settings: GatewaySettings, mqtt: MqttEndpoint, store: Store, *, observer: Observer | None = None
+    ) -> None:
         self._settings = settings
+        self._observer = observer
         self._mqtt = mqtt
         self._store = store
         self.metrics = GatewayMetrics()
@@ -198,18 +211,33 @@ class Gateway:
             self.metrics.received.labels(decoded.stream.value).inc()
             # Live data reaches consoles now, not after the commit; best effort (QoS 0), never waited on.
             publish_nowait(client, live_topic(decoded.unit, decoded.stream), payload)
+            self._tell_observer(decoded, rx_us)
             change = self._silence.heard(decoded.unit, rx_mono, rx_us)
             if change is not None:
                 await self._announce(change, rx_us)
         await self._queue.put(_Incoming(topic, payload, rx_us, rx_mono, outcome))
         self.metrics.pending.set(self._queue.qsize())
 
+    def _tell_observer(self, item: DeviceMessage | LinkEvent, rx_us: int = 0) -> None:
+        if self._observer is None:
+            return
+        try:
+            if isinstance(item, LinkEvent):
+                self._observer.observe_link(item)
+            else:
+                self._observer.observe(item, rx_us)
+        except Exception:
+            # A bug in the clinical loop must not stop ingestion: the data is still stored and acknowledged.
+            log.exception("observer failed on %s", item)
+
+    def _link_event(self, event: LinkEvent) -> None:
+        self._link_events.append(event)
+        self._tell_observer(event)
+
     async def _announce(self, change: LinkChange, at_us: int) -> None:
         """Record a link change and tell the consoles (retained, so a console started later knows too)."""
         kind = "silent" if change.condition is LinkCondition.SILENT else "live"
-        self._link_events.append(
-            LinkEvent(at=at_us, unit=change.unit, kind=kind, detail={"last_rx_us": change.last_rx_us})
-        )
+        self._link_event(LinkEvent(at=at_us, unit=change.unit, kind=kind, detail={"last_rx_us": change.last_rx_us}))
         self.metrics.link_events.labels(kind).inc()
         client = self._client
         if client is None:
@@ -444,7 +472,7 @@ class Gateway:
                     gap.first_missing,
                     gap.last_missing,
                 )
-                self._link_events.append(
+                self._link_event(
                     LinkEvent(
                         at=at,
                         unit=unit,

@@ -73,3 +73,29 @@ def parse_bus_topic(topic: str) -> tuple[str, str, str | None]:
     if len(parts) == 4 and parts[2] == "link":
         return "link", parts[3], None
     raise ValueError(f"not a bus topic: {topic!r}")
+
+
+# -- the clinical loop's records ------------------------------------------------------------------------------------
+# `center/v1/care/{kind}/{key}`: JSON snapshots of care records (emergency/care/_model.py), QoS 1, written by the
+# clinical loop and by consoles (people's changes), read by both. A snapshot is the whole record as it is now, so a
+# reader that missed one is corrected by the next; readers seed from the store when they start.
+
+CARE_FILTER = f"{BUS_ROOT}/care/#"
+
+
+class CareKind(enum.StrEnum):
+    INCIDENT = "incident"
+    ENCOUNTER = "encounter"
+    ALERT = "alert"
+    ACTIVATION = "activation"
+
+
+def care_topic(kind: CareKind, key: int | str) -> str:
+    return f"{BUS_ROOT}/care/{kind.value}/{key}"
+
+
+def parse_care_topic(topic: str) -> CareKind:
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[2] != "care":
+        raise ValueError(f"not a care topic: {topic!r}")
+    return CareKind(parts[3])

@@ -55,6 +55,22 @@ class ConsoleSettings(_Section):
     stale_after_s: float = Field(default=10.0, gt=0)
 
 
+class CareSettings(_Section):
+    """The clinical loop: alert lifecycle, lateness and clock skew, ECG analysis cadence, automatic activations."""
+
+    client_id: str = "emergency-care"
+    repeat_after_s: float = Field(default=120.0, gt=0)  # an unacknowledged critical alert repeats this often
+    escalate_after_repeats: int = Field(default=1, ge=1)  # ... and goes to the second role after this many
+    clear_after_s: float = Field(default=60.0, ge=0)  # a reading-based condition absent this long resolves
+    late_after_s: float = Field(default=30.0, gt=0)  # data older than this on arrival is backlog, not live
+    skew_settle_s: float = Field(default=20.0, gt=0)  # a steady offset this long is the device's clock skew
+    ecg_window_s: float = Field(default=10.0, ge=2.5)  # how much 12-lead each analysis reads
+    ecg_interval_s: float = Field(default=10.0, gt=0)  # how often a unit's 12-lead is analysed
+    seq_gap_hold_s: float = Field(default=300.0, gt=0)  # a reported open seq gap alerts this long
+    auto_activate: bool = True  # STEMI → cath lab, LVO stroke → stroke team, trauma → trauma team
+    sites_file: Path | None = None  # hospitals and bases (emergency/sites.py); None: the demo city
+
+
 class StoreSettings(_Section):
     dsn: SecretStr | None = None  # None: the stack's private cluster
     retention_days: int = Field(default=30, ge=1)
@@ -83,4 +99,5 @@ class Settings(BaseSettings):
 
     gateway: GatewaySettings = GatewaySettings()
     console: ConsoleSettings = ConsoleSettings()
+    care: CareSettings = CareSettings()
     store: StoreSettings = StoreSettings()

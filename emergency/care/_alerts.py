@@ -202,6 +202,11 @@ class AlertBook:
             changes.append(AlertChange(AlertEvent.ESCALATED if escalate else AlertEvent.REPEATED, entry.alert))
         return changes
 
+    def adopt(self, alert: Alert, *, now: int) -> None:
+        """Take over an open alert from the store (a restart): it keeps its id, state and repeat schedule."""
+        repeat_at = None if alert.backlog or alert.state not in UNACKNOWLEDGED else now + self._repeat_us
+        self._open[(alert.unit, alert.kind)] = _Open(alert, next_repeat_at=repeat_at)
+
     def bind_id(self, unit: str, kind: AlertKind, alert_id: int) -> None:
         entry = self._open.get((unit, kind))
         if entry is not None and entry.alert.id != alert_id:

@@ -32,6 +32,7 @@ topic readwrite center/v1/#
 
 user center.console
 topic read center/v1/#
+topic write center/v1/care/#
 
 pattern write ems/v1/%u/ecg
 pattern write ems/v1/%u/vitals

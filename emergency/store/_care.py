@@ -338,6 +338,20 @@ class CareStore:
         result: Activation = await self._run(go)
         return result
 
+    async def change_destination(self, encounter_id: int, old: str | None, new: str) -> bool:
+        """The loop's own re-routing (a diagnosis needs a capability): only if no one changed it meanwhile."""
+
+        async def go() -> bool:
+            status = await self._pool.execute(
+                """UPDATE encounters SET destination = $3, updated_at = now()
+                   WHERE id = $1 AND destination IS NOT DISTINCT FROM $2""",
+                encounter_id, old, new,
+            )  # fmt: skip
+            return bool(status.endswith(" 1"))
+
+        result: bool = await self._run(go)
+        return result
+
     # -- reads -------------------------------------------------------------------------------------------------
 
     async def open_incidents(self) -> list[Incident]:
