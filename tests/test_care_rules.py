@@ -1,0 +1,162 @@
+"""The clinical loop's pure parts: rules over the patient state, the alert lifecycle, lateness and skew, aliases."""
+
+from __future__ import annotations
+
+from emergency.care._alerts import AlertBook, AlertEvent, AlertPolicy
+from emergency.care._alias import alias_for
+from emergency.care._clock import ClockTracker
+from emergency.care._model import AlertKind, AlertState, Severity
+from emergency.care._rules import PatientState, Thresholds, evaluate
+from emergency.protocol import DeviceEvent, EventKind, Vitals
+
+S = 1_000_000
+T0 = 1_800_000_000 * S
+
+
+def vitals(ts: int, **values: float) -> Vitals:
+    return Vitals("U1", 1, ts // S, ts, **values)  # type: ignore[arg-type]
+
+
+def finding(ts: int, code: str, text: str = "x", value: float | None = None, at: int | None = None) -> DeviceEvent:
+    detail: dict[str, str | int | float | bool] = {"code": code, "text": text}
+    if value is not None:
+        detail["value"] = value
+    if at is not None:
+        detail["at"] = at
+    return DeviceEvent("U1", 1, 1000 + ts // S, ts, EventKind.FINDING, detail)
+
+
+STABLE = {"hr": 72.0, "sbp": 125.0, "spo2": 97.0, "rr": 16.0, "temp": 36.8}
+
+
+def test_stable_patient_holds_no_condition() -> None:
+    """A stable adult's vitals raise nothing."""
+    state = PatientState()
+    state.observe_vitals(vitals(T0, **STABLE))
+    assert evaluate(state, Thresholds()) == {}
+
+
+def test_shock_raises_shock_index_vital_band_and_news2() -> None:
+    """HR 135 / SBP 80 is a shock index above 1.0, a low-pressure band breach and a NEWS2 alert."""
+    state = PatientState()
+    state.observe_vitals(vitals(T0, hr=135, sbp=80, spo2=95, rr=24, temp=36.5))
+    conditions = evaluate(state, Thresholds())
+    assert conditions[AlertKind.SHOCK_INDEX].severity is Severity.CRITICAL  # 1.69 ≥ 1.4
+    assert "SBP 80" in conditions[AlertKind.VITAL_THRESHOLD].summary
+    assert conditions[AlertKind.NEWS2].detail["partial"] is True  # consciousness and oxygen not yet recorded
+
+
+def test_crew_consciousness_completes_news2_and_qsofa() -> None:
+    """New confusion recorded by the crew completes NEWS2 and, with RR ≥ 22 and SBP ≤ 100, makes qSOFA positive."""
+    state = PatientState()
+    state.observe_vitals(vitals(T0, hr=118, sbp=95, spo2=92, rr=26, temp=39.2))
+    state.observe_event(finding(T0 + S, "avpu", "C"))
+    state.observe_event(finding(T0 + S, "supplemental_o2", value=0))
+    conditions = evaluate(state, Thresholds())
+    assert conditions[AlertKind.NEWS2].detail == {
+        "total": 14, "partial": False, "missing": [], "risk": "high", "high_risk": True,
+    }  # fmt: skip
+    assert conditions[AlertKind.QSOFA].detail["score"] == 3
+
+
+def test_race_above_four_is_a_large_vessel_occlusion_alert_with_last_known_well() -> None:
+    """RACE 7 raises the LVO alert carrying the last-known-well time and a thrombectomy recommendation."""
+    state = PatientState()
+    state.observe_event(finding(T0, "last_known_well", at=T0 - 45 * 60 * S))
+    state.observe_event(finding(T0 + S, "race", value=7))
+    lvo = evaluate(state, Thresholds())[AlertKind.LVO_STROKE]
+    assert lvo.detail["last_known_well_at"] == T0 - 45 * 60 * S
+    assert lvo.detail["recommendation"] == "thrombectomy-capable centre"
+
+
+def test_replayed_older_vitals_do_not_overwrite_the_present() -> None:
+    """A vitals message older than the newest known is ignored for the patient's state now."""
+    state = PatientState()
+    state.observe_vitals(vitals(T0 + 10 * S, **STABLE))
+    assert not state.observe_vitals(vitals(T0, hr=30.0))
+    assert state.vitals["hr"] == 72.0
+
+
+def _book() -> AlertBook:
+    return AlertBook(AlertPolicy(repeat_after_s=120, escalate_after_repeats=1, clear_after_s=60))
+
+
+def test_a_persisting_condition_is_one_alert_that_updates() -> None:
+    """Fifty frames showing the same condition raise one alert; a changed reading updates it, never re-raises it."""
+    book, state = _book(), PatientState()
+    events = []
+    for i in range(50):
+        state.observe_vitals(vitals(T0 + i * S, hr=135 if i < 25 else 140, sbp=80, spo2=97, rr=16, temp=36.8))
+        conditions = evaluate(state, Thresholds())
+        events += book.reconcile("U1", 7, conditions, at=T0 + i * S, now=T0 + i * S, backlog=False)
+    kinds = [(c.event, c.alert.kind) for c in events]
+    assert kinds.count((AlertEvent.RAISED, AlertKind.SHOCK_INDEX)) == 1
+    assert (AlertEvent.UPDATED, AlertKind.SHOCK_INDEX) in kinds
+    assert len(events) < 10
+
+
+def test_unacknowledged_critical_alert_repeats_then_escalates_and_stops_when_acknowledged() -> None:
+    """A critical alert repeats every 2 minutes and escalates to the second role; acknowledgement stops it."""
+    book, state = _book(), PatientState()
+    state.observe_vitals(vitals(T0, hr=135, sbp=70, spo2=97, rr=16, temp=36.8))
+    book.reconcile("U1", 7, evaluate(state, Thresholds()), at=T0, now=T0, backlog=False)
+    assert book.due(T0 + 60 * S) == []
+    first = [c for c in book.due(T0 + 121 * S) if c.alert.kind is AlertKind.SHOCK_INDEX]
+    assert first[0].event is AlertEvent.ESCALATED and first[0].alert.escalation == 1
+    assert book.policy.roles(first[0].alert) == ("ed_physician",)
+    again = [c for c in book.due(T0 + 242 * S) if c.alert.kind is AlertKind.SHOCK_INDEX]
+    assert again[0].event is AlertEvent.REPEATED and again[0].alert.repeats == 2
+    alert = book.open_alert("U1", AlertKind.SHOCK_INDEX)
+    assert alert is not None
+    book.merge_external(
+        type(alert)(**{**{f: getattr(alert, f) for f in alert.__dataclass_fields__}, "state": AlertState.ACKNOWLEDGED})
+    )
+    assert [c for c in book.due(T0 + 400 * S) if c.alert.kind is AlertKind.SHOCK_INDEX] == []
+
+
+def test_condition_resolves_only_after_it_stays_absent() -> None:
+    """A reading-based alert resolves after its condition has been absent for clear_after_s of device time."""
+    book, state = _book(), PatientState()
+    state.observe_vitals(vitals(T0, hr=135, sbp=80, spo2=97, rr=16, temp=36.8))
+    book.reconcile("U1", 7, evaluate(state, Thresholds()), at=T0, now=T0, backlog=False)
+    state.observe_vitals(vitals(T0 + S, **STABLE))
+    assert book.reconcile("U1", 7, evaluate(state, Thresholds()), at=T0 + S, now=T0 + S, backlog=False) == []
+    later = book.reconcile("U1", 7, evaluate(state, Thresholds()), at=T0 + 62 * S, now=T0 + 62 * S, backlog=False)
+    assert {c.alert.kind for c in later if c.event is AlertEvent.RESOLVED} >= {AlertKind.SHOCK_INDEX}
+
+
+def test_backlog_condition_is_recorded_silently_and_goes_live_with_live_data() -> None:
+    """A condition seen only in late data is a backlog alert (never repeated); live data makes it a live alert."""
+    book, state = _book(), PatientState()
+    state.observe_vitals(vitals(T0, hr=135, sbp=80, spo2=97, rr=16, temp=36.8))
+    raised = book.reconcile("U1", 7, evaluate(state, Thresholds()), at=T0, now=T0 + 600 * S, backlog=True)
+    assert all(c.alert.backlog for c in raised)
+    assert book.due(T0 + 3600 * S) == []
+    live = book.reconcile("U1", 7, evaluate(state, Thresholds()), at=T0 + 601 * S, now=T0 + 601 * S, backlog=False)
+    assert {c.event for c in live} == {AlertEvent.RAISED} and not any(c.alert.backlog for c in live)
+
+
+def test_replay_after_an_outage_is_late_but_a_skewed_clock_is_adopted_and_flagged() -> None:
+    """A backlog draining fast is late; a steady 10-minute offset is adopted as skew after settling; a device
+    ahead of the center is adopted at once."""
+    replay = ClockTracker(late_after_s=30, settle_s=20)
+    verdicts = [replay.observe(T0 + i * S, T0 + 600 * S + i * S // 50) for i in range(600)]
+    assert all(v.late for v in verdicts[:500]) and replay.skew_us == 0
+
+    behind = ClockTracker(late_after_s=30, settle_s=20)
+    verdicts = [behind.observe(T0 + i * S - 600 * S, T0 + i * S) for i in range(40)]
+    assert verdicts[0].late
+    adopted = [v for v in verdicts if v.skew_adopted_s is not None]
+    assert adopted and round(adopted[0].skew_adopted_s or 0) == -600
+    assert not verdicts[-1].late
+
+    ahead = ClockTracker(late_after_s=30, settle_s=20)
+    first = ahead.observe(T0 + 600 * S, T0)
+    assert not first.late and round(first.skew_adopted_s or 0) == 600
+
+
+def test_aliases_are_unique_and_consecutive_ones_differ_in_the_first_word() -> None:
+    """Aliases never repeat and two patients registered one after the other are told apart by their first word."""
+    aliases = [alias_for(i) for i in range(1, 100_001)]
+    assert len(set(aliases)) == len(aliases)
+    assert all(a.split()[0] != b.split()[0] for a, b in zip(aliases[:1000], aliases[1:1001], strict=True))
