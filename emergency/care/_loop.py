@@ -131,6 +131,9 @@ class _Unit:
     ecg_analysed_to: int = 0  # device time up to which the 12-lead has been analysed
     pending_contact: DeviceEvent | None = None  # waiting for an id (the store was away)
     gap_until: int | None = None
+    # Status times of the current response seen before it had an incident (the crew left before the call was
+    # entered); they are given to the incident the patient contact opens.
+    early_times: list[TimeRecord] = field(default_factory=list)
     position: tuple[float, float] | None = None
 
 
@@ -377,6 +380,9 @@ class ClinicalLoop:
             u.incident = incident
             self._write(f"incident:{incident.id}", lambda: self._records.save_incident_from_device(incident))
             self._publish(incident)
+            for early in u.early_times:
+                self._incident_time(u, early)
+        u.early_times.clear()
         encounter_id = self._take_id("encounters")
         if encounter_id is None:
             u.pending_contact = event
@@ -416,6 +422,7 @@ class ClinicalLoop:
             self._write(f"close:{incident_id}", lambda: self._records.close_incident(incident_id, at=at))
             self._publish(dataclasses.replace(u.incident, closed_at=at))
             u.incident = None
+        u.early_times.clear()
 
     def _end_encounter(self, u: _Unit, at: int) -> None:
         """The crew's part is over: the unit's alerts resolve and its next patient starts afresh."""
@@ -536,7 +543,10 @@ class ClinicalLoop:
 
     def _incident_time(self, u: _Unit, t: TimeRecord) -> None:
         i = u.incident
-        if i is None or any(x.name == t.name for x in i.times):
+        if i is None:
+            u.early_times.append(t)
+            return
+        if any(x.name == t.name for x in i.times):
             return
         i = dataclasses.replace(i, times=(*i.times, t))
         u.incident = i
@@ -662,6 +672,9 @@ class ClinicalLoop:
                     u.incident = None
             elif u.incident is None or u.incident.id == record.id:
                 u.incident = record
+                for early in u.early_times:
+                    self._incident_time(u, early)
+                u.early_times.clear()
         elif isinstance(record, Encounter):
             u = self._unit(record.unit)
             if u.encounter is None or u.encounter.id != record.id:

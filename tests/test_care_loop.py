@@ -1,0 +1,254 @@
+"""The clinical loop on the real stack: device messages through mosquitto and the gateway → pre-registration,
+alerts, activation, door time on the bus and in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiomqtt
+import numpy as np
+import pytest_asyncio
+
+from ambulance_gateway import Gateway
+from emergency.bus import CARE_FILTER, CareKind, care_topic, parse_care_topic
+from emergency.care._loop import ClinicalLoop
+from emergency.care._model import Activation, Alert, AlertKind, AlertState, Encounter, Incident, Team
+from emergency.care._wire import CareRecord, decode_record, encode_record
+from emergency.mqtt import mqtt_client
+from emergency.protocol import DeviceEvent, EcgFrame, EventKind, GpsFix, Vitals
+from emergency.settings import CareSettings, MqttEndpoint
+from emergency.sites import DEMO_SITES, Capability
+from emergency.store import Store
+from emergency.store._care import CareStore
+from firmware_sim import EcgModel, EcgSynth
+from tests.test_gateway import TestDevice, _gateway_settings, connected_device
+
+S = 1_000_000
+CARE = CareSettings(ecg_window_s=5.0, ecg_interval_s=1.0, repeat_after_s=600)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def store(postgres) -> AsyncIterator[Store]:  # type: ignore[no-untyped-def]
+    async with Store.open(postgres.dsn) as store:
+        yield store
+
+
+class BusWatcher:
+    """Every care record published on the bus, as a console sees them."""
+
+    def __init__(self) -> None:
+        self.records: list[CareRecord] = []
+        self.changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[CareRecord], bool], within_s: float = 30) -> CareRecord:
+        async with asyncio.timeout(within_s):
+            while True:
+                for record in self.records:
+                    if predicate(record):
+                        return record
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def care_stack(
+    store: Store, gateway_endpoint: MqttEndpoint, console_endpoint: MqttEndpoint
+) -> AsyncIterator[tuple[ClinicalLoop, BusWatcher, aiomqtt.Client]]:
+    watcher = BusWatcher()
+    async with (
+        mqtt_client(console_endpoint, identifier=f"test-console-{time.monotonic_ns()}") as console,
+        ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop,
+        Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
+    ):
+        await console.subscribe(CARE_FILTER, qos=1)
+
+        async def watch() -> None:
+            async for message in console.messages:
+                assert isinstance(message.payload, bytes)
+                watcher.records.append(decode_record(parse_care_topic(message.topic.value), message.payload))
+                watcher.changed.set()
+
+        task = asyncio.create_task(watch(), name="test.care-watch")
+        await asyncio.wait_for(loop.bus_ready.wait(), 10)
+        try:
+            yield loop, watcher, console
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+class Crew:
+    """Sends a unit's messages with consecutive seqs per stream."""
+
+    def __init__(self, device: TestDevice) -> None:
+        self.device = device
+        self.seqs: dict[str, int] = {}
+
+    def seq(self, stream: str) -> int:
+        self.seqs[stream] = self.seqs.get(stream, -1) + 1
+        return self.seqs[stream]
+
+    async def event(self, kind: EventKind, ts: int | None = None, **detail: str | int | float | bool) -> None:
+        u = self.device.unit
+        await self.device.send(DeviceEvent(u, 1, self.seq("event"), ts or now_us(), kind, detail))
+
+    async def vitals(self, ts: int | None = None, **values: float) -> None:
+        await self.device.send(Vitals(self.device.unit, 1, self.seq("vitals"), ts or now_us(), **values))  # type: ignore[arg-type]
+
+    async def fix(self, lat: float, lon: float, ts: int | None = None) -> None:
+        await self.device.send(GpsFix(self.device.unit, 1, self.seq("gps"), ts or now_us(), lat, lon, 10.0, 0.0, 3.0))
+
+    async def ecg(self, model: EcgModel, seconds: float) -> None:
+        synth = EcgSynth(model, seed=3)
+        n = 125
+        frames = round(seconds * 500 / n)
+        start = now_us()
+        for k in range(frames):
+            data = np.ascontiguousarray(synth.frame_counts(n)).astype("<i2").tobytes()
+            ts = start + k * n * S // 500
+            frame = EcgFrame(self.device.unit, 1, self.seq("ecg"), ts, 500.0, synth.leads, synth.lsb_uv, n, data)
+            await self.device.send(frame)
+
+
+def _of(record_type: type, **match: object) -> Callable[[CareRecord], bool]:
+    return lambda r: isinstance(r, record_type) and all(getattr(r, k) == v for k, v in match.items())
+
+
+async def test_stemi_patient_is_pre_registered_alerted_activated_and_arrives(
+    store, gateway_endpoint, console_endpoint, make_unit
+) -> None:
+    """Patient contact pre-registers an encounter with a readable alias; an inferior STEMI on the 12-lead raises one
+    critical alert, re-routes to a PCI centre and activates the cath lab; an acknowledgement made at a console
+    reaches the loop; entering the destination's geofence sets the door time; all of it is in the store."""
+    unit, endpoint = await make_unit()
+    scene = (DEMO_SITES.bases[0].lat, DEMO_SITES.bases[0].lon)
+    async with care_stack(store, gateway_endpoint, console_endpoint) as (loop, watcher, console):
+        async with connected_device(unit, endpoint) as device:
+            crew = Crew(device)
+            await crew.event(EventKind.STATUS, status="on_scene")
+            await crew.fix(*scene)
+            await crew.event(EventKind.PATIENT_CONTACT, age=64, sex="male")
+            encounter = await watcher.wait_for(_of(Encounter, unit=unit))
+            assert isinstance(encounter, Encounter) and len(encounter.alias.split()) == 3
+            await crew.event(EventKind.CHIEF_COMPLAINT, text="central chest pain")
+            await crew.vitals(hr=88.0, sbp=135.0, spo2=96.0, rr=18.0, temp=36.7)
+            await crew.ecg(EcgModel(heart_rate_bpm=88, st_vector_mv=(0.0, 0.25, 0.0)), seconds=8)
+
+            stemi = await watcher.wait_for(_of(Alert, unit=unit, kind=AlertKind.STEMI))
+            assert isinstance(stemi, Alert) and "inferior" in stemi.summary and stemi.encounter_id == encounter.id
+            activation = await watcher.wait_for(_of(Activation, encounter_id=encounter.id))
+            assert isinstance(activation, Activation) and activation.team is Team.CATH_LAB
+            routed = await watcher.wait_for(
+                lambda r: isinstance(r, Encounter) and r.id == encounter.id and r.destination is not None
+                and Capability.PCI in DEMO_SITES.hospital(r.destination).capabilities
+            )  # fmt: skip
+            assert isinstance(routed, Encounter)
+
+            await loop.settled()
+            records = CareStore(store)
+            acked = await records.acknowledge_alert(stemi.id, at=now_us(), by="dr.house", role="ed_physician")
+            await console.publish(care_topic(CareKind.ALERT, unit), encode_record(acked), qos=1)
+            async with asyncio.timeout(10):
+                while (
+                    mine := loop.book.open_alert(unit, AlertKind.STEMI)
+                ) is None or mine.state is not AlertState.ACKNOWLEDGED:
+                    await asyncio.sleep(0.05)
+
+            hospital = DEMO_SITES.hospital(routed.destination or "")
+            await crew.event(EventKind.STATUS, status="transporting")
+            await crew.fix(hospital.lat + 0.01, hospital.lon)
+            await watcher.wait_for(lambda r: isinstance(r, Encounter) and r.id == encounter.id and r.eta_at is not None)
+            await crew.fix(hospital.lat, hospital.lon)
+            arrived = await watcher.wait_for(
+                lambda r: isinstance(r, Encounter) and r.id == encounter.id and r.door_at is not None
+            )
+            assert isinstance(arrived, Encounter) and arrived.status.value == "arrived"
+            await crew.event(EventKind.TRANSFER_OF_CARE, to="ED resus 2")
+            await watcher.wait_for(
+                lambda r: isinstance(r, Encounter) and r.id == encounter.id and r.status.value == "in_hospital"
+            )
+            await loop.settled()
+
+        stored = await records.encounter(encounter.id)
+        assert stored.alias == encounter.alias and stored.destination == routed.destination
+        assert stored.door_at is not None and stored.chief_complaint == "central chest pain"
+        names = {t.name for t in stored.times}
+        assert {"first_ecg", "ecg_transmitted", "stemi_diagnosis", "cath_lab_activated", "door"} <= names
+        incident = await records.incident(stored.incident_id)
+        assert {"on_scene", "at_patient", "left_scene", "at_destination", "transfer_of_care"} <= {
+            t.name for t in incident.times
+        }
+        alerts = await records.alerts(open_only=False, encounter_id=encounter.id)
+        stemis = [a for a in alerts if a.kind is AlertKind.STEMI]
+        assert len(stemis) == 1 and stemis[0].acknowledged_by == "dr.house" and stemis[0].state is AlertState.RESOLVED
+        assert [a.team for a in await records.activations(encounter.id)] == [Team.CATH_LAB]
+
+
+async def test_backlog_after_an_outage_is_recorded_but_not_alerted_as_live(
+    store, gateway_endpoint, console_endpoint, make_unit
+) -> None:
+    """Shock-range vitals that arrive ten minutes late raise only a backlog alert; the same reading live raises a
+    live one."""
+    unit, endpoint = await make_unit()
+    async with care_stack(store, gateway_endpoint, console_endpoint) as (loop, watcher, _):
+        async with connected_device(unit, endpoint) as device:
+            crew = Crew(device)
+            await crew.event(EventKind.PATIENT_CONTACT)
+            await crew.vitals(now_us() - 600 * S, hr=140.0, sbp=75.0, spo2=97.0, rr=16.0, temp=36.8)
+            late = await watcher.wait_for(_of(Alert, unit=unit, kind=AlertKind.SHOCK_INDEX))
+            assert isinstance(late, Alert) and late.backlog
+            await crew.vitals(hr=140.0, sbp=75.0, spo2=97.0, rr=16.0, temp=36.8)
+            live = await watcher.wait_for(_of(Alert, unit=unit, kind=AlertKind.SHOCK_INDEX, backlog=False))
+            assert isinstance(live, Alert) and live.id == late.id and live.state is AlertState.RAISED
+
+
+async def test_telemetry_lost_during_an_encounter_alerts_and_clears_on_resumption(
+    store, gateway_endpoint, console_endpoint, make_unit
+) -> None:
+    """A unit with a patient that falls silent raises "telemetry lost"; its next message resolves it."""
+    unit, endpoint = await make_unit()
+    async with care_stack(store, gateway_endpoint, console_endpoint) as (_, watcher, _):
+        async with connected_device(unit, endpoint) as device:
+            crew = Crew(device)
+            await crew.event(EventKind.PATIENT_CONTACT)
+            await watcher.wait_for(_of(Encounter, unit=unit))
+            lost = await watcher.wait_for(_of(Alert, unit=unit, kind=AlertKind.TELEMETRY_LOST))
+            await crew.vitals(hr=80.0)
+            await watcher.wait_for(_of(Alert, id=lost.id, state=AlertState.RESOLVED))
+
+
+async def test_dispatcher_incident_is_taken_up_by_the_assigned_units_patient_contact(
+    store, gateway_endpoint, console_endpoint, make_unit
+) -> None:
+    """An incident created and assigned at the console (published on the bus) is the one the unit's patient
+    contact attaches its encounter to, with the call time kept."""
+    unit, endpoint = await make_unit()
+    records = CareStore(store)
+    async with care_stack(store, gateway_endpoint, console_endpoint) as (_, watcher, console):
+        from emergency.care._model import Priority
+
+        call = now_us() - 120 * S
+        incident = await records.create_incident(
+            call_received_at=call, priority=Priority.IMMEDIATE, complaint="collapse", lat=None, lon=None,
+            address="Main St 1", created_by="disp1",
+        )  # fmt: skip
+        incident = await records.assign_unit(incident.id, unit, at=now_us(), by="disp1")
+        await console.publish(care_topic(CareKind.INCIDENT, incident.id), encode_record(incident), qos=1)
+        await asyncio.sleep(0.5)
+        async with connected_device(unit, endpoint) as device:
+            await Crew(device).event(EventKind.PATIENT_CONTACT)
+            encounter = await watcher.wait_for(_of(Encounter, unit=unit))
+            assert isinstance(encounter, Encounter) and encounter.incident_id == incident.id
+            timed = await watcher.wait_for(
+                lambda r: (
+                    isinstance(r, Incident) and r.id == incident.id and any(t.name == "at_patient" for t in r.times)
+                )
+            )
+            assert isinstance(timed, Incident) and timed.call_received_at == call
