@@ -58,6 +58,8 @@ async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
     the console's fan-out and the gateway's ingest each have an event loop and a core.
     """
     from ambulance_gateway import Gateway
+    from emergency.care import ClinicalLoop
+    from emergency.sites import load_sites
     from emergency.stack import GATEWAY_ACCOUNT, Broker, PostgresCluster
     from emergency.stack.component import ComponentProcess
     from emergency.store import Store
@@ -72,8 +74,14 @@ async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
             dsn = settings.store.dsn.get_secret_value()
         broker = await stack.enter_async_context(Broker(root, settings.mqtt_port, tls_port=settings.mqtt_tls_port))
         store = await stack.enter_async_context(Store.open(dsn, settings.store))
+        # The clinical loop evaluates every unit this gateway ingests, so it lives beside it (per-unit affinity).
+        care = await stack.enter_async_context(
+            ClinicalLoop(
+                settings.care, broker.internal_endpoint(GATEWAY_ACCOUNT), store, load_sites(settings.care.sites_file)
+            )
+        )
         gateway = await stack.enter_async_context(
-            Gateway(settings.gateway, broker.internal_endpoint(GATEWAY_ACCOUNT), store)
+            Gateway(settings.gateway, broker.internal_endpoint(GATEWAY_ACCOUNT), store, observer=care)
         )
         console_url = f"http://{settings.console.host}:{settings.http_port}/"
         console = await stack.enter_async_context(

@@ -1,5 +1,7 @@
 """The pre-arrival clinical loop: incidents, pre-registered encounters, alerts, team activations, follow-up."""
 
+from emergency.care._alerts import AlertBook, AlertChange, AlertEvent, AlertPolicy
+from emergency.care._loop import ClinicalLoop
 from emergency.care._model import (
     NEMSIS_ELEMENT,
     Activation,
@@ -31,8 +33,13 @@ __all__ = [
     "ActivationState",
     "Acuity",
     "Alert",
+    "AlertBook",
+    "AlertChange",
+    "AlertEvent",
     "AlertKind",
+    "AlertPolicy",
     "AlertState",
+    "ClinicalLoop",
     "Disposition",
     "ETime",
     "Encounter",
