@@ -16,14 +16,18 @@ from typing import Self
 import aiomqtt
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from console._care import CareContext, CareView, Guard, care_topic_of, setup_care
 from console._hub import Client, ClientTooSlow, Hub
 from console._state import FleetState, ecg_json
-from emergency.bus import BUS_ROOT, LINK_FILTER, LinkState, live_topic, parse_bus_topic
+from emergency.bus import BUS_ROOT, CARE_FILTER, LINK_FILTER, LinkState, live_topic, parse_bus_topic
+from emergency.care._wire import CareRecord, encode_record
 from emergency.codec import RejectedMessage, decode_device_message
 from emergency.mqtt import backoff_delay, mqtt_client
 from emergency.protocol import UNIT_PATTERN, EcgFrame, Stream, device_topic
 from emergency.settings import ConsoleSettings, MqttEndpoint
+from emergency.sites import Sites, load_sites
 from emergency.store import Store, StoreError
+from emergency.store._care import CareStore
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,9 @@ STATIC_DIR = Path(str(resources.files("console") / "static"))
 # Always-on subscriptions: every unit's position, vitals and events, and link states. ECG is subscribed per unit
 # only while someone watches it, so an unwatched fleet's waveform never reaches this process.
 _ALWAYS = [f"{BUS_ROOT}/live/+/gps", f"{BUS_ROOT}/live/+/vitals", f"{BUS_ROOT}/live/+/event", LINK_FILTER]
+
+
+_CARE_PREFIX = f"{BUS_ROOT}/care/"
 
 
 def now_us() -> int:
@@ -45,6 +52,7 @@ class ConsoleCore:
         self.mqtt = mqtt
         self.store = store
         self.fleet = FleetState()
+        self.care = CareView()
         self.hub = Hub()
         self.bus_client: aiomqtt.Client | None = None
         self.bus_ready = asyncio.Event()
@@ -57,6 +65,31 @@ class ConsoleCore:
                 self.fleet.seed_position(fix)
         except StoreError as exc:
             log.warning("fleet positions not seeded from the store: %s", exc)
+        records = CareStore(self.store)
+        try:
+            for incident in await records.open_incidents():
+                self.care.apply(incident)
+            for encounter in await records.active_encounters():
+                self.care.apply(encounter)
+                for activation in await records.activations(encounter.id):
+                    self.care.apply(activation)
+            for alert in await records.alerts(open_only=True):
+                self.care.apply(alert)
+        except StoreError as exc:
+            log.warning("care records not seeded from the store: %s", exc)
+
+    async def publish_care(self, record: CareRecord) -> None:
+        """A person's change: shown here at once, and published so other consoles and the clinical loop see it."""
+        self.hub.broadcast_event(self.care.apply(record))
+        client = self.bus_client
+        if client is None:
+            log.warning("bus away: %s %s not published (it is stored; others see it when they reseed)",
+                        type(record).__name__, record.id)  # fmt: skip
+            return
+        try:
+            await client.publish(care_topic_of(record), encode_record(record), qos=1)
+        except aiomqtt.MqttError as exc:
+            log.warning("%s %s not published (%s)", type(record).__name__, record.id, exc)
 
     async def run_bus(self) -> None:
         attempt = 0
@@ -66,6 +99,7 @@ class ConsoleCore:
                     self.mqtt, identifier=f"{self.settings.client_id}-{random.randrange(16**8):08x}"
                 ) as client:
                     await client.subscribe([(topic, 0) for topic in _ALWAYS])
+                    await client.subscribe(CARE_FILTER, qos=1)
                     for unit in self.hub.watched_units():
                         await client.subscribe(live_topic(unit, Stream.ECG), qos=0)
                     self.bus_client, attempt = client, 0
@@ -84,6 +118,11 @@ class ConsoleCore:
 
     def on_bus_message(self, topic: str, payload: bytes) -> None:
         rx = now_us()
+        if topic.startswith(_CARE_PREFIX):
+            record = self.care.decode(topic, payload)
+            if record is not None:
+                self.hub.broadcast_event(self.care.apply(record))
+            return
         try:
             kind, unit, stream = parse_bus_topic(topic)
             if kind == "link":
@@ -161,6 +200,7 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     client = Client(ws, peer, core.hub.ecg_frames_max, request.transport)
     core.hub.add(client)
     client.send_now(_fleet_message(core))
+    client.send_now(core.care.snapshot())
     sender = asyncio.create_task(_send_or_drop(client), name=f"console.ws[{peer}].send")
     try:
         async for msg in ws:
@@ -230,9 +270,18 @@ async def _say_goodbye(app: web.Application) -> None:
     )
 
 
-def create_app(settings: ConsoleSettings, mqtt: MqttEndpoint, store: Store | None = None) -> web.Application:
+def create_app(
+    settings: ConsoleSettings,
+    mqtt: MqttEndpoint,
+    store: Store | None = None,
+    *,
+    guard: Guard | None = None,
+    sites: Sites | None = None,
+) -> web.Application:
     app = web.Application()
-    app[CORE] = ConsoleCore(settings, mqtt, store)
+    core = app[CORE] = ConsoleCore(settings, mqtt, store)
+    if store is not None and guard is not None:
+        setup_care(app, CareContext(CareStore(store), sites or load_sites(None), core.care, core.publish_care), guard)
     app.router.add_get("/", _index)
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/healthz", _health)
@@ -246,8 +295,17 @@ def create_app(settings: ConsoleSettings, mqtt: MqttEndpoint, store: Store | Non
 class Console:
     """`async with Console(settings, http_port, mqtt, store) as console:` serves until the block exits."""
 
-    def __init__(self, settings: ConsoleSettings, http_port: int, mqtt: MqttEndpoint, store: Store | None) -> None:
-        self.app = create_app(settings, mqtt, store)
+    def __init__(
+        self,
+        settings: ConsoleSettings,
+        http_port: int,
+        mqtt: MqttEndpoint,
+        store: Store | None,
+        *,
+        guard: Guard | None = None,
+        sites: Sites | None = None,
+    ) -> None:
+        self.app = create_app(settings, mqtt, store, guard=guard, sites=sites)
         self._host = settings.host
         self._port = http_port
         self._runner: web.AppRunner | None = None

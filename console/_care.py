@@ -1,0 +1,547 @@
+"""The console's side of the clinical loop: the care records it shows, and the actions people take on them.
+
+Records arrive as snapshots on the center's bus (`center/v1/care/...`, from the clinical loop and from other
+consoles) and are folded into `CareView`, which is seeded from the store when the console starts. People's actions
+are HTTP calls: each is checked against the caller's role (`guard`), written to the store, audited, and its result
+published on the bus so that every console and the clinical loop see it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from emergency.bus import care_topic, parse_care_topic
+from emergency.care._model import (
+    Activation,
+    ActivationState,
+    Alert,
+    AlertState,
+    Disposition,
+    Encounter,
+    EncounterStatus,
+    FollowUpState,
+    Incident,
+    Milestone,
+    Priority,
+    Team,
+    TimeRecord,
+    TimeSource,
+)
+from emergency.care._wire import CareRecord, care_kind, decode_record, record_json
+from emergency.protocol import UNIT_PATTERN
+from emergency.sites import Sites
+from emergency.store import StoreError
+from emergency.store._care import CareStore, RecordNotFound
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+_ACTIVE = (EncounterStatus.PRE_REGISTERED, EncounterStatus.ARRIVED)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class CareView:
+    """Open incidents, active encounters, open alerts and their activations, as the console shows them."""
+
+    def __init__(self) -> None:
+        self.incidents: dict[int, Incident] = {}
+        self.encounters: dict[int, Encounter] = {}
+        self.alerts: dict[int, Alert] = {}
+        self.activations: dict[int, Activation] = {}
+
+    def apply(self, record: CareRecord) -> Json:
+        """Fold in a snapshot; returns the message for browsers."""
+        if isinstance(record, Incident):
+            if record.closed_at is None:
+                self.incidents[record.id] = record
+            else:
+                self.incidents.pop(record.id, None)
+        elif isinstance(record, Encounter):
+            if record.status in _ACTIVE:
+                self.encounters[record.id] = record
+            else:
+                self.encounters.pop(record.id, None)
+        elif isinstance(record, Alert):
+            if record.state is AlertState.RESOLVED:
+                self.alerts.pop(record.id, None)
+            else:
+                self.alerts[record.id] = record
+        else:
+            if record.state is ActivationState.CANCELLED:
+                self.activations.pop(record.id, None)
+            else:
+                self.activations[record.id] = record
+        return {"type": "care", "kind": care_kind(record).value, "record": record_json(record)}
+
+    def snapshot(self) -> Json:
+        return {
+            "type": "care_snapshot",
+            "incidents": [record_json(i) for i in self.incidents.values()],
+            "encounters": [record_json(e) for e in self.encounters.values()],
+            "alerts": [record_json(a) for a in self.alerts.values()],
+            "activations": [record_json(a) for a in self.activations.values()],
+        }
+
+    @staticmethod
+    def decode(topic: str, payload: bytes) -> CareRecord | None:
+        try:
+            return decode_record(parse_care_topic(topic), payload)
+        except (ValueError, ValidationError) as exc:
+            log.error("malformed care record on %s: %s", topic, exc)
+            return None
+
+
+# -- the actions -------------------------------------------------------------------------------------------------
+
+Publish = Callable[[CareRecord], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CareContext:
+    """What the handlers need: the records, the sites, and how to tell everyone about a change."""
+
+    records: CareStore
+    sites: Sites
+    view: CareView
+    publish: Publish
+
+
+CARE = web.AppKey("care", CareContext)
+
+
+def care_topic_of(record: CareRecord) -> str:
+    key: int | str = record.unit if isinstance(record, Alert | Encounter) else record.id
+    return care_topic(care_kind(record), key)
+
+
+async def _body(request: web.Request) -> Json:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(text="expected a JSON object") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="expected a JSON object")
+    return body
+
+
+def _int_param(request: web.Request, name: str) -> int:
+    try:
+        return int(request.match_info[name])
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be an integer") from None
+
+
+def _field(body: Json, name: str, kind: type, *, required: bool = True) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise web.HTTPBadRequest(text=f"missing field {name!r}")
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, float) and not math.isfinite(value)):
+        raise web.HTTPBadRequest(text=f"field {name!r} must be {kind.__name__}")
+    if isinstance(value, str) and not 0 < len(value) <= 1000:
+        raise web.HTTPBadRequest(text=f"field {name!r} must be 1–1000 characters")
+    return value
+
+
+def _json(record: CareRecord | list[CareRecord] | Json) -> web.Response:
+    if isinstance(record, dict):
+        return web.json_response(record)
+    if isinstance(record, list):
+        return web.json_response([record_json(r) for r in record])
+    return web.json_response(record_json(record))
+
+
+def _store_errors(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RecordNotFound as exc:
+            raise web.HTTPNotFound(text=str(exc)) from exc
+        except StoreError as exc:
+            if exc.retryable:
+                raise web.HTTPServiceUnavailable(text="the records are unavailable; try again") from exc
+            raise web.HTTPConflict(text=str(exc)) from exc
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+class Principal:
+    """Who is calling: the guard's answer to a permitted request."""
+
+    def __init__(self, username: str, role: str) -> None:
+        self.username = username
+        self.role = role
+
+
+class Guard:
+    """How the care routes check roles and audit: `require` raises HTTPForbidden/HTTPUnauthorized or returns who
+    the caller is; `audit` appends to the audit log. Implemented by the console's authentication."""
+
+    async def require(self, request: web.Request, permission: str) -> Principal:
+        raise NotImplementedError
+
+    async def audit(
+        self,
+        request: web.Request,
+        action: str,
+        *,
+        encounter_id: int | None = None,
+        unit: str | None = None,
+        result: str = "allowed",
+        detail: Json | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+
+GUARD = web.AppKey("care_guard", Guard)
+
+
+async def _allowed(request: web.Request, permission: str, action: str, **target: Any) -> Principal:
+    guard = request.app[GUARD]
+    principal = await guard.require(request, permission)
+    await guard.audit(request, action, **target)
+    return principal
+
+
+# -- dispatch ----------------------------------------------------------------------------------------------------
+
+
+@_store_errors
+async def list_incidents(request: web.Request) -> web.Response:
+    await _allowed(request, "VIEW_FLEET", "list_incidents")
+    return _json(list(request.app[CARE].view.incidents.values()))
+
+
+@_store_errors
+async def create_incident(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    principal = await request.app[GUARD].require(request, "MANAGE_INCIDENTS")
+    body = await _body(request)
+    try:
+        priority = Priority(int(body.get("priority", 2)))
+    except (ValueError, TypeError):
+        raise web.HTTPBadRequest(text="priority must be 1–4") from None
+    lat, lon = _field(body, "lat", float, required=False), _field(body, "lon", float, required=False)
+    if (lat is None) != (lon is None) or (lat is not None and not (-90 <= lat <= 90 and -180 <= lon <= 180)):
+        raise web.HTTPBadRequest(text="lat and lon must be given together, in range")
+    incident = await ctx.records.create_incident(
+        call_received_at=_field(body, "call_received_at", int, required=False) or now_us(),
+        priority=priority,
+        complaint=_field(body, "complaint", str),
+        lat=lat,
+        lon=lon,
+        address=_field(body, "address", str, required=False),
+        created_by=principal.username,
+    )
+    await request.app[GUARD].audit(request, "create_incident", detail={"incident": incident.id})
+    await ctx.publish(incident)
+    return _json(incident)
+
+
+@_store_errors
+async def assign_unit(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    incident_id = _int_param(request, "id")
+    body = await _body(request)
+    unit = _field(body, "unit", str)
+    if not UNIT_PATTERN.fullmatch(unit):
+        raise web.HTTPBadRequest(text="not a unit id")
+    principal = await _allowed(request, "MANAGE_INCIDENTS", "assign_unit", unit=unit)
+    incident = await ctx.records.assign_unit(incident_id, unit, at=now_us(), by=principal.username)
+    await ctx.publish(incident)
+    return _json(incident)
+
+
+# -- alerts and activations --------------------------------------------------------------------------------------
+
+
+@_store_errors
+async def list_alerts(request: web.Request) -> web.Response:
+    await _allowed(request, "VIEW_ALERTS", "list_alerts")
+    return _json(list(request.app[CARE].view.alerts.values()))
+
+
+@_store_errors
+async def acknowledge_alert(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    alert_id = _int_param(request, "id")
+    known = ctx.view.alerts.get(alert_id)
+    principal = await _allowed(
+        request, "ACK_ALERT", "acknowledge_alert", encounter_id=known.encounter_id if known else None
+    )
+    alert = await ctx.records.acknowledge_alert(alert_id, at=now_us(), by=principal.username, role=principal.role)
+    await ctx.publish(alert)
+    return _json(alert)
+
+
+@_store_errors
+async def activate_team(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    encounter_id = _int_param(request, "id")
+    body = await _body(request)
+    try:
+        team = Team(_field(body, "team", str))
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"team must be one of {[t.value for t in Team]}") from None
+    principal = await _allowed(request, "ACTIVATE_TEAM", "activate_team", encounter_id=encounter_id)
+    await ctx.records.encounter(encounter_id)  # 404 for an unknown encounter
+    (activation_id,) = await ctx.records.reserve_ids("activations", 1)
+    activation = await ctx.records.save_activation(
+        Activation(
+            id=activation_id,
+            encounter_id=encounter_id,
+            team=team,
+            state=ActivationState.REQUESTED,
+            reason=_field(body, "reason", str, required=False) or f"requested by {principal.username}",
+            requested_at=now_us(),
+            requested_by=principal.username,
+        )
+    )
+    if team is Team.CATH_LAB:
+        await ctx.records.record_encounter_time(
+            encounter_id,
+            TimeRecord(
+                Milestone.CATH_LAB_ACTIVATED, activation.requested_at, TimeSource.DISPATCHER, principal.username
+            ),
+        )
+    await ctx.publish(activation)
+    return _json(activation)
+
+
+@_store_errors
+async def acknowledge_activation(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    activation_id = _int_param(request, "id")
+    known = ctx.view.activations.get(activation_id)
+    principal = await _allowed(
+        request, "ACK_ACTIVATION", "acknowledge_activation", encounter_id=known.encounter_id if known else None
+    )
+    activation = await ctx.records.acknowledge_activation(activation_id, at=now_us(), by=principal.username)
+    await ctx.publish(activation)
+    return _json(activation)
+
+
+# -- encounters --------------------------------------------------------------------------------------------------
+
+
+@_store_errors
+async def list_encounters(request: web.Request) -> web.Response:
+    await _allowed(request, "VIEW_PATIENT_LIVE", "list_encounters")
+    return _json(list(request.app[CARE].view.encounters.values()))
+
+
+@_store_errors
+async def get_encounter(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    encounter_id = _int_param(request, "id")
+    await _allowed(request, "VIEW_ENCOUNTER", "read_encounter", encounter_id=encounter_id)
+    encounter = await ctx.records.encounter(encounter_id)
+    incident = await ctx.records.incident(encounter.incident_id)
+    return web.json_response(
+        {
+            "encounter": record_json(encounter),
+            "incident": record_json(incident),
+            "alerts": [record_json(a) for a in await ctx.records.alerts(open_only=False, encounter_id=encounter_id)],
+            "activations": [record_json(a) for a in await ctx.records.activations(encounter_id)],
+            "follow_ups": [dataclasses.asdict(f) for f in await ctx.records.follow_ups(encounter_id=encounter_id)],
+        }
+    )
+
+
+@_store_errors
+async def update_encounter(request: web.Request) -> web.Response:
+    """Destination (dispatcher or physician), identity link (ED staff)."""
+    ctx = request.app[CARE]
+    encounter_id = _int_param(request, "id")
+    body = await _body(request)
+    fields: Json = {}
+    if "destination" in body:
+        destination = _field(body, "destination", str)
+        try:
+            ctx.sites.hospital(destination)
+        except KeyError:
+            raise web.HTTPBadRequest(text=f"unknown hospital {destination!r}") from None
+        guard = request.app[GUARD]
+        try:
+            await guard.require(request, "MANAGE_INCIDENTS")
+        except web.HTTPForbidden:
+            await guard.require(request, "ACTIVATE_TEAM")
+        fields["destination"] = destination
+    if "patient_id" in body or "patient_name" in body:
+        await request.app[GUARD].require(request, "LINK_IDENTITY")
+        fields["patient_id"] = _field(body, "patient_id", str, required=False)
+        fields["patient_name"] = _field(body, "patient_name", str, required=False)
+    if not fields:
+        raise web.HTTPBadRequest(text="nothing to change: destination, patient_id, patient_name")
+    await request.app[GUARD].audit(request, "update_encounter", encounter_id=encounter_id, detail=sorted(fields))  # type: ignore[arg-type]
+    encounter = await ctx.records.update_encounter(encounter_id, **fields)
+    await ctx.publish(encounter)
+    return _json(encounter)
+
+
+@_store_errors
+async def record_milestone(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    encounter_id = _int_param(request, "id")
+    body = await _body(request)
+    try:
+        milestone = Milestone(_field(body, "name", str))
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"name must be one of {[m.value for m in Milestone]}") from None
+    principal = await _allowed(request, "RECORD_MILESTONE", "record_milestone", encounter_id=encounter_id)
+    at = _field(body, "at", int, required=False) or now_us()
+    await ctx.records.record_encounter_time(
+        encounter_id, TimeRecord(milestone, at, TimeSource.DISPATCHER, principal.username)
+    )
+    encounter = await ctx.records.encounter(encounter_id)
+    if milestone is Milestone.DOOR and encounter.door_at is None:
+        encounter = await ctx.records.update_encounter(encounter_id, door_at=at, status=EncounterStatus.ARRIVED)
+    await ctx.publish(encounter)
+    return _json(encounter)
+
+
+@_store_errors
+async def edit_handoff(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    encounter_id = _int_param(request, "id")
+    body = await _body(request)
+    await _allowed(request, "EDIT_HANDOFF", "edit_handoff", encounter_id=encounter_id)
+    encounter = await ctx.records.encounter(encounter_id)
+    notes = dict(encounter.handoff_notes)
+    for key, value in body.items():
+        if not isinstance(key, str) or len(key) > 40:
+            raise web.HTTPBadRequest(text="handoff sections are named by short keys")
+        if value is None:
+            notes.pop(key, None)
+        else:
+            notes[key] = _field(body, key, str)
+    encounter = await ctx.records.update_encounter(encounter_id, handoff_notes=notes)
+    await ctx.publish(encounter)
+    return _json(encounter)
+
+
+@_store_errors
+async def discharge(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    encounter_id = _int_param(request, "id")
+    principal = await _allowed(request, "DISCHARGE", "discharge", encounter_id=encounter_id)
+    body = await _body(request)
+    try:
+        disposition = Disposition(_field(body, "disposition", str))
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"disposition must be one of {[d.value for d in Disposition]}") from None
+    at = _field(body, "at", int, required=False) or now_us()
+    await ctx.records.record_encounter_time(
+        encounter_id, TimeRecord(Milestone.DISCHARGE, at, TimeSource.DISPATCHER, principal.username)
+    )
+    encounter = await ctx.records.update_encounter(
+        encounter_id,
+        status=EncounterStatus.DISCHARGED,
+        disposition=disposition,
+        diagnosis=_field(body, "diagnosis", str, required=False),
+    )
+    from emergency.care._followup import schedule_follow_ups
+
+    plan = schedule_follow_ups(encounter_id, at, disposition)
+    follow_ups = await ctx.records.schedule_follow_ups(encounter_id, plan)
+    await ctx.publish(encounter)
+    return web.json_response(
+        {"encounter": record_json(encounter), "follow_ups": [dataclasses.asdict(f) for f in follow_ups]}
+    )
+
+
+# -- follow-up and quality ---------------------------------------------------------------------------------------
+
+
+@_store_errors
+async def list_follow_ups(request: web.Request) -> web.Response:
+    await _allowed(request, "RECORD_OUTCOME", "list_follow_ups")
+    follow_ups = await request.app[CARE].records.follow_ups(due_only=request.query.get("due") == "1")
+    return web.json_response([dataclasses.asdict(f) for f in follow_ups])
+
+
+@_store_errors
+async def record_outcome(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    follow_up_id = _int_param(request, "id")
+    body = await _body(request)
+    try:
+        state = FollowUpState(body.get("state", "done"))
+    except ValueError:
+        raise web.HTTPBadRequest(text="state must be done or unreachable") from None
+    principal = await _allowed(request, "RECORD_OUTCOME", "record_outcome", detail={"follow_up": follow_up_id})
+    follow_up = await ctx.records.record_outcome(
+        follow_up_id,
+        state=state,
+        alive=_field(body, "alive", bool, required=False),
+        readmitted=_field(body, "readmitted", bool, required=False),
+        mace=_field(body, "mace", bool, required=False),
+        notes=_field(body, "notes", str, required=False),
+        at=now_us(),
+        by=principal.username,
+    )
+    return web.json_response(dataclasses.asdict(follow_up))
+
+
+@_store_errors
+async def quality(request: web.Request) -> web.Response:
+    from emergency.care._quality import aggregate, encounter_indicators
+
+    ctx = request.app[CARE]
+    await _allowed(request, "VIEW_QUALITY", "quality_report")
+    try:
+        until = int(request.query.get("until", now_us()))
+        since = int(request.query.get("since", until - 30 * 86_400_000_000))
+    except ValueError:
+        raise web.HTTPBadRequest(text="since and until are µs since the epoch") from None
+    encounters = await ctx.records.encounters(
+        "contact_at >= to_timestamp($1 / 1e6) AND contact_at < to_timestamp($2 / 1e6)", since, until
+    )
+    indicators = []
+    for e in encounters:
+        incident = await ctx.records.incident(e.incident_id)
+        alerts = await ctx.records.alerts(open_only=False, encounter_id=e.id)
+        indicators.append(encounter_indicators(e, incident, alerts, await ctx.records.activations(e.id)))
+    report = aggregate(indicators, since, until)
+    if request.query.get("format") == "csv":
+        return web.Response(text=report.to_csv(), content_type="text/csv")
+    return web.json_response(report.as_json())
+
+
+def setup_care(app: web.Application, context: CareContext, guard: Guard) -> None:
+    app[CARE] = context
+    app[GUARD] = guard
+    add = app.router
+    add.add_get("/api/incidents", list_incidents)
+    add.add_post("/api/incidents", create_incident)
+    add.add_post("/api/incidents/{id}/assign", assign_unit)
+    add.add_get("/api/alerts", list_alerts)
+    add.add_post("/api/alerts/{id}/acknowledge", acknowledge_alert)
+    add.add_get("/api/encounters", list_encounters)
+    add.add_get("/api/encounters/{id}", get_encounter)
+    add.add_patch("/api/encounters/{id}", update_encounter)
+    add.add_post("/api/encounters/{id}/activations", activate_team)
+    add.add_post("/api/activations/{id}/acknowledge", acknowledge_activation)
+    add.add_post("/api/encounters/{id}/milestones", record_milestone)
+    add.add_put("/api/encounters/{id}/handoff", edit_handoff)
+    add.add_post("/api/encounters/{id}/discharge", discharge)
+    add.add_get("/api/follow-ups", list_follow_ups)
+    add.add_post("/api/follow-ups/{id}/outcome", record_outcome)
+    add.add_get("/api/quality", quality)

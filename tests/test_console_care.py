@@ -1,0 +1,166 @@
+"""The console's care actions on the real stack: dispatcher incident → crew contact → alert on the websocket →
+acknowledgement → activation → door → discharge → follow-up, each change seen by browsers and by the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest_asyncio
+import websockets
+from aiohttp import web
+
+from ambulance_gateway import Gateway
+from console import Console
+from console._care import Guard, Principal
+from emergency.care._loop import ClinicalLoop
+from emergency.protocol import EventKind
+from emergency.settings import ConsoleSettings, MqttEndpoint
+from emergency.sites import DEMO_SITES
+from emergency.store import Store
+from tests.test_care_loop import CARE, Crew
+from tests.test_gateway import _gateway_settings, connected_device
+
+ROLES = {
+    "dispatcher": {"VIEW_FLEET", "VIEW_ALERTS", "MANAGE_INCIDENTS"},
+    "ed_nurse": {"VIEW_FLEET", "VIEW_ALERTS", "VIEW_PATIENT_LIVE", "VIEW_ENCOUNTER", "ACK_ALERT", "RECORD_MILESTONE",
+                 "EDIT_HANDOFF", "LINK_IDENTITY"},
+    "ed_physician": {"VIEW_FLEET", "VIEW_ALERTS", "VIEW_PATIENT_LIVE", "VIEW_ENCOUNTER", "ACK_ALERT", "ACTIVATE_TEAM",
+                     "ACK_ACTIVATION", "RECORD_MILESTONE", "EDIT_HANDOFF", "LINK_IDENTITY", "DISCHARGE",
+                     "EXPORT_FHIR", "VIEW_QUALITY"},
+    "followup": {"VIEW_ENCOUNTER", "RECORD_OUTCOME", "VIEW_QUALITY"},
+}  # fmt: skip
+
+
+class HeaderGuard(Guard):
+    """Role from a request header: stands in for the login in these tests (the login has its own tests)."""
+
+    def __init__(self) -> None:
+        self.audit_log: list[tuple[str, str, int | None]] = []
+
+    async def require(self, request: web.Request, permission: str) -> Principal:
+        role = request.headers.get("X-Test-Role", "")
+        if permission not in ROLES.get(role, set()):
+            raise web.HTTPForbidden(text=f"{role or 'nobody'} may not {permission}")
+        return Principal(f"test-{role}", role)
+
+    async def audit(self, request: web.Request, action: str, *, encounter_id: int | None = None,
+                    unit: str | None = None, result: str = "allowed", detail: Any = None) -> None:  # fmt: skip
+        self.audit_log.append((request.headers.get("X-Test-Role", ""), action, encounter_id))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def store(postgres) -> AsyncIterator[Store]:  # type: ignore[no-untyped-def]
+    async with Store.open(postgres.dsn) as store:
+        yield store
+
+
+async def test_dispatch_to_follow_up_through_the_console(
+    store, gateway_endpoint: MqttEndpoint, console_endpoint: MqttEndpoint, make_unit
+) -> None:
+    """A dispatcher's incident is taken up by the crew's contact; the shock alert reaches a browser; a nurse
+    acknowledges it and a physician activates the trauma team; the door time, discharge and the 7/30-day follow-ups
+    follow; a role without the permission is refused."""
+    unit, endpoint = await make_unit()
+    guard = HeaderGuard()
+    async with (
+        ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop,
+        Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
+        Console(ConsoleSettings(), 0, console_endpoint, store, guard=guard) as console,
+        aiohttp.ClientSession(base_url=console.url) as http,
+        websockets.connect(console.url.replace("http", "ws") + "ws") as ws,
+    ):
+        seen: list[dict[str, Any]] = []
+        arrived = asyncio.Event()
+
+        async def read() -> None:
+            async for raw in ws:
+                message = json.loads(raw)
+                if message["type"] == "care":
+                    seen.append(message)
+                    arrived.set()
+
+        reader = asyncio.create_task(read(), name="test.ws")
+
+        async def care(predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+            async with asyncio.timeout(30):
+                while True:
+                    for m in seen:
+                        if predicate(m):
+                            return m
+                    arrived.clear()
+                    await arrived.wait()
+
+        def as_role(role: str) -> dict[str, str]:
+            return {"X-Test-Role": role}
+
+        async def call(method: str, path: str, role: str, body: Any = None, status: int = 200) -> Any:
+            async with http.request(method, path, json=body, headers=as_role(role)) as response:
+                text = await response.text()
+                assert response.status == status, text
+                return json.loads(text) if status == 200 else text
+
+        incident = await call("POST", "/api/incidents", "dispatcher", {"priority": 1, "complaint": "stabbing",
+                                                                       "address": "Harbour Rd 4"})  # fmt: skip
+        await call("POST", "/api/incidents", "ed_nurse", {"complaint": "x"}, status=403)
+        await call("POST", f"/api/incidents/{incident['id']}/assign", "dispatcher", {"unit": unit})
+        await care(lambda m: m["kind"] == "incident" and m["record"]["unit"] == unit)
+        await asyncio.sleep(0.3)  # the assignment reaches the clinical loop over the bus
+
+        async with connected_device(unit, endpoint) as device:
+            crew = Crew(device)
+            await crew.event(EventKind.PATIENT_CONTACT, age=30, sex="male")
+            await crew.event(EventKind.FINDING, text="penetrating torso injury", code="trauma_criteria")
+            await crew.vitals(hr=135.0, sbp=80.0, spo2=96.0, rr=24.0, temp=36.4)
+            encounter = (await care(lambda m: m["kind"] == "encounter" and m["record"]["unit"] == unit))["record"]
+            assert encounter["incident_id"] == incident["id"]
+            shock = (await care(lambda m: m["kind"] == "alert" and m["record"]["kind"] == "shock_index"))["record"]
+            await loop.settled()
+
+            await call("POST", f"/api/alerts/{shock['id']}/acknowledge", "dispatcher", status=403)
+            acked = await call("POST", f"/api/alerts/{shock['id']}/acknowledge", "ed_nurse")
+            assert acked["state"] == "acknowledged" and acked["acknowledged_role"] == "ed_nurse"
+            await care(lambda m: m["kind"] == "alert" and m["record"]["id"] == shock["id"]
+                       and m["record"]["state"] == "acknowledged")  # fmt: skip
+
+            trauma = await care(lambda m: m["kind"] == "activation" and m["record"]["team"] == "trauma")
+            team_ack = await call("POST", f"/api/activations/{trauma['record']['id']}/acknowledge", "ed_physician")
+            assert team_ack["state"] == "acknowledged"
+
+            door = await call("POST", f"/api/encounters/{encounter['id']}/milestones", "ed_nurse", {"name": "door"})
+            assert door["status"] == "arrived" and door["door_at"] is not None
+            await call("PUT", f"/api/encounters/{encounter['id']}/handoff", "ed_nurse", {"treatment": "TXA 1 g"})
+            linked = await call("PATCH", f"/api/encounters/{encounter['id']}", "ed_nurse", {"patient_id": "MRN-1"})
+            assert linked["patient_id"] == "MRN-1" and linked["alias"] == encounter["alias"]
+            await call("POST", f"/api/encounters/{encounter['id']}/discharge", "ed_nurse", {"disposition": "home"},
+                       status=403)  # fmt: skip
+            record = await call("GET", f"/api/encounters/{encounter['id']}", "followup")
+            assert record["encounter"]["handoff_notes"] == {"treatment": "TXA 1 g"}
+            assert {a["kind"] for a in record["alerts"]} >= {"shock_index", "trauma"}
+
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    assert ("ed_nurse", "acknowledge_alert", encounter["id"]) in guard.audit_log
+    assert ("followup", "read_encounter", encounter["id"]) in guard.audit_log
+
+
+async def test_the_first_console_delivery_of_an_alert_is_recorded(store) -> None:  # type: ignore[no-untyped-def]
+    """Acknowledging an alert that is already acknowledged changes nothing and keeps the first acknowledger."""
+    from emergency.care._model import Alert, AlertKind, AlertState, Severity
+    from emergency.store._care import CareStore
+
+    records = CareStore(store)
+    (alert_id,) = await records.reserve_ids("alerts", 1)
+    now = time.time_ns() // 1000
+    alert = Alert(alert_id, "ZZ1", None, AlertKind.NEWS2, Severity.CRITICAL, AlertState.RAISED, "NEWS2 9", {}, now, now)
+    await records.save_alert_from_rules(alert, "raised", reopen=False)
+    delivered = await records.mark_delivered(alert_id, at=now + 1)
+    assert delivered is not None and delivered.state is AlertState.DELIVERED
+    assert await records.mark_delivered(alert_id, at=now + 2) is None
+    first = await records.acknowledge_alert(alert_id, at=now + 3, by="a", role="ed_nurse")
+    second = await records.acknowledge_alert(alert_id, at=now + 4, by="b", role="ed_physician")
+    assert first.acknowledged_by == second.acknowledged_by == "a"
