@@ -1,6 +1,15 @@
 """The pre-arrival clinical loop: incidents, pre-registered encounters, alerts, team activations, follow-up."""
 
 from emergency.care._alerts import AlertBook, AlertChange, AlertEvent, AlertPolicy
+from emergency.care._fhir import FhirExportError, encounter_bundle, validate_bundle
+from emergency.care._handoff import (
+    Handoff,
+    HandoffSection,
+    SectionKey,
+    compose_handoff,
+    latest_vitals,
+    news2_for_encounter,
+)
 from emergency.care._loop import ClinicalLoop
 from emergency.care._model import (
     NEMSIS_ELEMENT,
@@ -44,15 +53,24 @@ __all__ = [
     "ETime",
     "Encounter",
     "EncounterStatus",
+    "FhirExportError",
     "Finding",
     "FollowUp",
     "FollowUpState",
+    "Handoff",
+    "HandoffSection",
     "Incident",
     "Milestone",
     "Priority",
+    "SectionKey",
     "Severity",
     "Team",
     "TimeRecord",
     "TimeSource",
     "Treatment",
+    "compose_handoff",
+    "encounter_bundle",
+    "latest_vitals",
+    "news2_for_encounter",
+    "validate_bundle",
 ]
