@@ -145,3 +145,59 @@ async def test_gateway_process_killed_mid_stream(services, tmp_path: Path) -> No
             if gateway.returncode is None:
                 gateway.terminate()
                 await gateway.wait()
+
+
+async def test_alert_reaches_consoles_while_postgres_is_down(services) -> None:  # type: ignore[no-untyped-def]
+    """With PostgreSQL stopped, a shock-range reading still raises its alert on the bus at once; the alert is
+    written when the database is back."""
+    from test_care_loop import BusWatcher, Crew
+    from test_gateway import _gateway_settings, connected_device
+
+    from emergency.bus import CARE_FILTER, parse_care_topic
+    from emergency.care import Alert, AlertKind, ClinicalLoop, Encounter
+    from emergency.care._wire import decode_record
+    from emergency.mqtt import mqtt_client
+    from emergency.protocol import EventKind
+    from emergency.settings import CareSettings
+    from emergency.sites import DEMO_SITES
+    from emergency.stack import provision_unit
+    from emergency.store._care import CareStore
+
+    pg, broker = services
+    unit = "KPGALERT"
+    endpoint = broker.endpoint_for(unit, provision_unit(broker.root, unit))
+    watcher = BusWatcher()
+    gateway_endpoint = broker.internal_endpoint(GATEWAY_ACCOUNT)
+    async with (
+        Store.open(pg.dsn) as store,
+        mqtt_client(broker.internal_endpoint(CONSOLE_ACCOUNT), identifier="fault-console") as console,
+        ClinicalLoop(CareSettings(), gateway_endpoint, store, DEMO_SITES) as loop,
+        Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
+        connected_device(unit, endpoint) as device,
+    ):
+        await console.subscribe(CARE_FILTER, qos=1)
+
+        async def watch() -> None:
+            async for message in console.messages:
+                assert isinstance(message.payload, bytes)
+                watcher.records.append(decode_record(parse_care_topic(message.topic.value), message.payload))
+                watcher.changed.set()
+
+        reader = asyncio.create_task(watch(), name="test.care-watch")
+        crew = Crew(device)
+        await crew.event(EventKind.PATIENT_CONTACT)
+        await watcher.wait_for(lambda r: isinstance(r, Encounter) and r.unit == unit)
+        await loop.settled()
+        await pg.stop("immediate")
+        try:
+            await crew.vitals(hr=140.0, sbp=70.0, spo2=97.0, rr=16.0, temp=36.8)
+            alert = await watcher.wait_for(
+                lambda r: isinstance(r, Alert) and r.unit == unit and r.kind is AlertKind.SHOCK_INDEX, within_s=15
+            )
+        finally:
+            await pg.start()
+        await loop.settled(90)
+        stored = await CareStore(store).alerts(open_only=False, encounter_id=alert.encounter_id)  # type: ignore[union-attr]
+        assert alert.id in {a.id for a in stored}  # type: ignore[union-attr]
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)

@@ -38,6 +38,14 @@ from emergency.care._model import (
 )
 from emergency.store._store import DB_ERRORS, Store, StoreError, from_us, to_us
 
+# What may succeed when tried again: the server away, restarting, shutting down, or out of connections.
+_TRANSIENT = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+    OSError,
+)
 ACTIVE_STATUSES = (EncounterStatus.PRE_REGISTERED.value, EncounterStatus.ARRIVED.value)
 
 
@@ -179,12 +187,10 @@ class CareStore:
             return await fn(*args)
         except StoreError:
             raise
-        except asyncpg.PostgresError as exc:
-            raise StoreError(
-                f"care records: {exc}", retryable=isinstance(exc, asyncpg.PostgresConnectionError)
-            ) from exc
-        except DB_ERRORS as exc:
+        except _TRANSIENT as exc:
             raise StoreError(f"care records: {exc}", retryable=True) from exc
+        except DB_ERRORS as exc:
+            raise StoreError(f"care records: {exc}", retryable=False) from exc
 
     # -- ids -------------------------------------------------------------------------------------------------
 
