@@ -8,6 +8,7 @@ published on the bus so that every console and the clinical loop see it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -19,6 +20,9 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from emergency.bus import care_topic, parse_care_topic
+from emergency.care._fhir import encounter_bundle
+from emergency.care._handoff import SectionKey, compose_handoff, latest_vitals
+from emergency.care._loop import contiguous_leads
 from emergency.care._model import (
     Activation,
     ActivationState,
@@ -36,6 +40,7 @@ from emergency.care._model import (
     TimeSource,
 )
 from emergency.care._wire import CareRecord, care_kind, decode_record, record_json
+from emergency.ecg import analyze
 from emergency.protocol import UNIT_PATTERN
 from emergency.sites import Sites
 from emergency.store import StoreError
@@ -44,6 +49,7 @@ from emergency.store._care import CareStore, RecordNotFound
 log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
+SECTION_KEYS = frozenset(k.value for k in SectionKey)
 _ACTIVE = (EncounterStatus.PRE_REGISTERED, EncounterStatus.ARRIVED)
 
 
@@ -426,8 +432,8 @@ async def edit_handoff(request: web.Request) -> web.Response:
     encounter = await ctx.records.encounter(encounter_id)
     notes = dict(encounter.handoff_notes)
     for key, value in body.items():
-        if not isinstance(key, str) or len(key) > 40:
-            raise web.HTTPBadRequest(text="handoff sections are named by short keys")
+        if key not in SECTION_KEYS:
+            raise web.HTTPBadRequest(text=f"handoff sections are {sorted(SECTION_KEYS)}")
         if value is None:
             notes.pop(key, None)
         else:
@@ -465,6 +471,74 @@ async def discharge(request: web.Request) -> web.Response:
     return web.json_response(
         {"encounter": record_json(encounter), "follow_ups": [dataclasses.asdict(f) for f in follow_ups]}
     )
+
+
+async def _exportable(
+    ctx: CareContext, encounter_id: int
+) -> tuple[Encounter, Incident, list[Alert], list[Activation], Any]:
+    encounter = await ctx.records.encounter(encounter_id)
+    incident = await ctx.records.incident(encounter.incident_id)
+    alerts = await ctx.records.alerts(open_only=False, encounter_id=encounter_id)
+    activations = await ctx.records.activations(encounter_id)
+    try:
+        hospital = ctx.sites.hospital(encounter.destination) if encounter.destination else None
+    except KeyError:
+        hospital = None
+    return encounter, incident, alerts, activations, hospital
+
+
+def _end_of(encounter: Encounter) -> int:
+    ends = [t.at for t in encounter.times if t.name == Milestone.DISCHARGE]
+    return ends[0] if ends else now_us()
+
+
+async def _latest_ecg(ctx: CareContext, encounter: Encounter) -> tuple[Any, float | None, int | None, Any]:
+    """The newest 10 s of 12-lead recorded during the encounter, and its analysis (in a thread)."""
+    frames = await ctx.records.ecg_frames(encounter.unit, encounter.contact_at, _end_of(encounter), limit=80)
+    leads = contiguous_leads(frames, 10.0)
+    if leads is None:
+        return None, None, None, None
+    names, signals, fs, end_ts = leads
+    mapping = dict(zip(names, signals, strict=True))
+    try:
+        findings = await asyncio.to_thread(analyze, mapping, fs, sex=encounter.sex, age=encounter.age)
+    except ValueError:
+        findings = None
+    return mapping, fs, end_ts - round(10.0 * 1e6), findings
+
+
+@_store_errors
+async def get_handoff(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    encounter_id = _int_param(request, "id")
+    await _allowed(request, "VIEW_PATIENT_LIVE", "read_handoff", encounter_id=encounter_id)
+    encounter, _, alerts, activations, hospital = await _exportable(ctx, encounter_id)
+    vitals = await ctx.records.vitals_series(encounter.unit, encounter.contact_at, _end_of(encounter), every_s=30)
+    _, _, _, findings = await _latest_ecg(ctx, encounter)
+    handoff = compose_handoff(
+        encounter, vitals=latest_vitals(vitals), ecg=findings, alerts=alerts, activations=activations,
+        hospital=hospital, now_us=now_us(),
+    )  # fmt: skip
+    return web.json_response(handoff.as_json())
+
+
+@_store_errors
+async def fhir_everything(request: web.Request) -> web.Response:
+    ctx = request.app[CARE]
+    encounter_id = _int_param(request, "id")
+    await _allowed(request, "EXPORT_FHIR", "export_fhir", encounter_id=encounter_id)
+    encounter, incident, alerts, activations, hospital = await _exportable(ctx, encounter_id)
+    vitals = await ctx.records.vitals_series(encounter.unit, encounter.contact_at, _end_of(encounter), every_s=60)
+    leads, fs, start, findings = await _latest_ecg(ctx, encounter)
+    handoff = compose_handoff(
+        encounter, vitals=latest_vitals(vitals), ecg=findings, alerts=alerts, activations=activations,
+        hospital=hospital, now_us=now_us(),
+    )  # fmt: skip
+    bundle = encounter_bundle(
+        encounter, incident, vitals=vitals, ecg_leads=leads, ecg_fs=fs, ecg_start_us=start, ecg_findings=findings,
+        alerts=alerts, activations=activations, handoff=handoff, hospital=hospital,
+    )  # fmt: skip
+    return web.json_response(bundle, content_type="application/fhir+json")
 
 
 # -- follow-up and quality ---------------------------------------------------------------------------------------
@@ -545,3 +619,5 @@ def setup_care(app: web.Application, context: CareContext, guard: Guard) -> None
     add.add_get("/api/follow-ups", list_follow_ups)
     add.add_post("/api/follow-ups/{id}/outcome", record_outcome)
     add.add_get("/api/quality", quality)
+    add.add_get("/api/encounters/{id}/handoff", get_handoff)
+    add.add_get("/fhir/Encounter/{id}/$everything", fhir_everything)

@@ -138,6 +138,15 @@ async def test_dispatch_to_follow_up_through_the_console(
             assert linked["patient_id"] == "MRN-1" and linked["alias"] == encounter["alias"]
             await call("POST", f"/api/encounters/{encounter['id']}/discharge", "ed_nurse", {"disposition": "home"},
                        status=403)  # fmt: skip
+            handoff = await call("GET", f"/api/encounters/{encounter['id']}/handoff", "ed_physician")
+            sections = {section["key"]: section for section in handoff["sections"]}
+            assert sections["treatment"]["edited"] == "TXA 1 g" and "30" in sections["age"]["text"]
+            await call("GET", f"/fhir/Encounter/{encounter['id']}/$everything", "ed_nurse", status=403)
+            bundle = await call("GET", f"/fhir/Encounter/{encounter['id']}/$everything", "ed_physician")
+            from emergency.care._fhir import validate_bundle
+
+            validate_bundle(bundle)
+            assert {e["resource"]["resourceType"] for e in bundle["entry"]} >= {"Patient", "Encounter", "Composition"}
             record = await call("GET", f"/api/encounters/{encounter['id']}", "followup")
             assert record["encounter"]["handoff_notes"] == {"treatment": "TXA 1 g"}
             assert {a["kind"] for a in record["alerts"]} >= {"shock_index", "trauma"}

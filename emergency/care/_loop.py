@@ -24,7 +24,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
@@ -716,7 +716,7 @@ class ClinicalLoop:
         newest = u.ecg[-1]
         if newest.ts - u.ecg_analysed_to < self._settings.ecg_interval_s * 1e6:
             return
-        leads = _contiguous_leads(u.ecg, self._settings.ecg_window_s)
+        leads = contiguous_leads(u.ecg, self._settings.ecg_window_s)
         if leads is None:
             return
         names, signals, fs, end_ts = leads
@@ -736,10 +736,12 @@ class ClinicalLoop:
         self._evaluate(u, at=end_ts, late=late)
 
 
-def _contiguous_leads(
-    frames: collections.deque[EcgFrame], window_s: float
+def contiguous_leads(
+    frames: Sequence[EcgFrame], window_s: float
 ) -> tuple[tuple[str, ...], list[np.ndarray], float, int] | None:
     """The newest run of back-to-back frames with the same leads, at least `window_s` long, in millivolts."""
+    if not frames:
+        return None
     run = [frames[-1]]
     for frame in reversed(list(frames)[:-1]):
         head = run[-1]

@@ -36,6 +36,7 @@ from emergency.care._model import (
     TimeSource,
     Treatment,
 )
+from emergency.protocol import EcgFrame, Vitals
 from emergency.store._store import DB_ERRORS, Store, StoreError, from_us, to_us
 
 # What may succeed when tried again: the server away, restarting, shutting down, or out of connections.
@@ -444,6 +445,69 @@ class CareStore:
             return [_follow_up(r) for r in rows]
 
         result: list[FollowUp] = await self._run(go)
+        return result
+
+    # -- telemetry for exports ---------------------------------------------------------------------------------
+
+    async def vitals_series(self, unit: str, since: int, until: int, *, every_s: int = 60) -> list[Vitals]:
+        """One vitals set per `every_s` (the last of each interval) between two device times."""
+
+        async def go() -> list[Vitals]:
+            rows = await self._pool.fetch(
+                """SELECT DISTINCT ON (floor(extract(epoch FROM ts) / $4)) *
+                   FROM vitals WHERE unit = $1 AND ts >= $2 AND ts <= $3
+                   ORDER BY floor(extract(epoch FROM ts) / $4), ts DESC""",
+                unit, from_us(since), from_us(until), every_s,
+            )  # fmt: skip
+            out = [
+                Vitals(
+                    r["unit"],
+                    r["boot"],
+                    r["seq"],
+                    to_us(r["ts"]),
+                    r["hr"],
+                    r["sbp"],
+                    r["dbp"],
+                    r["map"],
+                    r["spo2"],
+                    r["rr"],
+                    r["temp"],
+                    r["etco2"],
+                    _us(r["nibp_ts"]),
+                )
+                for r in rows
+            ]
+            return sorted(out, key=lambda v: v.ts)
+
+        result: list[Vitals] = await self._run(go)
+        return result
+
+    async def ecg_frames(self, unit: str, since: int, until: int, *, limit: int = 200) -> list[EcgFrame]:
+        """The newest `limit` 12-lead frames between two device times, oldest first."""
+
+        async def go() -> list[EcgFrame]:
+            rows = await self._pool.fetch(
+                """SELECT * FROM ecg_frames WHERE unit = $1 AND ts >= $2 AND ts <= $3
+                   ORDER BY ts DESC LIMIT $4""",
+                unit, from_us(since), from_us(until), limit,
+            )  # fmt: skip
+            frames = [
+                EcgFrame(
+                    r["unit"],
+                    r["boot"],
+                    r["seq"],
+                    to_us(r["ts"]),
+                    r["fs"],
+                    tuple(r["leads"]),
+                    r["lsb_uv"],
+                    r["n"],
+                    bytes(r["data"]),
+                )
+                for r in rows
+            ]
+            return frames[::-1]
+
+        result: list[EcgFrame] = await self._run(go)
         return result
 
     # -- people's writes ---------------------------------------------------------------------------------------
