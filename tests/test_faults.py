@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 import pytest_asyncio
 import websockets
 from conftest import free_port
@@ -55,20 +56,23 @@ async def _live_ecg_arrives(console: Console, unit: str) -> None:
                 pass
 
 
-async def test_broker_killed_mid_stream(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL of the broker while units stream: after its restart every generated message is stored exactly once
-    (what the broker lost, the devices' outboxes resent) and live ECG reaches the console again."""
+@pytest.mark.parametrize("graceful", [False, True], ids=["sigkill", "graceful"])
+async def test_broker_restarted_mid_stream(services, tmp_path: Path, graceful: bool) -> None:  # type: ignore[no-untyped-def]
+    """The broker stopped (SIGKILL, or SIGTERM) while units stream: after its restart every generated message is
+    stored exactly once (what the broker lost, the devices' outboxes resent) and live ECG reaches the console again."""
     pg, broker = services
     async with (
         Store.open(pg.dsn) as store,
         Gateway(
-            GatewaySettings(http_port=0, client_id="gw-fault-mq"), broker.internal_endpoint(GATEWAY_ACCOUNT), store
+            GatewaySettings(http_port=0, client_id=f"gw-fault-mq-{graceful}"),
+            broker.internal_endpoint(GATEWAY_ACCOUNT),
+            store,
         ),
         Console(ConsoleSettings(), 0, broker.internal_endpoint(CONSOLE_ACCOUNT), store) as console,
-        _fleet(broker, tmp_path, "KMQ") as fleet,
+        _fleet(broker, tmp_path, "KMQG" if graceful else "KMQ") as fleet,
     ):
         await asyncio.sleep(2)
-        await broker.stop(graceful=False)
+        await broker.stop(graceful=graceful)
         await asyncio.sleep(3)  # devices keep generating into their outboxes
         await broker.start()
         await _live_ecg_arrives(console, fleet.devices[0].unit)
