@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -254,3 +255,47 @@ async def test_dispatcher_incident_is_taken_up_by_the_assigned_units_patient_con
                 )
             )
             assert isinstance(timed, Incident) and timed.call_received_at == call
+
+
+async def test_a_device_clock_ten_minutes_slow_is_flagged_and_its_data_stored_once(
+    store, gateway_endpoint, console_endpoint, make_unit
+) -> None:
+    """A device whose clock runs ten minutes behind is recorded as clock skew once its offset holds steady; its
+    messages, resent, are stored once; after that its readings count as live."""
+    unit, endpoint = await make_unit()
+    watcher = BusWatcher()
+    quick = CARE.model_copy(update={"skew_settle_s": 2.0})
+    async with (
+        mqtt_client(console_endpoint, identifier=f"test-console-{time.monotonic_ns()}") as console,
+        ClinicalLoop(quick, gateway_endpoint, store, DEMO_SITES) as loop,
+        Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
+        connected_device(unit, endpoint) as device,
+    ):
+        await console.subscribe(CARE_FILTER, qos=1)
+
+        async def watch() -> None:
+            async for message in console.messages:
+                assert isinstance(message.payload, bytes)
+                watcher.records.append(decode_record(parse_care_topic(message.topic.value), message.payload))
+                watcher.changed.set()
+
+        task = asyncio.create_task(watch(), name="test.care-watch")
+        crew = Crew(device)
+        await crew.event(EventKind.PATIENT_CONTACT, now_us() - 600 * S)
+        sent = []
+        for _ in range(8):
+            ts = now_us() - 600 * S
+            sent.append(ts)
+            await crew.vitals(ts, hr=140.0, sbp=75.0, spo2=97.0, rr=16.0, temp=36.8)
+            await asyncio.sleep(0.5)
+        live = await watcher.wait_for(_of(Alert, unit=unit, kind=AlertKind.SHOCK_INDEX, backlog=False))
+        assert isinstance(live, Alert)
+        first = Vitals(unit, 1, 0, sent[0], hr=140.0, sbp=75.0, spo2=97.0, rr=16.0, temp=36.8)
+        await device.send(first)  # a retransmission of the first reading
+        await device.ack_covering(first.stream, 1, len(sent) - 1)
+        await loop.settled()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    skews = await store.pool.fetch("SELECT detail FROM link_events WHERE unit = $1 AND kind = 'clock_skew'", unit)
+    assert len(skews) == 1 and round(json.loads(skews[0]["detail"])["offset_s"] / 60) == -10
+    assert await store.pool.fetchval("SELECT count(*) FROM vitals WHERE unit = $1", unit) == len(sent)

@@ -240,6 +240,8 @@ class ClinicalLoop:
         verdict = u.clock.observe(message.ts, rx)
         if verdict.skew_adopted_s is not None:
             log.warning("unit %s clock is %+.1f s off the center's; adopted", u.unit, verdict.skew_adopted_s)
+            skew = LinkEvent(at=rx, unit=u.unit, kind="clock_skew", detail={"offset_s": verdict.skew_adopted_s})
+            self._write(f"skew:{u.unit}:{rx}", lambda: self._records.record_link_event(skew))
         late = verdict.late
         if isinstance(message, Vitals):
             if u.patient.observe_vitals(message):

@@ -37,7 +37,7 @@ from emergency.care._model import (
     Treatment,
 )
 from emergency.protocol import EcgFrame, Vitals
-from emergency.store._store import DB_ERRORS, Store, StoreError, from_us, to_us
+from emergency.store._store import DB_ERRORS, LinkEvent, Store, StoreError, from_us, to_us
 
 # What may succeed when tried again: the server away, restarting, shutting down, or out of connections.
 _TRANSIENT = (
@@ -192,6 +192,10 @@ class CareStore:
             raise StoreError(f"care records: {exc}", retryable=True) from exc
         except DB_ERRORS as exc:
             raise StoreError(f"care records: {exc}", retryable=False) from exc
+
+    async def record_link_event(self, event: LinkEvent) -> None:
+        """A link observation the clinical loop made (a device clock found off by a steady amount)."""
+        await self._store.record_link_events([event])
 
     # -- ids -------------------------------------------------------------------------------------------------
 
