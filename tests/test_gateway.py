@@ -275,3 +275,36 @@ async def test_metrics_and_health_endpoints(store, gateway_endpoint, make_unit) 
     assert 'emergency_gateway_stored_total{stream="ecg"}' in text
     assert "emergency_gateway_rejected_total" in text or "emergency_gateway_received_total" in text
     assert status == 200 and health["status"] == "ok" and health["mqtt_connected"]
+
+
+async def test_message_the_database_refuses_is_isolated_rejected_and_the_rest_stored(
+    store, gateway_endpoint, make_unit
+) -> None:
+    """When the database refuses one message of a batch for good (here a trigger standing in for a constraint the
+    codec cannot know), the gateway halves the batch until that message is alone, records it as rejected with the
+    database's reason, names it in the ack, and stores every other message."""
+    unit, endpoint = await make_unit()
+    await store.pool.execute(
+        f"""CREATE FUNCTION refuse_{unit.lower()}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.unit = '{unit}' AND NEW.hr = 123 THEN RAISE EXCEPTION 'heart rate 123 refused by policy'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_{unit.lower()} BEFORE INSERT ON vitals
+                FOR EACH ROW EXECUTE FUNCTION refuse_{unit.lower()}();"""
+    )
+    try:
+        messages = [Vitals(unit, 1, s, _now_us() + s, hr=123.0 if s == 5 else 70.0) for s in range(12)]
+        async with (
+            Gateway(_gateway_settings(batch_max_delay_s=0.5), gateway_endpoint, store),
+            connected_device(unit, endpoint) as device,
+        ):
+            for message in messages:
+                await device.send(message)
+            ack = await device.ack_covering(Stream.VITALS, 1, 11)
+        assert ack.rejected == (5,)
+        assert await _count(store, "vitals", unit) == 11
+        reason = await store.pool.fetchval("SELECT reason FROM rejected_messages WHERE unit = $1", unit)
+        assert reason.startswith("store refused") and "refused by policy" in reason
+    finally:
+        await store.pool.execute(f"DROP TRIGGER refuse_{unit.lower()} ON vitals; DROP FUNCTION refuse_{unit.lower()}()")
