@@ -46,6 +46,17 @@ from emergency.settings import MqttEndpoint
 from firmware_sim._ecg import EcgModel, EcgSynth
 from firmware_sim._outbox import DropRange, Outbox, Pending
 from firmware_sim._route import Drive
+from firmware_sim._scenario import (
+    ChangeEcg,
+    Cue,
+    DriftVitals,
+    RecordEvent,
+    Scenario,
+    ScenarioError,
+    ScenarioMix,
+    ScenarioRun,
+    scenario,
+)
 from firmware_sim._vitals import VitalsMonitor
 
 log = logging.getLogger(__name__)
@@ -64,6 +75,9 @@ _PUBLISH_WINDOW = 100
 # outbox) and the link is told to catch up from the outbox before taking from the queue again.
 _SEND_QUEUE_MAX = 2_000
 _MAX_BACKOFF_EXPONENT = 64  # 1.5**64 is beyond any cap; the bound only keeps the float finite
+# Skipping ahead on the drive (the test hook's trip to a scene, leaving a scene or a hospital) takes at most this
+# many simulated seconds; a drive that has not changed status by then is a bug, not a long trip.
+_SKIP_MAX_S = 24 * 3600
 
 
 class DeviceError(Exception):
@@ -93,6 +107,8 @@ class DeviceConfig:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Clinical scenarios, one per arrival on scene (see firmware_sim._scenario); None: a stable patient every call.
+    scenarios: ScenarioMix | None = None
 
 
 @dataclass(slots=True)
@@ -228,6 +244,12 @@ class Device:
         self.monitor = VitalsMonitor(seed, hr_baseline=config.ecg_model.heart_rate_bpm)
         self.drive = Drive.start(seed)
         self._rng = random.Random(seed)
+        mix = config.scenarios
+        self._scenario_rng = random.Random(mix.seed if mix is not None and mix.seed is not None else seed)
+        self._calls = 0  # arrivals on scene that picked from the mix
+        self.scenario_run: ScenarioRun | None = None  # the call being played, from patient contact to available
+        self._play_request: tuple[Scenario, float] | None = None
+        self._stable_nibp_interval_s = self.monitor.nibp_interval_s
         self.clock_skew_s = config.clock_skew_s  # may be changed while running (clock fault tests)
         self.boot = -1
         self._seq: dict[Stream, int] = dict.fromkeys(DEVICE_STREAMS, 0)  # next seq per stream, this boot
@@ -355,6 +377,32 @@ class Device:
         self._record(event)
         return event
 
+    def play(self, name: str, *, time_scale: float | None = None) -> None:
+        """Play the built-in scenario `name` from the device's next second (see firmware_sim._scenario).
+
+        The unit is then on scene: the drive there is skipped (its status changes are still sent, ending with
+        `on_scene`), patient contact is made and the timeline runs at `time_scale` (default: the config's mix's, else
+        1). A scenario already running is abandoned without a transfer of care. ScenarioError for an unknown name.
+        """
+        mix = self.config.scenarios
+        scale = time_scale if time_scale is not None else mix.time_scale if mix is not None else 1.0
+        if not scale > 0 or not math.isfinite(scale):
+            raise ScenarioError(f"time_scale must be a positive number, not {scale!r}")
+        self._play_request = (scenario(name), scale)
+
+    def fast_forward(self, seconds: int) -> list[DeviceMessage]:
+        """Simulate `seconds` of the unit's life at once — movement, crew events, numerics, not the ECG stream —
+        and record it like any other message; returns what was recorded. Timestamps stay the real clock, so the
+        seconds skipped all carry about now. For tests that should not wait for a drive or a scenario."""
+        if self.outbox is None:
+            raise DeviceError(f"device {self.unit} is not running")
+        recorded: list[DeviceMessage] = []
+        for _ in range(seconds):
+            messages = self._second()
+            self._record(*messages)
+            recorded += messages
+        return recorded
+
     # -- generation -------------------------------------------------------------------------------------------
 
     def _now_us(self) -> int:
@@ -436,14 +484,29 @@ class Device:
             frame += 1
 
     def _second(self) -> list[DeviceMessage]:
-        """One second of the unit's life: movement, status changes, a GPS fix and the monitor's numerics."""
+        """One second of the unit's life: movement, status changes, the scenario's crew events, a GPS fix and the
+        monitor's numerics."""
         ts = self._now_us()
         out: list[DeviceMessage] = []
-        status = self.drive.step(1.0)
-        if status is not None:
+        begin = self._play_request
+        if begin is not None:
+            self._play_request = None
+            self._end_scenario()  # abandoned: the hook starts a new call whatever the unit was doing
+            statuses = [] if self.drive.status is UnitStatus.ON_SCENE else self._skip_until(UnitStatus.ON_SCENE)
+        else:
+            statuses = self._move()
+        for status in statuses:
             out.append(self._event(EventKind.STATUS, {"status": status.value}))
-            if status is UnitStatus.ON_SCENE:
-                out.append(self._event(EventKind.PATIENT_CONTACT, {}))
+            if status is UnitStatus.ON_SCENE and begin is None:
+                begin = self._next_scenario()
+                if begin is None:
+                    out.append(self._event(EventKind.PATIENT_CONTACT, {}))  # a stable patient, no scenario
+            elif status is UnitStatus.AVAILABLE:
+                self._end_scenario()
+        if begin is not None:
+            out += self._begin_scenario(*begin)
+        elif self.scenario_run is not None:
+            out += self._act_on(self.scenario_run.advance(1.0, self.drive.status))
         fix = self.drive.fix()
         acc = round(self._rng.uniform(2.0, 6.0), 1)
         gps_seq = self._next_seq(Stream.GPS)
@@ -470,6 +533,69 @@ class Device:
         )
         out.append(vitals)
         return out
+
+    def _move(self) -> list[UnitStatus]:
+        """Drive one second, unless the crew holds the unit on scene or at the hospital; then leave at once when
+        they are done (the drive's own dwell there is skipped: the scenario decides how long the crew stays)."""
+        run, status = self.scenario_run, self.drive.status
+        if run is not None and status in (UnitStatus.ON_SCENE, UnitStatus.AT_DESTINATION):
+            return [] if run.holds(status) else self._skip_until(None)
+        changed = self.drive.step(1.0)
+        return [] if changed is None else [changed]
+
+    def _skip_until(self, wanted: UnitStatus | None) -> list[UnitStatus]:
+        """Step the drive a second at a time, at once, until it reaches `wanted` (None: until its status changes);
+        returns every status it passed, in order."""
+        passed: list[UnitStatus] = []
+        for _ in range(_SKIP_MAX_S):
+            changed = self.drive.step(1.0)
+            if changed is not None:
+                passed.append(changed)
+                if wanted is None or changed is wanted:
+                    return passed
+        raise DeviceError(f"{self.unit}: the drive did not reach {wanted or 'a new status'} in {_SKIP_MAX_S} s")
+
+    def _next_scenario(self) -> tuple[Scenario, float] | None:
+        mix = self.config.scenarios
+        if mix is None:
+            return None
+        picked = mix.pick(self._scenario_rng, self._calls)
+        self._calls += 1
+        return picked, mix.time_scale
+
+    def _begin_scenario(self, picked: Scenario, time_scale: float) -> list[DeviceMessage]:
+        """Patient contact now, here; the destination is set before the unit can leave the scene."""
+        run = ScenarioRun(picked, contact_us=self._now_us(), scene=self.drive.position, time_scale=time_scale)
+        self.scenario_run = run
+        self.drive.destination = run.destination.position
+        self.monitor.nibp_interval_s = run.nibp_interval_s
+        self.monitor.measure_nibp_now()  # the crew cycles the cuff at first contact
+        log.debug("%s: scenario %s, destination %s", self.unit, picked.name, run.destination.code)
+        return self._act_on(run.start())
+
+    def _end_scenario(self) -> None:
+        """The patient has left (or the call was abandoned): the monitor and the heart are a stable adult's again."""
+        if self.scenario_run is None:
+            return
+        self.scenario_run = None
+        stable = self.config.ecg_model
+        self.ecg.set_model(
+            dataclasses.replace(self.ecg.model, heart_rate_bpm=stable.heart_rate_bpm, st_vector_mv=stable.st_vector_mv)
+        )
+        self.monitor.new_patient(stable.heart_rate_bpm)
+        self.monitor.nibp_interval_s = self._stable_nibp_interval_s
+
+    def _act_on(self, cues: list[Cue]) -> list[DeviceMessage]:
+        events: list[DeviceMessage] = []
+        for cue in cues:
+            if isinstance(cue, RecordEvent):
+                events.append(self._event(cue.kind, dict(cue.detail)))
+            elif isinstance(cue, DriftVitals):
+                self.monitor.drift_to(cue.targets, cue.over_s)
+            elif isinstance(cue, ChangeEcg):
+                # The rate stays the monitor's: the ECG follows its heart rate every second.
+                self.ecg.set_model(dataclasses.replace(self.ecg.model, st_vector_mv=cue.st_vector_mv))
+        return events
 
     # -- link -------------------------------------------------------------------------------------------------
 
