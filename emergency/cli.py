@@ -125,14 +125,19 @@ def _sim_credentials(settings: Settings, count: int) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def simulated_fleet(settings: Settings, count: int) -> AsyncIterator[object]:
+async def simulated_fleet(settings: Settings, count: int, *, clinical_scenarios: bool = False) -> AsyncIterator[object]:
+    """The simulated fleet; with `clinical_scenarios` every unit plays the demo mix of calls (`demo_mix`)."""
     from emergency.stack.tls import ensure_ca
-    from firmware_sim import DeviceConfig, Fleet
+    from firmware_sim import DeviceConfig, Fleet, demo_mix
 
     root = settings.data_dir.resolve()
     credentials = _sim_credentials(settings, count)
+    mixes = [demo_mix(i) if clinical_scenarios else None for i in range(count)]
     if settings.mqtt_tls_port is None:
-        configs = [DeviceConfig(unit=unit, password=password) for unit, password in credentials.items()]
+        configs = [
+            DeviceConfig(unit=unit, password=password, scenarios=mix)
+            for (unit, password), mix in zip(credentials.items(), mixes, strict=True)
+        ]
         port = settings.mqtt_port
     else:
         # As real ambulances would: TLS, each unit with its own certificate from the stack's CA.
@@ -140,9 +145,13 @@ async def simulated_fleet(settings: Settings, count: int) -> AsyncIterator[objec
 
         ca = ensure_ca(root)
         configs = []
-        for unit, password in credentials.items():
+        for (unit, password), mix in zip(credentials.items(), mixes, strict=True):
             pair = device_cert(root, unit)
-            configs.append(DeviceConfig(unit=unit, password=password, tls_ca=ca, tls_cert=pair.cert, tls_key=pair.key))
+            configs.append(
+                DeviceConfig(
+                    unit=unit, password=password, tls_ca=ca, tls_cert=pair.cert, tls_key=pair.key, scenarios=mix
+                )
+            )
         port = settings.mqtt_tls_port
     async with Fleet(configs, "127.0.0.1", port, root / "sim") as fleet:
         yield fleet
@@ -154,7 +163,7 @@ async def _up(settings: Settings) -> None:
 
 
 async def _demo(settings: Settings, units: int) -> None:
-    async with running_stack(settings) as info, simulated_fleet(settings, units):
+    async with running_stack(settings) as info, simulated_fleet(settings, units, clinical_scenarios=True):
         print(
             f"\n  Emergency center demo is running: open {info['console_url']}\n  ({units} simulated ambulances;"
             " Ctrl-C stops everything)\n",
