@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -310,6 +311,11 @@ class Console:
         self._port = http_port
         self._runner: web.AppRunner | None = None
         self.port = http_port
+        self._ssl: ssl.SSLContext | None = None
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+            self._ssl.load_cert_chain(settings.tls_cert, settings.tls_key)
 
     @property
     def core(self) -> ConsoleCore:
@@ -317,12 +323,13 @@ class Console:
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self.port}/"
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{self._host}:{self.port}/"
 
     async def __aenter__(self) -> Self:
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        site = web.TCPSite(self._runner, self._host, self._port, ssl_context=self._ssl)
         await site.start()
         self.port = self._runner.addresses[0][1]  # the bound port, when 0 was asked
         try:

@@ -7,8 +7,9 @@ double underscore, e.g. `EMERGENCY_GATEWAY__BATCH_MAX_MESSAGES=2000`. Secrets ar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,6 +54,15 @@ class ConsoleSettings(_Section):
     # Per websocket client: frames waiting to be sent. Overflow policy in console/hub.py.
     client_queue_max: int = Field(default=256, ge=8)
     stale_after_s: float = Field(default=10.0, gt=0)
+    # HTTPS: both or neither. A hospital network terminates TLS here or at a reverse proxy in front.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("console tls_cert and tls_key go together")
+        return self
 
 
 class CareSettings(_Section):

@@ -61,3 +61,31 @@ async def test_tls_listener_refuses_what_it_cannot_verify(tls_broker: Broker, ca
     with pytest.raises(aiomqtt.MqttError):
         async with mqtt_client(endpoint, timeout=5):
             pass
+
+
+async def test_console_serves_https_when_configured(console_endpoint, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With a certificate configured the console serves HTTPS only: a client trusting the CA gets through, plain
+    HTTP on the same port does not."""
+    import ssl
+
+    import aiohttp
+
+    from console import Console
+    from emergency.settings import ConsoleSettings
+    from emergency.stack.tls import ensure_ca, ensure_server_cert
+
+    root = tmp_path / "tls-root"
+    root.mkdir()
+    ca = ensure_ca(root)
+    pair = ensure_server_cert(root, ["127.0.0.1", "localhost"])
+    settings = ConsoleSettings(tls_cert=pair.cert, tls_key=pair.key)
+    async with Console(settings, 0, console_endpoint, store=None) as console, aiohttp.ClientSession() as http:
+        assert console.url.startswith("https://")
+        trust = ssl.create_default_context(cafile=str(ca))
+        async with http.get(console.url + "healthz", ssl=trust) as response:
+            assert response.status == 200
+        try:
+            async with http.get(console.url.replace("https", "http") + "healthz") as response:
+                assert response.status >= 400
+        except aiohttp.ClientError:
+            pass  # the TLS listener drops a plain-text request
