@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ambulance_gateway._acks import AckTracker, Key, Loss, Settlement
 from ambulance_gateway._metrics import GatewayMetrics
 from ambulance_gateway._monitor import LinkChange, SilenceMonitor
+from ambulance_gateway._partition import Partition, unit_filters
 from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
 from emergency.codec import RejectedMessage, decode_device_message, encode_ack
 from emergency.mqtt import backoff_delay, mqtt_client, publish_nowait
@@ -54,6 +55,7 @@ _SESSION_EXPIRY_S = 24 * 3600
 # Link events waiting to be recorded. They are observations about the link, not patient data: if the database is
 # unreachable for so long that this fills, the oldest observations are dropped (and counted).
 _LINK_EVENTS_MAX = 10_000
+_SUBSCRIBE_CHUNK = 500  # topic filters per SUBSCRIBE packet when following a partition
 
 
 def now_us() -> int:
@@ -82,10 +84,19 @@ class Gateway:
     """`async with Gateway(settings, mqtt, store) as gateway:` runs until the block exits."""
 
     def __init__(
-        self, settings: GatewaySettings, mqtt: MqttEndpoint, store: Store, *, observer: Observer | None = None
+        self,
+        settings: GatewaySettings,
+        mqtt: MqttEndpoint,
+        store: Store,
+        *,
+        observer: Observer | None = None,
+        partition: Partition | None = None,
     ) -> None:
         self._settings = settings
         self._observer = observer
+        # None: this gateway takes every unit. Otherwise only the units of its partition, subscribed by name.
+        self._partition = partition if partition is not None and partition.count > 1 else None
+        self._subscribed_units: set[str] = set()
         self._mqtt = mqtt
         self._store = store
         self.metrics = GatewayMetrics()
@@ -119,6 +130,8 @@ class Gateway:
         ]
         if self._settings.ack_interval_s > 0:
             self._background.append(self._tasks.create_task(self._flush_acks_forever(), name="gateway.acks"))
+        if self._partition is not None:
+            self._background.append(self._tasks.create_task(self._partition_forever(), name="gateway.partition"))
         try:
             async with asyncio.timeout(30):
                 await self._subscribed.wait()
@@ -180,7 +193,11 @@ class Gateway:
         while True:
             try:
                 async with self._client_for() as client:
-                    await client.subscribe([(device_topic("+", s), 1) for s in DEVICE_STREAMS])
+                    if self._partition is None:
+                        await client.subscribe([(device_topic("+", s), 1) for s in DEVICE_STREAMS])
+                    else:
+                        self._subscribed_units = set()
+                        await self._follow_partition(client)
                     self._client, attempt = client, 0
                     self.metrics.mqtt_connected.set(1)
                     self._subscribed.set()
@@ -194,6 +211,28 @@ class Gateway:
                 self.metrics.mqtt_connected.set(0)
             await asyncio.sleep(backoff_delay(attempt))
             attempt += 1
+
+    async def _follow_partition(self, client: aiomqtt.Client) -> None:
+        """Subscribe to the units of this gateway's partition that are not yet subscribed."""
+        assert self._partition is not None
+        new = self._partition.owned() - self._subscribed_units
+        filters = unit_filters(new)
+        for start in range(0, len(filters), _SUBSCRIBE_CHUNK):
+            await client.subscribe([(f, 1) for f in filters[start : start + _SUBSCRIBE_CHUNK]])
+        if new:
+            log.info("partition %d/%d: following %d more units", self._partition.index, self._partition.count, len(new))
+        self._subscribed_units |= new
+
+    async def _partition_forever(self) -> None:
+        """Pick up units provisioned while running (a registry read every few seconds; cheap, and rare to change)."""
+        while True:
+            await asyncio.sleep(self._settings.partition_refresh_s)
+            client = self._client
+            if client is not None:
+                try:
+                    await self._follow_partition(client)
+                except aiomqtt.MqttError as exc:
+                    log.info("partition not refreshed now (%s); the reconnect will", exc)
 
     async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         rx_us, rx_mono = now_us(), time.monotonic()

@@ -57,10 +57,10 @@ async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
     The gateway runs in this process; the console in a child process of its own (`emergency console`), so that
     the console's fan-out and the gateway's ingest each have an event loop and a core.
     """
-    from ambulance_gateway import Gateway
+    from ambulance_gateway import Gateway, Partition
     from emergency.care import ClinicalLoop
     from emergency.sites import load_sites
-    from emergency.stack import GATEWAY_ACCOUNT, Broker, PostgresCluster
+    from emergency.stack import GATEWAY_ACCOUNT, Broker, PostgresCluster, provisioned_units
     from emergency.stack.component import ComponentProcess
     from emergency.store import Store
 
@@ -80,9 +80,33 @@ async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
                 settings.care, broker.internal_endpoint(GATEWAY_ACCOUNT), store, load_sites(settings.care.sites_file)
             )
         )
+        partitions = settings.gateway.partition_count
         gateway = await stack.enter_async_context(
-            Gateway(settings.gateway, broker.internal_endpoint(GATEWAY_ACCOUNT), store, observer=care)
+            Gateway(
+                settings.gateway.model_copy(update={"partition_index": 0}),
+                broker.internal_endpoint(GATEWAY_ACCOUNT),
+                store,
+                observer=care,
+                partition=Partition(0, partitions, lambda: provisioned_units(root)),
+            )
         )
+        # More partitions: one more gateway process (with its own clinical loop) for each.
+        for index in range(1, partitions):
+            port = settings.gateway.http_port + index
+            await stack.enter_async_context(
+                ComponentProcess(
+                    "gateway",
+                    root,
+                    f"http://{settings.gateway.http_host}:{port}/healthz",
+                    env={
+                        "EMERGENCY_STORE__DSN": dsn,
+                        "EMERGENCY_GATEWAY__PARTITION_INDEX": str(index),
+                        "EMERGENCY_GATEWAY__HTTP_PORT": str(port),
+                        "EMERGENCY_GATEWAY__CLIENT_ID": f"{settings.gateway.client_id}-{index}",
+                    },
+                    name=f"gateway-{index}",
+                )
+            )
         console_url = f"http://{settings.console.host}:{settings.http_port}/"
         console = await stack.enter_async_context(
             ComponentProcess("console", root, console_url + "healthz", env={"EMERGENCY_STORE__DSN": dsn})
@@ -181,13 +205,23 @@ def _store_dsn(settings: Settings) -> str:
 
 
 async def _gateway(settings: Settings) -> None:
-    """One more gateway process on a running stack (scale out, or restart one after a crash)."""
-    from ambulance_gateway import Gateway
-    from emergency.stack import GATEWAY_ACCOUNT, internal_endpoint
+    """A gateway process (with its clinical loop) on a running stack: one partition of the units when
+    EMERGENCY_GATEWAY__PARTITION_COUNT > 1, or a restart of the only gateway after a crash."""
+    from ambulance_gateway import Gateway, Partition
+    from emergency.care import ClinicalLoop
+    from emergency.sites import load_sites
+    from emergency.stack import GATEWAY_ACCOUNT, internal_endpoint, provisioned_units
     from emergency.store import Store
 
-    endpoint = internal_endpoint(settings.data_dir.resolve(), GATEWAY_ACCOUNT, settings.mqtt_port)
-    async with Store.open(_store_dsn(settings), settings.store) as store, Gateway(settings.gateway, endpoint, store):
+    root = settings.data_dir.resolve()
+    endpoint = internal_endpoint(root, GATEWAY_ACCOUNT, settings.mqtt_port)
+    g = settings.gateway
+    partition = Partition(g.partition_index, g.partition_count, lambda: provisioned_units(root))
+    async with (
+        Store.open(_store_dsn(settings), settings.store) as store,
+        ClinicalLoop(settings.care, endpoint, store, load_sites(settings.care.sites_file)) as care,
+        Gateway(g, endpoint, store, observer=care, partition=partition),
+    ):
         await _wait_for_stop_signal()
 
 

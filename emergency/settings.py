@@ -46,6 +46,11 @@ class GatewaySettings(_Section):
     http_host: str = "127.0.0.1"
     http_port: int = 18081  # /metrics and /healthz; 0 picks a free port
     raw_capture_bytes: int = Field(default=4096, ge=0)  # how much of a rejected payload is kept
+    # Scale-out: this gateway owns the units whose id hashes to partition_index of partition_count (see
+    # ambulance_gateway/_partition.py). With one partition it takes every unit.
+    partition_count: int = Field(default=1, ge=1)
+    partition_index: int = Field(default=0, ge=0)
+    partition_refresh_s: float = Field(default=5.0, gt=0)
 
 
 class ConsoleSettings(_Section):

@@ -9,6 +9,7 @@ from emergency.stack.provision import (
     internal_endpoint,
     provision_unit,
     provision_units,
+    provisioned_units,
 )
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "internal_endpoint",
     "provision_unit",
     "provision_units",
+    "provisioned_units",
     "timescaledb_available",
 ]

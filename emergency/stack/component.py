@@ -25,8 +25,17 @@ log = logging.getLogger(__name__)
 class ComponentProcess:
     """`async with ComponentProcess("console", root, health_url) as proc:` — started and healthy, or StackError."""
 
-    def __init__(self, component: str, root: Path, health_url: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        component: str,
+        root: Path,
+        health_url: str,
+        env: dict[str, str] | None = None,
+        *,
+        name: str | None = None,  # for the log file, when several processes run the same component
+    ) -> None:
         self.component = component
+        self.name = name or component
         self.root = root
         self.health_url = health_url
         self._env = {**os.environ, **(env or {})}
@@ -37,7 +46,7 @@ class ComponentProcess:
         return self._proc.pid if self._proc else None
 
     async def __aenter__(self) -> Self:
-        log_path = self.root / "logs" / f"{self.component}.log"
+        log_path = self.root / "logs" / f"{self.name}.log"
         self._proc = await start_service(
             sys.executable, "-m", "emergency.cli", self.component, log_path=log_path, env=self._env
         )
@@ -46,8 +55,8 @@ class ComponentProcess:
                 await self._wait_healthy()
         except TimeoutError:
             await stop_service(self._proc)
-            raise StackError(f"{self.component} did not become healthy; see {log_path}") from None
-        log.info("%s process %d healthy at %s", self.component, self._proc.pid, self.health_url)
+            raise StackError(f"{self.name} did not become healthy; see {log_path}") from None
+        log.info("%s process %d healthy at %s", self.name, self._proc.pid, self.health_url)
         return self
 
     async def _wait_healthy(self) -> None:

@@ -112,3 +112,21 @@ def provision_units(root: Path, units: dict[str, str]) -> None:
             raise StackError(f"unit id {unit!r} must match [A-Za-z0-9_-]{{1,32}}")
     _write_accounts(root, units)
     _signal_broker(root)
+
+
+def provisioned_units(root: Path) -> set[str]:
+    """Every unit that may connect: broker accounts (internal accounts excluded) and units with a certificate."""
+    units: set[str] = set()
+    passwd = _passwd_file(root)
+    if passwd.exists():
+        for line in passwd.read_text().splitlines():
+            name = line.split(":", 1)[0]
+            if UNIT_PATTERN.fullmatch(name):
+                units.add(name)
+    tls = root / "tls"
+    if tls.is_dir():
+        for cert in tls.glob("device-*.crt"):
+            name = cert.name.removeprefix("device-").removesuffix(".crt")
+            if UNIT_PATTERN.fullmatch(name):
+                units.add(name)
+    return units

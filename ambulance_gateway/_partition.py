@@ -1,0 +1,35 @@
+"""Which gateway process owns which unit: a stable hash of the unit id, so one unit's messages always reach the
+same process (its ack watermarks, its silence monitor and its clinical-loop state live there).
+
+MQTT topic filters cannot express a hash, and mosquitto's shared subscriptions deal messages round-robin, not by
+topic; so a partitioned gateway subscribes to each unit it owns by name, from the provisioning registry, and
+picks up newly provisioned units as they appear.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from emergency.protocol import DEVICE_STREAMS, device_topic
+
+
+def partition_of(unit: str, count: int) -> int:
+    """The partition of `unit` among `count`; the same in every process and across restarts."""
+    return zlib.crc32(unit.encode()) % count
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    index: int
+    count: int
+    units: Callable[[], Iterable[str]]  # the provisioning registry
+
+    def owned(self) -> set[str]:
+        return {u for u in self.units() if partition_of(u, self.count) == self.index}
+
+
+def unit_filters(units: Iterable[str]) -> list[str]:
+    """The device topics of `units` (never their ack topic, which the gateway writes)."""
+    return [device_topic(unit, stream) for unit in sorted(units) for stream in DEVICE_STREAMS]
