@@ -65,6 +65,7 @@ function onMessage(m) {
     case "ecg": ecg.push(m); break;
     case "error": console.warn("console:", m.reason); break;
     case "watched": case "unwatched": break;
+    case "care_snapshot": case "care": break; // care records: the desks show them
     default: {
       const u = fleet.apply(m);
       if (m.unit === watched) {
