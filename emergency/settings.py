@@ -81,6 +81,7 @@ class CareSettings(_Section):
     skew_settle_s: float = Field(default=20.0, gt=0)  # a steady offset this long is the device's clock skew
     ecg_window_s: float = Field(default=10.0, ge=2.5)  # how much 12-lead each analysis reads
     ecg_interval_s: float = Field(default=10.0, gt=0)  # how often a unit's 12-lead is analysed
+    ecg_analyses_per_s: int = Field(default=8, ge=1)  # at most this many analyses a second, oldest first
     seq_gap_hold_s: float = Field(default=300.0, gt=0)  # a reported open seq gap alerts this long
     auto_activate: bool = True  # STEMI → cath lab, LVO stroke → stroke team, trauma → trauma team
     sites_file: Path | None = None  # hospitals and bases (emergency/sites.py); None: the demo city

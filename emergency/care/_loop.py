@@ -704,20 +704,27 @@ class ClinicalLoop:
             for change in self.book.due(now):
                 u = self._unit(change.alert.unit)
                 self._emit(u, [change])
+            due: list[_Unit] = []
             for u in list(self._units.values()):
                 if u.pending_contact is not None:
                     self._pre_register(u, u.pending_contact)
                 if u.gap_until is not None and now >= u.gap_until:
                     u.gap_until = None
                     self._reconcile(u, {}, at=now, late=False, kinds=_GAP_KINDS)
+                if self._ecg_due(u):
+                    due.append(u)
+            # A 12-lead analysis costs ~30 ms of CPU: a budget per second keeps a large fleet from starving ingest;
+            # the units analysed longest ago go first, so under load every unit's interval stretches evenly.
+            due.sort(key=lambda u: u.ecg_analysed_to)
+            for u in due[: self._settings.ecg_analyses_per_s]:
                 await self._analyse_ecg(u)
 
-    async def _analyse_ecg(self, u: _Unit) -> None:
+    def _ecg_due(self, u: _Unit) -> bool:
         if u.encounter is None or not u.ecg:
-            return
-        newest = u.ecg[-1]
-        if newest.ts - u.ecg_analysed_to < self._settings.ecg_interval_s * 1e6:
-            return
+            return False
+        return u.ecg[-1].ts - u.ecg_analysed_to >= self._settings.ecg_interval_s * 1e6
+
+    async def _analyse_ecg(self, u: _Unit) -> None:
         leads = contiguous_leads(u.ecg, self._settings.ecg_window_s)
         if leads is None:
             return
