@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from emergency.bus import care_topic, parse_care_topic
 from emergency.care._fhir import encounter_bundle
-from emergency.care._handoff import SectionKey, compose_handoff, latest_vitals
+from emergency.care._handoff import SectionKey, compose_handoff
 from emergency.care._loop import contiguous_leads
 from emergency.care._model import (
     Activation,
@@ -493,18 +493,19 @@ def _end_of(encounter: Encounter) -> int:
 
 
 async def _latest_ecg(ctx: CareContext, encounter: Encounter) -> tuple[Any, float | None, int | None, Any]:
-    """The newest 10 s of 12-lead recorded during the encounter, and its analysis (in a thread)."""
+    """The newest 10 s (at least 5 s) of 12-lead recorded during the encounter, and its analysis (in a thread)."""
     frames = await ctx.records.ecg_frames(encounter.unit, encounter.contact_at, _end_of(encounter), limit=80)
-    leads = contiguous_leads(frames, 10.0)
+    leads = contiguous_leads(frames, 10.0) or contiguous_leads(frames, 5.0)
     if leads is None:
         return None, None, None, None
     names, signals, fs, end_ts = leads
+    seconds = len(signals[0]) / fs
     mapping = dict(zip(names, signals, strict=True))
     try:
         findings = await asyncio.to_thread(analyze, mapping, fs, sex=encounter.sex, age=encounter.age)
     except ValueError:
         findings = None
-    return mapping, fs, end_ts - round(10.0 * 1e6), findings
+    return mapping, fs, end_ts - round(seconds * 1e6), findings
 
 
 @_store_errors
@@ -513,10 +514,10 @@ async def get_handoff(request: web.Request) -> web.Response:
     encounter_id = _int_param(request, "id")
     await _allowed(request, "VIEW_PATIENT_LIVE", "read_handoff", encounter_id=encounter_id)
     encounter, _, alerts, activations, hospital = await _exportable(ctx, encounter_id)
-    vitals = await ctx.records.vitals_series(encounter.unit, encounter.contact_at, _end_of(encounter), every_s=30)
+    latest = await ctx.records.latest_vitals(encounter.unit, encounter.contact_at, _end_of(encounter))
     _, _, _, findings = await _latest_ecg(ctx, encounter)
     handoff = compose_handoff(
-        encounter, vitals=latest_vitals(vitals), ecg=findings, alerts=alerts, activations=activations,
+        encounter, vitals=latest, ecg=findings, alerts=alerts, activations=activations,
         hospital=hospital, now_us=now_us(),
     )  # fmt: skip
     return web.json_response(handoff.as_json())
@@ -530,8 +531,9 @@ async def fhir_everything(request: web.Request) -> web.Response:
     encounter, incident, alerts, activations, hospital = await _exportable(ctx, encounter_id)
     vitals = await ctx.records.vitals_series(encounter.unit, encounter.contact_at, _end_of(encounter), every_s=60)
     leads, fs, start, findings = await _latest_ecg(ctx, encounter)
+    latest = await ctx.records.latest_vitals(encounter.unit, encounter.contact_at, _end_of(encounter))
     handoff = compose_handoff(
-        encounter, vitals=latest_vitals(vitals), ecg=findings, alerts=alerts, activations=activations,
+        encounter, vitals=latest, ecg=findings, alerts=alerts, activations=activations,
         hospital=hospital, now_us=now_us(),
     )  # fmt: skip
     bundle = encounter_bundle(

@@ -454,13 +454,16 @@ class CareStore:
     # -- telemetry for exports ---------------------------------------------------------------------------------
 
     async def vitals_series(self, unit: str, since: int, until: int, *, every_s: int = 60) -> list[Vitals]:
-        """One vitals set per `every_s` (the last of each interval) between two device times."""
+        """One vitals set per `every_s` (the last of each interval), and every cuff reading, between two device
+        times."""
 
         async def go() -> list[Vitals]:
             rows = await self._pool.fetch(
-                """SELECT DISTINCT ON (floor(extract(epoch FROM ts) / $4)) *
-                   FROM vitals WHERE unit = $1 AND ts >= $2 AND ts <= $3
-                   ORDER BY floor(extract(epoch FROM ts) / $4), ts DESC""",
+                """(SELECT DISTINCT ON (floor(extract(epoch FROM ts) / $4)) *
+                    FROM vitals WHERE unit = $1 AND ts >= $2 AND ts <= $3
+                    ORDER BY floor(extract(epoch FROM ts) / $4), ts DESC)
+                   UNION
+                   (SELECT * FROM vitals WHERE unit = $1 AND ts >= $2 AND ts <= $3 AND sbp IS NOT NULL)""",
                 unit, from_us(since), from_us(until), every_s,
             )  # fmt: skip
             out = [
@@ -484,6 +487,26 @@ class CareStore:
             return sorted(out, key=lambda v: v.ts)
 
         result: list[Vitals] = await self._run(go)
+        return result
+
+    async def latest_vitals(self, unit: str, since: int, until: int) -> Vitals | None:
+        """Each vital sign's newest value between two device times (the cuff's pressures are minutes apart)."""
+        fields = ("hr", "sbp", "dbp", "map", "spo2", "rr", "temp", "etco2", "nibp_ts")
+        picks = ", ".join(f"(array_agg({f} ORDER BY ts DESC) FILTER (WHERE {f} IS NOT NULL))[1] AS {f}" for f in fields)
+
+        async def go() -> Vitals | None:
+            row = await self._pool.fetchrow(
+                f"""SELECT max(ts) AS ts, {picks} FROM vitals WHERE unit = $1 AND ts >= $2 AND ts <= $3""",
+                unit, from_us(since), from_us(until),
+            )  # fmt: skip
+            if row is None or row["ts"] is None:
+                return None
+            return Vitals(
+                unit, 0, 0, to_us(row["ts"]), row["hr"], row["sbp"], row["dbp"], row["map"], row["spo2"], row["rr"],
+                row["temp"], row["etco2"], _us(row["nibp_ts"]),
+            )  # fmt: skip
+
+        result: Vitals | None = await self._run(go)
         return result
 
     async def ecg_frames(self, unit: str, since: int, until: int, *, limit: int = 200) -> list[EcgFrame]:
