@@ -6,11 +6,14 @@
 Method, in order:
 
 1. Validation: known lead names, equal non-empty 1-D arrays in mV, 100 ≤ fs ≤ 2000 Hz; otherwise `ValueError`.
-2. Measurement filtering, all zero-phase: notches at 50 and 60 Hz (mains) and a 40 Hz low-pass (muscle noise).
-   No high-pass is applied to what is measured — a 0.5 Hz high-pass distorts the ST segment.
+2. Resampling to 500 Hz (polyphase, anti-aliased), so that every rule below falls on one 2 ms grid and the result
+   does not depend on the device's sampling rate. Measurement filtering, all zero-phase: notches at 50 and 60 Hz
+   (mains) and a 40 Hz low-pass (muscle noise). No high-pass is applied to what is measured — a 0.5 Hz high-pass
+   distorts the ST segment.
 3. QRS detection in the style of Pan–Tompkins on all leads together: 5–15 Hz band, derivative squared and summed
    over leads, 150 ms integration, adaptive signal/noise thresholds, a 200 ms refractory period, a T-wave rule
-   (a peak within 360 ms of a QRS with under half its slope) and searchback after 1.66 mean RR.
+   (a peak within 360 ms of a QRS with under half its slope, slopes taken up to 40 Hz so that tall T waves stay
+   under it) and searchback after 1.66 mean RR.
 4. Beat selection: beats are aligned (±10 ms) to the median QRS shape of a 0.5 Hz high-passed copy (used only for
    shape and timing); beats correlating < 0.90 with it (ectopic, artefact) are excluded, and so, in a regular
    rhythm, are premature beats (RR < 80 % of the median). The rhythm is irregular (e.g. atrial fibrillation) when

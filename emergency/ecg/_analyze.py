@@ -121,8 +121,9 @@ def analyze(
     if duration < MIN_DURATION_S:
         return _unusable(f"recording of {duration:.1f} s is too short (need at least {MIN_DURATION_S:g} s)")
 
+    raw, fs = _signal.to_analysis_rate(raw, fs)
     clean = _signal.measurement_filter(raw, fs)
-    fiducials = _detect.detect_qrs(_signal.detection_band(clean, fs), fs)
+    fiducials = _detect.detect_qrs(_signal.detection_band(clean, fs), fs, broadband=clean)
     heart_rate = _heart_rate(fiducials, fs)
     if len(fiducials) < MIN_BEATS:
         return _unusable(

@@ -6,7 +6,10 @@ Peaks of that envelope are judged in time order against an adaptive threshold be
 a running noise level. Three rules keep T waves and noise out and missed beats in:
 
 * a refractory period of 200 ms, within which no second QRS can occur;
-* a peak within 360 ms of the previous QRS whose steepest slope is under half of that QRS's is a T wave;
+* a peak within 360 ms of the previous QRS whose steepest slope is under half of that QRS's is a T wave. Slopes
+  are taken from the leads up to 40 Hz, not from the 5–15 Hz band: the band passes much of a T wave and little of a
+  QRS's steepest part, so a 1.5 mV T wave (bradycardia, hyperkalaemia) reached half a QRS's slope there and was
+  counted as a beat, where broadband it stays under a third;
 * if no QRS has been found for 1.66 mean RR intervals, the largest peak in the gap above half the threshold is
   taken (searchback).
 """
@@ -31,10 +34,12 @@ def _moving_mean(x: FloatArray, width: int) -> FloatArray:
     return smoothed
 
 
-def detect_qrs(band: FloatArray, fs: float) -> IntArray:
+def detect_qrs(band: FloatArray, fs: float, broadband: FloatArray | None = None) -> IntArray:
     """Sample indices of QRS complexes in `band` (leads × samples, already in the QRS band), increasing.
 
-    The index is the sample of greatest slope energy within the complex, a stable point to align beats on.
+    `broadband` is the same leads with more bandwidth (up to about 40 Hz), used for the T-wave rule's slopes; without
+    it the band's slopes are used. The index is the sample of greatest slope energy within the complex, a stable
+    point to align beats on.
     """
     n = band.shape[1]
     if n < 3:
@@ -49,7 +54,8 @@ def detect_qrs(band: FloatArray, fs: float) -> IntArray:
     heights = envelope[candidates]
     # The steepest spatial slope (mV/s) within ±75 ms of each candidate, for the T-wave rule.
     half = round(0.075 * fs)
-    slopes = np.sqrt([energy[max(c - half, 0) : c + half + 1].max() for c in candidates])
+    slope_energy = energy if broadband is None else ((np.gradient(broadband, axis=1) * fs) ** 2).sum(axis=0)
+    slopes = np.sqrt([slope_energy[max(c - half, 0) : c + half + 1].max() for c in candidates])
 
     learning = envelope[: max(round(_LEARNING_S * fs), 1)]
     signal_level = 0.33 * float(learning.max())

