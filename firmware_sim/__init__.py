@@ -11,6 +11,7 @@ async with Fleet([DeviceConfig("A12", password)], host, port, state_dir) as flee
 is a stable adult.
 """
 
+from firmware_sim._check import ledger_problems
 from firmware_sim._device import Device, DeviceConfig, DeviceError, Ledger, backoff_delay
 from firmware_sim._ecg import DEFAULT_LSB_UV, EcgModel, EcgSynth
 from firmware_sim._fleet import Fleet, run_fleet
@@ -62,6 +63,7 @@ __all__ = [
     "VitalsTarget",
     "backoff_delay",
     "demo_mix",
+    "ledger_problems",
     "nearest_hospital",
     "plan_drops",
     "run_fleet",

@@ -23,7 +23,9 @@ from ledger import assert_ledger_matches_store, settle
 
 from ambulance_gateway import Gateway
 from console import Console
-from emergency.settings import ConsoleSettings, GatewaySettings
+from emergency.care import ClinicalLoop
+from emergency.settings import CareSettings, ConsoleSettings, GatewaySettings
+from emergency.sites import DEMO_SITES
 from emergency.stack import CONSOLE_ACCOUNT, GATEWAY_ACCOUNT, Broker, PostgresCluster, provision_units
 from emergency.store import Store
 from firmware_sim import DeviceConfig, Fleet
@@ -61,13 +63,11 @@ async def test_broker_restarted_mid_stream(services, tmp_path: Path, graceful: b
     """The broker stopped (SIGKILL, or SIGTERM) while units stream: after its restart every generated message is
     stored exactly once (what the broker lost, the devices' outboxes resent) and live ECG reaches the console again."""
     pg, broker = services
+    endpoint = broker.internal_endpoint(GATEWAY_ACCOUNT)
     async with (
         Store.open(pg.dsn) as store,
-        Gateway(
-            GatewaySettings(http_port=0, client_id=f"gw-fault-mq-{graceful}"),
-            broker.internal_endpoint(GATEWAY_ACCOUNT),
-            store,
-        ),
+        ClinicalLoop(CareSettings(), endpoint, store, DEMO_SITES) as loop,  # it must ride out the restart too
+        Gateway(GatewaySettings(http_port=0, client_id=f"gw-fault-mq-{graceful}"), endpoint, store, observer=loop),
         Console(ConsoleSettings(), 0, broker.internal_endpoint(CONSOLE_ACCOUNT), store) as console,
         _fleet(broker, tmp_path, "KMQG" if graceful else "KMQ") as fleet,
     ):
@@ -79,6 +79,7 @@ async def test_broker_restarted_mid_stream(services, tmp_path: Path, graceful: b
         await settle(fleet)
         for device in fleet.devices:
             await assert_ledger_matches_store(store, device)
+        await asyncio.wait_for(loop.bus_ready.wait(), 30)
 
 
 async def test_postgres_stopped_immediately_mid_stream(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

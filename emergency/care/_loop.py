@@ -632,11 +632,14 @@ class ClinicalLoop:
                     await client.subscribe(CARE_FILTER, options=SubscribeOptions(qos=1, noLocal=True))
                     self.bus_ready.set()
                     attempt = 0
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._publish_forever(client), name="care.bus.publish")
+                    publisher = asyncio.create_task(self._publish_forever(client), name="care.bus.publish")
+                    try:
                         async for message in client.messages:
                             payload = message.payload if isinstance(message.payload, bytes) else b""
                             self._merge(message.topic.value, payload)
+                    finally:
+                        publisher.cancel()
+                        await asyncio.gather(publisher, return_exceptions=True)
             except aiomqtt.MqttError as exc:
                 self.bus_ready.clear()
                 attempt += 1
@@ -644,6 +647,14 @@ class ClinicalLoop:
                 await asyncio.sleep(backoff_delay(attempt))
 
     async def _publish_forever(self, client: aiomqtt.Client) -> None:
+        """Publish queued snapshots until the connection fails; the reader then reconnects, and what was not yet
+        published is still queued (a snapshot leaves the queue only once the broker has taken it)."""
+        try:
+            await self._publish_queued(client)
+        except aiomqtt.MqttError as exc:
+            log.info("care snapshots held until the bus is back (%s)", exc)
+
+    async def _publish_queued(self, client: aiomqtt.Client) -> None:
         while True:
             await self._publish_wake.wait()
             self._publish_wake.clear()
