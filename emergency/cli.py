@@ -186,8 +186,34 @@ async def _up(settings: Settings) -> None:
         await _wait_for_stop_signal()
 
 
+@contextlib.asynccontextmanager
+async def _first_calls_soon(fleet: object) -> AsyncIterator[None]:
+    """In the demo, the first units reach their critical patients within the first minutes instead of after a
+    drive across the city: one scenario starts every 30 s."""
+    from firmware_sim import Fleet
+    from firmware_sim._scenario import CRITICAL_SCENARIOS
+
+    assert isinstance(fleet, Fleet)
+
+    async def start() -> None:
+        for device, name in zip(fleet.devices, CRITICAL_SCENARIOS, strict=False):
+            await asyncio.sleep(30)
+            device.play(name)
+
+    task = asyncio.create_task(start(), name="demo.first-calls")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def _demo(settings: Settings, units: int) -> None:
-    async with running_stack(settings) as info, simulated_fleet(settings, units, clinical_scenarios=True):
+    async with (
+        running_stack(settings) as info,
+        simulated_fleet(settings, units, clinical_scenarios=True) as fleet,
+        _first_calls_soon(fleet),
+    ):
         print(
             f"\n  Emergency center demo is running: open {info['console_url']}\n  ({units} simulated ambulances;"
             " Ctrl-C stops everything)\n",
