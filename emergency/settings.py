@@ -85,6 +85,7 @@ class CareSettings(_Section):
     seq_gap_hold_s: float = Field(default=300.0, gt=0)  # a reported open seq gap alerts this long
     auto_activate: bool = True  # STEMI → cath lab, LVO stroke → stroke team, trauma → trauma team
     sites_file: Path | None = None  # hospitals and bases (emergency/sites.py); None: the demo city
+    thresholds_file: Path | None = None  # the hospital's alerting thresholds (JSON, see docs/clinical-loop.md)
 
 
 class StoreSettings(_Section):

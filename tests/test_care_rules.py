@@ -162,3 +162,25 @@ def test_aliases_are_unique_and_consecutive_ones_differ_in_the_first_word() -> N
     aliases = [alias_for(i) for i in range(1, 100_001)]
     assert len(set(aliases)) == len(aliases)
     assert all(a.split()[0] != b.split()[0] for a, b in itertools.pairwise(aliases[:1001]))
+
+
+def test_a_hospitals_thresholds_file_replaces_bands_sign_by_sign(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A thresholds file changes the signs it names and keeps the defaults for the others; a malformed one is
+    refused with a reason."""
+    import json
+
+    import pytest
+    from pydantic import ValidationError
+
+    from emergency.care._rules import load_thresholds
+
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"vitals": {"hr": {"low": 50, "high": 120}}, "news2_critical": 6}))
+    t = load_thresholds(path)
+    assert t.vitals["hr"].high == 120 and t.vitals["sbp"].critical_low == 80 and t.news2_critical == 6
+    state = PatientState()
+    state.observe_vitals(vitals(T0, hr=125.0, sbp=125.0, spo2=97.0, rr=16.0, temp=36.8))
+    assert "HR 125" in evaluate(state, t)[AlertKind.VITAL_THRESHOLD].summary
+    path.write_text(json.dumps({"vitals": {"hr": {"low": "fast"}}}))
+    with pytest.raises(ValidationError):
+        load_thresholds(path)

@@ -57,7 +57,7 @@ from emergency.care._model import (
     TimeSource,
     Treatment,
 )
-from emergency.care._rules import Condition, PatientState, Thresholds, evaluate
+from emergency.care._rules import Condition, PatientState, Thresholds, evaluate, load_thresholds
 from emergency.care._wire import CareRecord, care_kind, decode_record, encode_record
 from emergency.ecg import EcgFindings, analyze
 from emergency.mqtt import backoff_delay, mqtt_client
@@ -155,7 +155,7 @@ class ClinicalLoop:
         self._records = CareStore(store)
         self._sites = sites
         self._eta = eta or StraightLineEta()
-        self._thresholds = thresholds or Thresholds()
+        self._thresholds = thresholds or load_thresholds(settings.thresholds_file)
         self.book = AlertBook(
             AlertPolicy(
                 repeat_after_s=settings.repeat_after_s,

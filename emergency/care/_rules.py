@@ -7,8 +7,13 @@ on the device's clock. `evaluate` turns that state into the set of conditions th
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from pydantic import TypeAdapter
 
 from emergency.care._model import AlertKind, Severity
 from emergency.ecg import EcgFindings
@@ -53,6 +58,18 @@ class Thresholds:
     news2_critical: int = 7  # high clinical risk
     shock_index_critical: float = 1.4
     race_lvo: int = 4  # RACE above this suggests a large-vessel occlusion
+
+
+def load_thresholds(path: Path | None) -> Thresholds:
+    """A hospital's thresholds from a JSON file shaped like `Thresholds` (vital bands replace the defaults one sign
+    at a time), or the defaults. Raises pydantic.ValidationError for a file that does not fit."""
+    if path is None:
+        return Thresholds()
+    raw = json.loads(path.read_text())
+    defaults = Thresholds()
+    merged = {**{k: dataclasses.asdict(b) for k, b in defaults.vitals.items()}, **raw.get("vitals", {})}
+    result: Thresholds = TypeAdapter(Thresholds).validate_python({**raw, "vitals": merged})
+    return result
 
 
 @dataclass(frozen=True, slots=True)
