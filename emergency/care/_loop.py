@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import logging
 import math
 import random
@@ -464,7 +465,7 @@ class ClinicalLoop:
             event = change.event.value
             self._write(
                 f"alert:{alert.id}:{self._next_write_seq()}",
-                lambda a=alert, ev=event, r=reopen: self._records.save_alert_from_rules(a, ev, reopen=r),  # type: ignore[misc]
+                functools.partial(self._records.save_alert_from_rules, alert, event, reopen=reopen),
             )
             if change.event in (AlertEvent.RAISED, AlertEvent.WORSENED) and not alert.backlog:
                 self._on_raised(u, alert)
@@ -486,7 +487,7 @@ class ClinicalLoop:
                 u.encounter = e
                 self._write(
                     f"destination:{e.id}:{self._next_write_seq()}",
-                    lambda eid=e.id, o=old, n=better: self._records.change_destination(eid, o, n),  # type: ignore[misc]
+                    functools.partial(self._records.change_destination, e.id, old, better),
                 )
                 self._save_encounter(u, e)
         if not self._settings.auto_activate:
