@@ -48,6 +48,24 @@ class BusWatcher:
         self.records: list[CareRecord] = []
         self.changed = asyncio.Event()
 
+    @contextlib.asynccontextmanager
+    async def following(self, client: aiomqtt.Client) -> AsyncIterator[None]:
+        """Collect every care record `client` (a console-account connection) receives while the block runs."""
+        await client.subscribe(CARE_FILTER, qos=1)
+
+        async def watch() -> None:
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                self.records.append(decode_record(parse_care_topic(message.topic.value), message.payload))
+                self.changed.set()
+
+        task = asyncio.create_task(watch(), name="test.care-watch")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
     async def wait_for(self, predicate: Callable[[CareRecord], bool], within_s: float = 30) -> CareRecord:
         async with asyncio.timeout(within_s):
             while True:
@@ -67,22 +85,10 @@ async def care_stack(
         mqtt_client(console_endpoint, identifier=f"test-console-{time.monotonic_ns()}") as console,
         ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop,
         Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
+        watcher.following(console),
     ):
-        await console.subscribe(CARE_FILTER, qos=1)
-
-        async def watch() -> None:
-            async for message in console.messages:
-                assert isinstance(message.payload, bytes)
-                watcher.records.append(decode_record(parse_care_topic(message.topic.value), message.payload))
-                watcher.changed.set()
-
-        task = asyncio.create_task(watch(), name="test.care-watch")
         await asyncio.wait_for(loop.bus_ready.wait(), 10)
-        try:
-            yield loop, watcher, console
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        yield loop, watcher, console
 
 
 class Crew:
@@ -270,16 +276,8 @@ async def test_a_device_clock_ten_minutes_slow_is_flagged_and_its_data_stored_on
         ClinicalLoop(quick, gateway_endpoint, store, DEMO_SITES) as loop,
         Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
         connected_device(unit, endpoint) as device,
+        watcher.following(console),
     ):
-        await console.subscribe(CARE_FILTER, qos=1)
-
-        async def watch() -> None:
-            async for message in console.messages:
-                assert isinstance(message.payload, bytes)
-                watcher.records.append(decode_record(parse_care_topic(message.topic.value), message.payload))
-                watcher.changed.set()
-
-        task = asyncio.create_task(watch(), name="test.care-watch")
         crew = Crew(device)
         await crew.event(EventKind.PATIENT_CONTACT, now_us() - 600 * S)
         sent = []
@@ -294,8 +292,6 @@ async def test_a_device_clock_ten_minutes_slow_is_flagged_and_its_data_stored_on
         await device.send(first)  # a retransmission of the first reading
         await device.ack_covering(first.stream, 1, len(sent) - 1)
         await loop.settled()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
     skews = await store.pool.fetch("SELECT detail FROM link_events WHERE unit = $1 AND kind = 'clock_skew'", unit)
     assert len(skews) == 1 and round(json.loads(skews[0]["detail"])["offset_s"] / 60) == -10
     assert await store.pool.fetchval("SELECT count(*) FROM vitals WHERE unit = $1", unit) == len(sent)

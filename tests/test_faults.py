@@ -158,9 +158,7 @@ async def test_alert_reaches_consoles_while_postgres_is_down(services) -> None: 
     from test_care_loop import BusWatcher, Crew
     from test_gateway import _gateway_settings, connected_device
 
-    from emergency.bus import CARE_FILTER, parse_care_topic
     from emergency.care import Alert, AlertKind, ClinicalLoop, Encounter
-    from emergency.care._wire import decode_record
     from emergency.mqtt import mqtt_client
     from emergency.protocol import EventKind
     from emergency.settings import CareSettings
@@ -179,16 +177,8 @@ async def test_alert_reaches_consoles_while_postgres_is_down(services) -> None: 
         ClinicalLoop(CareSettings(), gateway_endpoint, store, DEMO_SITES) as loop,
         Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
         connected_device(unit, endpoint) as device,
+        watcher.following(console),
     ):
-        await console.subscribe(CARE_FILTER, qos=1)
-
-        async def watch() -> None:
-            async for message in console.messages:
-                assert isinstance(message.payload, bytes)
-                watcher.records.append(decode_record(parse_care_topic(message.topic.value), message.payload))
-                watcher.changed.set()
-
-        reader = asyncio.create_task(watch(), name="test.care-watch")
         crew = Crew(device)
         await crew.event(EventKind.PATIENT_CONTACT)
         await watcher.wait_for(lambda r: isinstance(r, Encounter) and r.unit == unit)
@@ -204,8 +194,6 @@ async def test_alert_reaches_consoles_while_postgres_is_down(services) -> None: 
         await loop.settled(90)
         stored = await CareStore(store).alerts(open_only=False, encounter_id=alert.encounter_id)  # type: ignore[union-attr]
         assert alert.id in {a.id for a in stored}  # type: ignore[union-attr]
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
 
 
 async def test_flaky_link_loses_and_doubles_nothing(services, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
