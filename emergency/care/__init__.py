@@ -2,6 +2,7 @@
 
 from emergency.care._alerts import AlertBook, AlertChange, AlertEvent, AlertPolicy
 from emergency.care._fhir import FhirExportError, encounter_bundle, validate_bundle
+from emergency.care._followup import due_follow_ups, is_overdue, outcome_summary, schedule_follow_ups
 from emergency.care._handoff import (
     Handoff,
     HandoffSection,
@@ -35,6 +36,14 @@ from emergency.care._model import (
     TimeSource,
     Treatment,
 )
+from emergency.care._quality import (
+    EncounterIndicators,
+    IndicatorKind,
+    IndicatorSummary,
+    QualityReport,
+    aggregate,
+    encounter_indicators,
+)
 
 __all__ = [
     "NEMSIS_ELEMENT",
@@ -52,6 +61,7 @@ __all__ = [
     "Disposition",
     "ETime",
     "Encounter",
+    "EncounterIndicators",
     "EncounterStatus",
     "FhirExportError",
     "Finding",
@@ -60,17 +70,26 @@ __all__ = [
     "Handoff",
     "HandoffSection",
     "Incident",
+    "IndicatorKind",
+    "IndicatorSummary",
     "Milestone",
     "Priority",
+    "QualityReport",
     "SectionKey",
     "Severity",
     "Team",
     "TimeRecord",
     "TimeSource",
     "Treatment",
+    "aggregate",
     "compose_handoff",
+    "due_follow_ups",
     "encounter_bundle",
+    "encounter_indicators",
+    "is_overdue",
     "latest_vitals",
     "news2_for_encounter",
+    "outcome_summary",
+    "schedule_follow_ups",
     "validate_bundle",
 ]
