@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from emergency.bus import care_topic, parse_care_topic
 from emergency.care._fhir import encounter_bundle
+from emergency.care._followup import due_follow_ups, outcome_summary, schedule_follow_ups
 from emergency.care._handoff import SectionKey, compose_handoff
 from emergency.care._loop import contiguous_leads
 from emergency.care._model import (
@@ -39,6 +40,7 @@ from emergency.care._model import (
     TimeRecord,
     TimeSource,
 )
+from emergency.care._quality import aggregate, encounter_indicators
 from emergency.care._wire import CareRecord, care_kind, decode_record, record_json
 from emergency.ecg import analyze
 from emergency.protocol import UNIT_PATTERN
@@ -463,8 +465,6 @@ async def discharge(request: web.Request) -> web.Response:
         disposition=disposition,
         diagnosis=_field(body, "diagnosis", str, required=False),
     )
-    from emergency.care._followup import schedule_follow_ups
-
     plan = schedule_follow_ups(encounter_id, at, disposition)
     follow_ups = await ctx.records.schedule_follow_ups(encounter_id, plan)
     await ctx.publish(encounter)
@@ -550,6 +550,8 @@ async def fhir_everything(request: web.Request) -> web.Response:
 async def list_follow_ups(request: web.Request) -> web.Response:
     await _allowed(request, "RECORD_OUTCOME", "list_follow_ups")
     follow_ups = await request.app[CARE].records.follow_ups(due_only=request.query.get("due") == "1")
+    if request.query.get("due") == "1":  # the worklist: due by the end of today's shift, most overdue first
+        follow_ups = due_follow_ups(follow_ups, now_us(), lead_us=12 * 3_600_000_000)
     return web.json_response([dataclasses.asdict(f) for f in follow_ups])
 
 
@@ -578,8 +580,6 @@ async def record_outcome(request: web.Request) -> web.Response:
 
 @_store_errors
 async def quality(request: web.Request) -> web.Response:
-    from emergency.care._quality import aggregate, encounter_indicators
-
     ctx = request.app[CARE]
     await _allowed(request, "VIEW_QUALITY", "quality_report")
     try:
@@ -596,9 +596,39 @@ async def quality(request: web.Request) -> web.Response:
         alerts = await ctx.records.alerts(open_only=False, encounter_id=e.id)
         indicators.append(encounter_indicators(e, incident, alerts, await ctx.records.activations(e.id)))
     report = aggregate(indicators, since, until)
-    if request.query.get("format") == "csv":
+    fmt = request.query.get("format", "json")
+    if fmt == "csv":
         return web.Response(text=report.to_csv(), content_type="text/csv")
+    if fmt == "encounters.csv":
+        return web.Response(text=report.encounters_csv(), content_type="text/csv")
     return web.json_response(report.as_json())
+
+
+@_store_errors
+async def crew_feedback(request: web.Request) -> web.Response:
+    """What became of the patients a unit brought in: the EMS side of the closed loop (alias, not identity)."""
+    ctx = request.app[CARE]
+    unit = request.query.get("unit")
+    if unit is not None and not UNIT_PATTERN.fullmatch(unit):
+        raise web.HTTPBadRequest(text="not a unit id")
+    await _allowed(request, "VIEW_FEEDBACK", "crew_feedback", unit=unit)
+    since = now_us() - 60 * 86_400_000_000
+    where = "status = 'discharged' AND contact_at >= to_timestamp($1 / 1e6)"
+    encounters = await (
+        ctx.records.encounters(where + " AND unit = $2", since, unit) if unit else ctx.records.encounters(where, since)
+    )
+    out = []
+    for e in encounters:
+        follow_ups = await ctx.records.follow_ups(encounter_id=e.id)
+        out.append(
+            {
+                "encounter_id": e.id, "alias": e.alias, "unit": e.unit, "contact_at": e.contact_at,
+                "chief_complaint": e.chief_complaint, "diagnosis": e.diagnosis,
+                "disposition": e.disposition.value if e.disposition else None,
+                "outcome": outcome_summary(follow_ups),
+            }
+        )  # fmt: skip
+    return web.json_response(out)
 
 
 def setup_care(app: web.Application, context: CareContext, guard: Guard) -> None:
@@ -621,5 +651,6 @@ def setup_care(app: web.Application, context: CareContext, guard: Guard) -> None
     add.add_get("/api/follow-ups", list_follow_ups)
     add.add_post("/api/follow-ups/{id}/outcome", record_outcome)
     add.add_get("/api/quality", quality)
+    add.add_get("/api/feedback", crew_feedback)
     add.add_get("/api/encounters/{id}/handoff", get_handoff)
     add.add_get("/fhir/Encounter/{id}/$everything", fhir_everything)

@@ -26,7 +26,7 @@ from tests.test_care_loop import CARE, Crew
 from tests.test_gateway import _gateway_settings, connected_device
 
 ROLES = {
-    "dispatcher": {"VIEW_FLEET", "VIEW_ALERTS", "MANAGE_INCIDENTS"},
+    "dispatcher": {"VIEW_FLEET", "VIEW_ALERTS", "MANAGE_INCIDENTS", "VIEW_FEEDBACK"},
     "ed_nurse": {"VIEW_FLEET", "VIEW_ALERTS", "VIEW_PATIENT_LIVE", "VIEW_ENCOUNTER", "ACK_ALERT", "RECORD_MILESTONE",
                  "EDIT_HANDOFF", "LINK_IDENTITY"},
     "ed_physician": {"VIEW_FLEET", "VIEW_ALERTS", "VIEW_PATIENT_LIVE", "VIEW_ENCOUNTER", "ACK_ALERT", "ACTIVATE_TEAM",
@@ -173,3 +173,76 @@ async def test_the_first_console_delivery_of_an_alert_is_recorded(store) -> None
     first = await records.acknowledge_alert(alert_id, at=now + 3, by="a", role="ed_nurse")
     second = await records.acknowledge_alert(alert_id, at=now + 4, by="b", role="ed_physician")
     assert first.acknowledged_by == second.acknowledged_by == "a"
+
+
+async def test_simulated_stemi_from_first_contact_to_follow_up(
+    store, broker, gateway_endpoint: MqttEndpoint, console_endpoint: MqttEndpoint, tmp_path
+) -> None:
+    """The simulator's inferior-STEMI scenario, end to end on the real stack: pre-registration, the STEMI alert on
+    a console websocket from the device's own 12-lead, acknowledgement, automatic cath-lab activation and its
+    acknowledgement, door time, the handoff naming the STEMI, a FHIR bundle that validates, discharge and the
+    follow-up tasks, and an outcome recorded."""
+    import secrets
+
+    from emergency.care._fhir import validate_bundle
+    from emergency.stack import provision_units
+    from firmware_sim import DeviceConfig, Fleet
+
+    unit = "E2ESTEMI"
+    password = secrets.token_urlsafe(12)
+    provision_units(broker.root, {unit: password})
+    guard = HeaderGuard()
+    async with (
+        ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop,
+        Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
+        Console(ConsoleSettings(), 0, console_endpoint, store, guard=guard) as console,
+        aiohttp.ClientSession(base_url=console.url) as http,
+        websockets.connect(console.url.replace("http", "ws") + "ws", max_size=None) as ws,
+        Fleet([DeviceConfig(unit, password)], broker.host, broker.port, tmp_path / "sim") as fleet,
+    ):
+
+        async def care(kind: str, predicate: Callable[[dict[str, Any]], bool], within_s: float = 90) -> dict[str, Any]:
+            async with asyncio.timeout(within_s):
+                while True:
+                    message = json.loads(await ws.recv())
+                    if message["type"] == "care" and message["kind"] == kind and predicate(message["record"]):
+                        return dict(message["record"])
+
+        async def call(method: str, path: str, role: str, body: Any = None) -> Any:
+            async with http.request(method, path, json=body, headers={"X-Test-Role": role}) as response:
+                assert response.status == 200, await response.text()
+                return await response.json()
+
+        fleet.devices[0].play("stemi_inferior", time_scale=60)
+        encounter = await care("encounter", lambda r: r["unit"] == unit)
+        stemi = await care("alert", lambda r: r["unit"] == unit and r["kind"] == "stemi")
+        assert "inferior" in stemi["summary"] and stemi["severity"] == "critical"
+        activation = await care("activation", lambda r: r["encounter_id"] == encounter["id"])
+        assert activation["team"] == "cath_lab" and activation["requested_by"] == "center"
+        await loop.settled()
+        await call("POST", f"/api/alerts/{stemi['id']}/acknowledge", "ed_physician")
+        await call("POST", f"/api/activations/{activation['id']}/acknowledge", "ed_physician")
+        await call("POST", f"/api/encounters/{encounter['id']}/milestones", "ed_nurse", {"name": "door"})
+        await call("POST", f"/api/encounters/{encounter['id']}/milestones", "ed_physician", {"name": "wire_crossing"})
+        handoff = await call("GET", f"/api/encounters/{encounter['id']}/handoff", "ed_physician")
+        text = {s["key"]: s["text"] for s in handoff["sections"]}
+        assert "STEMI" in text["signs"] and "cath lab" in text["requirements"].lower(), text
+        bundle = await call("GET", f"/fhir/Encounter/{encounter['id']}/$everything", "ed_physician")
+        validate_bundle(bundle)
+        assert any(e["resource"]["resourceType"] == "Observation" and "component" in e["resource"]
+                   and len(e["resource"]["component"]) >= 12 for e in bundle["entry"])  # fmt: skip
+        discharged = await call(
+            "POST", f"/api/encounters/{encounter['id']}/discharge", "ed_physician",
+            {"disposition": "home", "diagnosis": "I21.1 inferior STEMI"},
+        )  # fmt: skip
+        labels = sorted(f["label"] for f in discharged["follow_ups"])
+        assert len(labels) == 2
+        due = await call("GET", "/api/follow-ups", "followup")
+        mine = [f for f in due if f["encounter_id"] == encounter["id"]]
+        outcome = await call("POST", f"/api/follow-ups/{mine[0]['id']}/outcome", "followup",
+                             {"state": "done", "alive": True, "readmitted": False, "mace": False})  # fmt: skip
+        assert outcome["state"] == "done" and outcome["recorded_by"] == "test-followup"
+        quality = await call("GET", "/api/quality", "followup")
+        assert quality
+        feedback = await call("GET", f"/api/feedback?unit={unit}", "dispatcher")
+        assert feedback[0]["alias"] == encounter["alias"] and "7 days: alive" in feedback[0]["outcome"]
