@@ -17,9 +17,11 @@ from typing import Self
 import aiomqtt
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from console._care import CareContext, CareView, Guard, care_topic_of, setup_care
-from console._hub import Client, ClientTooSlow, Hub
+from console._auth import AUTH, Auth, Principal, audit, principal_of, require, setup_auth
+from console._care import CareContext, CareView, care_topic_of, setup_care
+from console._hub import Client, ClientDropped, Hub, needs_of, visible_care, visible_units
 from console._state import FleetState, ecg_json
+from emergency.access import Permission
 from emergency.bus import BUS_ROOT, CARE_FILTER, LINK_FILTER, LinkState, live_topic, parse_bus_topic
 from emergency.care._wire import CareRecord, encode_record
 from emergency.codec import RejectedMessage, decode_device_message
@@ -48,7 +50,7 @@ def now_us() -> int:
 class ConsoleCore:
     """The console's live state, hub and bus connection; shared by the app through `CORE`."""
 
-    def __init__(self, settings: ConsoleSettings, mqtt: MqttEndpoint, store: Store | None) -> None:
+    def __init__(self, settings: ConsoleSettings, mqtt: MqttEndpoint, store: Store) -> None:
         self.settings = settings
         self.mqtt = mqtt
         self.store = store
@@ -59,8 +61,6 @@ class ConsoleCore:
         self.bus_ready = asyncio.Event()
 
     async def seed_from_store(self) -> None:
-        if self.store is None:
-            return
         try:
             for fix in await self.store.last_positions():
                 self.fleet.seed_position(fix)
@@ -81,7 +81,8 @@ class ConsoleCore:
 
     async def publish_care(self, record: CareRecord) -> None:
         """A person's change: shown here at once, and published so other consoles and the clinical loop see it."""
-        self.hub.broadcast_event(self.care.apply(record))
+        message = self.care.apply(record)
+        self.hub.broadcast_event(message, needs=needs_of(message))
         client = self.bus_client
         if client is None:
             log.warning("bus away: %s %s not published (it is stored; others see it when they reseed)",
@@ -122,12 +123,13 @@ class ConsoleCore:
         if topic.startswith(_CARE_PREFIX):
             record = self.care.decode(topic, payload)
             if record is not None:
-                self.hub.broadcast_event(self.care.apply(record))
+                care_message = self.care.apply(record)
+                self.hub.broadcast_event(care_message, needs=needs_of(care_message))
             return
         try:
             kind, unit, stream = parse_bus_topic(topic)
             if kind == "link":
-                self.hub.broadcast_update(self.fleet.apply_link(LinkState.decode(payload)))
+                self.hub.broadcast_update(self.fleet.apply_link(LinkState.decode(payload)), needs=Permission.VIEW_FLEET)
                 return
             message = decode_device_message(device_topic(unit, Stream(stream or "")), payload)
         except (ValueError, KeyError, RejectedMessage) as exc:
@@ -140,10 +142,11 @@ class ConsoleCore:
         update = self.fleet.apply(message, rx)
         if update is None:
             return
+        # gps and status: VIEW_FLEET; vitals and events: VIEW_PATIENT_LIVE.
         if update["type"] == "event":
-            self.hub.broadcast_event(update)
+            self.hub.broadcast_event(update, needs=needs_of(update))
         else:
-            self.hub.broadcast_update(update)
+            self.hub.broadcast_update(update, needs=needs_of(update))
 
     async def follow_ecg(self, unit: str, on: bool) -> None:
         client = self.bus_client
@@ -180,13 +183,17 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _fleet(request: web.Request) -> web.Response:
-    return web.json_response({"units": request.app[CORE].fleet.snapshot(), "server_time": now_us()})
+    principal = await require(request, Permission.VIEW_FLEET)
+    if Permission.VIEW_PATIENT_LIVE in principal.permissions:
+        await audit(request, "read_fleet_vitals")
+    units = visible_units(request.app[CORE].fleet.snapshot(), principal.permissions)
+    return web.json_response({"units": units, "server_time": now_us()})
 
 
-def _fleet_message(core: ConsoleCore) -> dict[str, object]:
+def _fleet_message(core: ConsoleCore, principal: Principal) -> dict[str, object]:
     return {
         "type": "fleet",
-        "units": core.fleet.snapshot(),
+        "units": visible_units(core.fleet.snapshot(), principal.permissions),
         "server_time": now_us(),
         "stale_after_s": core.settings.stale_after_s,
     }
@@ -194,21 +201,25 @@ def _fleet_message(core: ConsoleCore) -> dict[str, object]:
 
 async def _websocket(request: web.Request) -> web.WebSocketResponse:
     core = request.app[CORE]
+    principal = principal_of(request)  # the session and the Origin were checked by the auth middleware
+    await audit(request, "ws_open")
     # No per-message compression: it would cost the server CPU per frame per client, and latency, for base64 ECG.
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096, compress=False)
     await ws.prepare(request)
     peer = request.remote or "?"
-    client = Client(ws, peer, core.hub.ecg_frames_max, request.transport)
+    client = Client(ws, peer, principal, core.hub.ecg_frames_max, request.transport)
     core.hub.add(client)
-    client.send_now(_fleet_message(core))
-    client.send_now(core.care.snapshot())
+    client.send_now({"type": "session", **principal.as_json()})
+    if client.may(Permission.VIEW_FLEET):
+        client.send_now(_fleet_message(core, principal))
+    client.send_now(visible_care(core.care.snapshot(), principal.permissions))
     sender = asyncio.create_task(_send_or_drop(client), name=f"console.ws[{peer}].send")
     try:
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
                 client.send_now({"type": "error", "reason": "messages must be JSON text"})
                 continue
-            await _on_client_message(core, client, msg.data)
+            await _on_client_message(request, client, msg.data)
     finally:
         for unit in core.hub.remove(client):
             await core.follow_ecg(unit, on=False)
@@ -220,7 +231,7 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
 async def _send_or_drop(client: Client) -> None:
     try:
         await client.run_sender()
-    except ClientTooSlow as exc:
+    except ClientDropped as exc:
         # Closing ends the handler's read loop too; a socket that accepts nothing is cut after close's timeout.
         log.info("websocket client %s disconnected: %s", client.name, exc)
         if client.closing is not None:
@@ -231,10 +242,12 @@ async def _send_or_drop(client: Client) -> None:
             client.transport.abort()
 
 
-async def _on_client_message(core: ConsoleCore, client: Client, text: str) -> None:
+async def _on_client_message(request: web.Request, client: Client, text: str) -> None:
+    core, auth = request.app[CORE], request.app[AUTH]
+    await auth.websocket_activity(client.principal)
     try:
-        request = json.loads(text)
-        kind, unit = request["type"], request.get("unit")
+        asked = json.loads(text)
+        kind, unit = asked["type"], asked.get("unit")
     except (ValueError, TypeError, KeyError):
         client.send_now({"type": "error", "reason": "expected a JSON object with a 'type'"})
         return
@@ -242,15 +255,35 @@ async def _on_client_message(core: ConsoleCore, client: Client, text: str) -> No
         if not isinstance(unit, str) or not UNIT_PATTERN.fullmatch(unit):
             client.send_now({"type": "error", "reason": f"{kind} needs a valid 'unit'"})
             return
+        if kind == "watch" and unit not in client.watching and not await _may_watch(request, client, unit):
+            return
         if kind == "watch" and core.hub.watch(client, unit):
             await core.follow_ecg(unit, on=True)
         if kind == "unwatch" and core.hub.unwatch(client, unit):
             await core.follow_ecg(unit, on=False)
         client.send_now({"type": kind + "ed", "unit": unit})
     elif kind == "fleet":
-        client.send_now(_fleet_message(core))
+        if client.may(Permission.VIEW_FLEET):
+            client.send_now(_fleet_message(core, client.principal))
+        else:
+            client.send_now({"type": "error", "reason": f"{client.principal.role} may not VIEW_FLEET"})
     else:
         client.send_now({"type": "error", "reason": f"unknown message type {kind!r}"})
+
+
+async def _may_watch(request: web.Request, client: Client, unit: str) -> bool:
+    """Watching a unit's ECG is a read of its patient's data: VIEW_PATIENT_LIVE, audited once per watch (not per
+    frame). Answers the client itself when refused."""
+    encounter = next((e.id for e in request.app[CORE].care.encounters.values() if e.unit == unit), None)
+    allowed = client.may(Permission.VIEW_PATIENT_LIVE)
+    try:
+        await audit(request, "watch_ecg", unit=unit, encounter_id=encounter, result="allowed" if allowed else "denied")
+    except web.HTTPServiceUnavailable:
+        client.send_now({"type": "error", "reason": "watch not possible now (the audit log is unavailable)"})
+        return False
+    if not allowed:
+        client.send_now({"type": "error", "reason": f"{client.principal.role} may not VIEW_PATIENT_LIVE"})
+    return allowed
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -272,17 +305,16 @@ async def _say_goodbye(app: web.Application) -> None:
 
 
 def create_app(
-    settings: ConsoleSettings,
-    mqtt: MqttEndpoint,
-    store: Store | None = None,
-    *,
-    guard: Guard | None = None,
-    sites: Sites | None = None,
+    settings: ConsoleSettings, mqtt: MqttEndpoint, store: Store, *, sites: Sites | None = None
 ) -> web.Application:
+    """The console. The store is mandatory: without it nobody can be authenticated, and nothing is served."""
+    if not isinstance(store, Store):
+        raise TypeError("the console needs a store: it authenticates every request against it")
     app = web.Application()
     core = app[CORE] = ConsoleCore(settings, mqtt, store)
-    if store is not None and guard is not None:
-        setup_care(app, CareContext(CareStore(store), sites or load_sites(None), core.care, core.publish_care), guard)
+    auth = Auth(store, settings.auth, core.hub)
+    setup_auth(app, auth)
+    setup_care(app, CareContext(CareStore(store), sites or load_sites(None), core.care, core.publish_care), auth)
     app.router.add_get("/", _index)
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/healthz", _health)
@@ -301,12 +333,11 @@ class Console:
         settings: ConsoleSettings,
         http_port: int,
         mqtt: MqttEndpoint,
-        store: Store | None,
+        store: Store,
         *,
-        guard: Guard | None = None,
         sites: Sites | None = None,
     ) -> None:
-        self.app = create_app(settings, mqtt, store, guard=guard, sites=sites)
+        self.app = create_app(settings, mqtt, store, sites=sites)
         self._host = settings.host
         self._port = http_port
         self._runner: web.AppRunner | None = None

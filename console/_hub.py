@@ -5,6 +5,9 @@ Overflow policy, per client (docs/console-api.md):
 - Unit updates (gps, vitals, status, link): coalesced per (type, unit); the latest replaces an unsent older one.
 - Events: a bounded deque; events are never dropped, so a client that lets it fill is disconnected (1013).
 - A client whose socket accepts nothing for `SEND_STALL_S` is disconnected (1008) and logged at INFO.
+
+Each client carries the Principal it logged in as, and receives only the messages its role may see: every broadcast
+states the permission it needs (`needs_of` gives it for each message class), defaulting to the strictest.
 """
 
 from __future__ import annotations
@@ -13,9 +16,15 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
+
+from emergency.access import Permission
+
+if TYPE_CHECKING:
+    from console._auth import Principal
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +33,56 @@ ECG_FRAMES_MAX = 64
 EVENTS_MAX = 1_000
 
 Json = dict[str, Any]
+# The close code for a websocket whose session ended (logout, revocation, timeout): log in again, then reconnect.
+SESSION_ENDED = 4401
+
+# Who may receive which message class. Anything not listed needs the strictest, VIEW_PATIENT_LIVE.
+MESSAGE_NEEDS: Mapping[str, Permission] = {
+    "fleet": Permission.VIEW_FLEET,
+    "gps": Permission.VIEW_FLEET,
+    "status": Permission.VIEW_FLEET,
+    "link": Permission.VIEW_FLEET,
+    "vitals": Permission.VIEW_PATIENT_LIVE,
+    "event": Permission.VIEW_PATIENT_LIVE,
+    "ecg": Permission.VIEW_PATIENT_LIVE,
+}
+CARE_NEEDS: Mapping[str, Permission] = {
+    "incident": Permission.VIEW_FLEET,
+    "alert": Permission.VIEW_ALERTS,
+    "encounter": Permission.VIEW_PATIENT_LIVE,
+    "activation": Permission.VIEW_PATIENT_LIVE,
+}
+_SNAPSHOT_LISTS = {"incidents": "incident", "alerts": "alert", "encounters": "encounter", "activations": "activation"}
+_LIVE_UNIT_FIELDS = ("vitals", "vitals_ts", "news2")
 
 
-class ClientTooSlow(Exception):
+def needs_of(message: Json) -> Permission:
+    """The permission a client needs to receive this message."""
+    if message.get("type") == "care":
+        return CARE_NEEDS.get(str(message.get("kind")), Permission.VIEW_PATIENT_LIVE)
+    return MESSAGE_NEEDS.get(str(message.get("type")), Permission.VIEW_PATIENT_LIVE)
+
+
+def visible_units(units: list[Json], permissions: Collection[Permission]) -> list[Json]:
+    """The fleet's unit objects as a role may see them: without vitals and NEWS2 unless it may see live data."""
+    if Permission.VIEW_PATIENT_LIVE in permissions:
+        return units
+    return [{k: (None if k in _LIVE_UNIT_FIELDS else v) for k, v in u.items()} for u in units]
+
+
+def visible_care(snapshot: Json, permissions: Collection[Permission]) -> Json:
+    """A care snapshot with the lists the role may not see emptied."""
+    return {
+        key: ([] if key in _SNAPSHOT_LISTS and CARE_NEEDS[_SNAPSHOT_LISTS[key]] not in permissions else value)
+        for key, value in snapshot.items()
+    }
+
+
+class ClientDropped(Exception):
+    """The client is being disconnected; the message says why."""
+
+
+class ClientTooSlow(ClientDropped):
     pass
 
 
@@ -35,10 +91,12 @@ class Client:
         self,
         ws: web.WebSocketResponse,
         name: str,
+        principal: Principal,
         ecg_frames_max: int = ECG_FRAMES_MAX,
         transport: asyncio.Transport | None = None,
     ) -> None:
         self.ws = ws
+        self.principal = principal
         self.transport = transport
         self.name = name
         self.watching: set[str] = set()
@@ -48,6 +106,13 @@ class Client:
         self._wake = asyncio.Event()
         self.dropped_ecg = 0
         self.closing: tuple[int, str] | None = None
+
+    def may(self, permission: Permission) -> bool:
+        return permission in self.principal.permissions
+
+    def end_session(self, reason: str) -> None:
+        """Disconnect this client (SESSION_ENDED) once what is queued for it is abandoned."""
+        self._close_soon(SESSION_ENDED, reason)
 
     def offer_update(self, message: Json) -> None:
         self._updates[(message["type"], message["unit"])] = message
@@ -76,12 +141,13 @@ class Client:
             self._wake.set()
 
     async def run_sender(self) -> None:
-        """Send until the socket closes; raises ClientTooSlow when the client must be dropped."""
+        """Send until the socket closes; raises ClientDropped when the client must be dropped."""
         while not self.ws.closed:
             await self._wake.wait()
             self._wake.clear()
             if self.closing is not None:
-                raise ClientTooSlow(self.closing[1])
+                code, reason = self.closing
+                raise ClientDropped(reason) if code == SESSION_ENDED else ClientTooSlow(reason)
             # Events first (they must not be lost), then the latest unit updates, then waveform.
             batch: list[Json] = list(self._events)
             self._events.clear()
@@ -142,15 +208,30 @@ class Hub:
     def watched_units(self) -> list[str]:
         return list(self._watchers)
 
-    def broadcast_update(self, message: Json) -> None:
+    def broadcast_update(self, message: Json, needs: Permission = Permission.VIEW_PATIENT_LIVE) -> None:
+        """A coalescable unit update, to every client whose role holds `needs`."""
         for client in self.clients:
-            client.offer_update(message)
+            if client.may(needs):
+                client.offer_update(message)
 
-    def broadcast_event(self, message: Json) -> None:
+    def broadcast_event(self, message: Json, needs: Permission = Permission.VIEW_PATIENT_LIVE) -> None:
+        """An event (never dropped), to every client whose role holds `needs`."""
         for client in self.clients:
-            client.offer_event(message)
+            if client.may(needs):
+                client.offer_event(message)
 
     def send_ecg(self, unit: str, message: Json) -> None:
+        # Watching needs VIEW_PATIENT_LIVE already; checked again here so that no path sends a waveform without it.
         for client in self.clients:
-            if unit in client.watching:
+            if unit in client.watching and client.may(Permission.VIEW_PATIENT_LIVE):
                 client.offer_ecg(message)
+
+    def session_ids(self) -> set[int]:
+        return {client.principal.session_id for client in self.clients}
+
+    def end_sessions(self, session_ids: Collection[int], reason: str) -> int:
+        """Disconnect every client of these sessions; returns how many."""
+        ended = [c for c in self.clients if c.principal.session_id in session_ids]
+        for client in ended:
+            client.end_session(reason)
+        return len(ended)

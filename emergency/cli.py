@@ -1,4 +1,5 @@
-"""The `emergency` command: run the stack, a demo with a simulated fleet, the simulator alone, provision units."""
+"""The `emergency` command: run the stack, a demo with a simulated fleet, the simulator alone, provision units,
+manage console users."""
 
 from __future__ import annotations
 
@@ -208,15 +209,34 @@ async def _first_calls_soon(fleet: object) -> AsyncIterator[None]:
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def _demo_logins(settings: Settings, dsn: str) -> dict[str, str]:
+    """One console user per role, named after it, with a password made once per data directory (kept 0600)."""
+    from emergency.access import AccessStore, Role, hash_password
+    from emergency.store import Store
+
+    path = settings.data_dir.resolve() / "demo" / "logins.json"
+    logins: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    if set(logins) != {r.value for r in Role}:
+        logins = {role.value: secrets.token_urlsafe(9) for role in Role}
+        _write_private_json(path, logins)
+    async with Store.open(dsn, settings.store) as store:
+        users = AccessStore(store)
+        for role in Role:
+            await users.put_user(role.value, role, await asyncio.to_thread(hash_password, logins[role.value]))
+    return logins
+
+
 async def _demo(settings: Settings, units: int) -> None:
     async with (
         running_stack(settings) as info,
         simulated_fleet(settings, units, clinical_scenarios=True) as fleet,
         _first_calls_soon(fleet),
     ):
+        logins = await _demo_logins(settings, str(info["postgres_dsn"]))
+        table = "\n".join(f"    {user:<13} {password}" for user, password in logins.items())
         print(
             f"\n  Emergency center demo is running: open {info['console_url']}\n  ({units} simulated ambulances;"
-            " Ctrl-C stops everything)\n",
+            f" Ctrl-C stops everything)\n\n  Demo logins (username = role, password):\n{table}\n",
             flush=True,
         )
         await _wait_for_stop_signal()
@@ -294,7 +314,58 @@ def _unit_add(settings: Settings, unit: str, with_cert: bool) -> int:
     return 0
 
 
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    password = getpass.getpass("Password: ")
+    if getpass.getpass("Again: ") != password:
+        raise ValueError("the passwords differ")
+    return password
+
+
+async def _user_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`emergency user add NAME --role ROLE [--password-stdin]` and `emergency user list`, on the configured store."""
+    from emergency.access import (
+        AccessStore,
+        Role,
+        UserExists,
+        WeakPassword,
+        hash_password,
+        normalize_username,
+        valid_username,
+    )
+    from emergency.store import Store, StoreError
+
+    try:
+        async with Store.open(_store_dsn(settings), settings.store) as store:
+            users = AccessStore(store)
+            if args.user_command == "list":
+                for user in await users.users():
+                    state = "disabled" if user.disabled else "enabled"
+                    print(f"{user.username:<24} {user.role.value:<13} {state}")
+                return 0
+            username = normalize_username(args.username)
+            if not valid_username(username):
+                print("error: a username is 1–64 of a-z 0-9 . _ -, starting with a letter or digit", file=sys.stderr)
+                return 2
+            try:
+                password_hash = hash_password(_read_password(args.password_stdin))
+                await users.add_user(username, Role(args.role), password_hash)
+            except (WeakPassword, ValueError, UserExists) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(f"user {username} added with role {args.role}")
+            return 0
+    except (StoreError, OSError) as exc:
+        print(f"error: the store is unavailable ({exc}); is the stack running?", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    from emergency.access import Role
+
     parser = argparse.ArgumentParser(prog="emergency", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="run the whole stack in the foreground")
@@ -309,12 +380,21 @@ def main(argv: list[str] | None = None) -> int:
     add = unit_commands.add_parser("add", help="provision a device (password from stdin, or generated)")
     add.add_argument("unit")
     add.add_argument("--cert", action="store_true", help="also issue a TLS client certificate (CN = unit id)")
+    user = commands.add_parser("user", help="console users")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    user_add = user_commands.add_parser("add", help="add a console user (password prompted, or one line on stdin)")
+    user_add.add_argument("username")
+    user_add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    user_add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    user_commands.add_parser("list", help="list console users and their roles")
     args = parser.parse_args(argv)
 
     settings = Settings()
     configure_logging(settings.log_level)
     if args.command == "unit":
         return _unit_add(settings, args.unit, args.cert)
+    if args.command == "user":
+        return asyncio.run(_user_command(settings, args))
     from emergency.stack import StackError
 
     try:

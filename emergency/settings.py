@@ -53,6 +53,28 @@ class GatewaySettings(_Section):
     partition_refresh_s: float = Field(default=5.0, gt=0)
 
 
+class AuthSettings(_Section):
+    """Console logins: session timeouts, lockout after failed logins, the origins a browser may call from."""
+
+    idle_timeout_s: float = Field(default=1800.0, gt=0)  # a session unused this long ends
+    absolute_timeout_s: float = Field(default=43_200.0, gt=0)  # ... and any session after 12 h
+    # last_seen is written at most this often, sparing the database a write per request; the idle timeout is
+    # therefore exact to within this much.
+    touch_interval_s: float = Field(default=30.0, ge=0)
+    # How often live websockets are re-checked against the store (revoked elsewhere, idle, expired). A revocation
+    # made by this console closes its websockets at once.
+    session_check_s: float = Field(default=5.0, gt=0)
+    lockout_failures: int = Field(default=5, ge=1)  # this many failed logins for a username within the window...
+    lockout_window_s: float = Field(default=900.0, gt=0)
+    lockout_s: float = Field(default=900.0, gt=0)  # ... lock it this long
+    # Per client address, higher: a ward's workstations may share one address behind NAT.
+    address_lockout_failures: int = Field(default=20, ge=1)
+    login_concurrency: int = Field(default=4, ge=1)  # argon2id checks at once (64 MiB each)
+    # Origins (scheme://host[:port]) allowed besides the console's own, e.g. behind a TLS-terminating proxy.
+    allowed_origins: tuple[str, ...] = ()
+    cookie_secure: bool = False  # the cookie is Secure whenever the console serves HTTPS; this forces it
+
+
 class ConsoleSettings(_Section):
     client_id: str = "emergency-console"
     host: str = "127.0.0.1"  # the port is Settings.http_port
@@ -62,6 +84,7 @@ class ConsoleSettings(_Section):
     # HTTPS: both or neither. A hospital network terminates TLS here or at a reverse proxy in front.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    auth: AuthSettings = AuthSettings()
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Self:

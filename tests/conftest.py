@@ -1,22 +1,31 @@
-"""Session fixtures: one real PostgreSQL cluster and one real mosquitto for the whole run."""
+"""Session fixtures: one real PostgreSQL cluster and one real mosquitto for the whole run; console users and
+logged-in HTTP sessions per role."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import secrets
 import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import aiomqtt
 import pytest
 import pytest_asyncio
+import websockets
 
+from emergency.access import AccessStore, Role, hash_password
 from emergency.settings import MqttEndpoint
 from emergency.stack import CONSOLE_ACCOUNT, GATEWAY_ACCOUNT, Broker, PostgresCluster, provision_unit
+from emergency.store import Store
+
+TEST_PASSWORD = "correct horse battery staple"
 
 
 async def received_topics(client: aiomqtt.Client, within_s: float) -> list[str]:
@@ -80,3 +89,91 @@ def make_unit(broker: Broker, request: pytest.FixtureRequest) -> Callable[[], Aw
         return unit, broker.endpoint_for(unit, password)
 
     return make
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def shared_store(postgres: PostgresCluster) -> AsyncIterator[Store]:
+    """One store on the session's PostgreSQL, for fixtures that only need to write a few rows."""
+    async with Store.open(postgres.dsn) as store:
+        yield store
+
+
+_user_numbers = itertools.count(1)
+_test_password_hash: list[str] = []
+
+
+@pytest.fixture
+def make_user(shared_store: Store) -> Callable[..., Awaitable[str]]:
+    """Create a console user with a role (and TEST_PASSWORD unless given); returns the username."""
+
+    async def make(role: Role | str, *, password: str = TEST_PASSWORD) -> str:
+        return await add_user_to(shared_store, role, password=password)
+
+    return make
+
+
+async def add_user_to(store: Store, role: Role | str, *, password: str = TEST_PASSWORD) -> str:
+    """A new console user of that role in this store; returns the username."""
+    # A random part too: this module may be imported twice (as conftest and as tests.conftest), counters and all.
+    name = f"{Role(role).value.replace('_', '-')}-{next(_user_numbers)}-{secrets.token_hex(3)}"
+    if password == TEST_PASSWORD:
+        if not _test_password_hash:
+            _test_password_hash.append(hash_password(TEST_PASSWORD))  # argon2id is slow on purpose: once
+        password_hash = _test_password_hash[0]
+    else:
+        password_hash = hash_password(password)
+    await AccessStore(store).add_user(name, Role(role), password_hash)
+    return name
+
+
+def console_origin(console_url: str) -> str:
+    """The Origin a browser on the console's own page sends: scheme://host:port."""
+    return console_url.rstrip("/")
+
+
+async def login(console_url: str, username: str, password: str = TEST_PASSWORD) -> aiohttp.ClientSession:
+    """An HTTP session logged in to the console (its cookie kept; the console's own Origin on every request).
+    The caller closes it."""
+    http = aiohttp.ClientSession(
+        base_url=console_url,
+        cookie_jar=aiohttp.CookieJar(unsafe=True),  # the console is on an IP address
+        headers={"Origin": console_origin(console_url)},
+    )
+    async with http.post("/api/login", json={"username": username, "password": password}) as response:
+        if response.status != 200:
+            await http.close()
+            raise AssertionError(f"login as {username} failed: {response.status} {await response.text()}")
+    return http
+
+
+async def login_to(console_url: str, store: Store, role: Role | str) -> aiohttp.ClientSession:
+    """A new user of that role in the console's store, logged in; the caller closes the session."""
+    return await login(console_url, await add_user_to(store, role))
+
+
+def session_cookie(http: aiohttp.ClientSession) -> str:
+    return "; ".join(f"{c.key}={c.value}" for c in http.cookie_jar)
+
+
+def ws_connect(console_url: str, http: aiohttp.ClientSession, **kwargs: Any) -> websockets.connect:
+    """The console websocket as the logged-in `http` session's browser opens it (its cookie, the console's Origin)."""
+    url = console_url.replace("http", "ws", 1) + "ws"
+    kwargs.setdefault("origin", console_origin(console_url))
+    return websockets.connect(url, additional_headers={"Cookie": session_cookie(http)}, **kwargs)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def logged_in(
+    make_user: Callable[..., Awaitable[str]],
+) -> AsyncIterator[Callable[[str, Role | str], Awaitable[aiohttp.ClientSession]]]:
+    """`await logged_in(console.url, role)`: a fresh user of that role, logged in; closed after the test."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def open_as(console_url: str, role: Role | str) -> aiohttp.ClientSession:
+        http = await login(console_url, await make_user(role))
+        sessions.append(http)
+        return http
+
+    yield open_as
+    for http in sessions:
+        await http.close()

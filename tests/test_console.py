@@ -1,4 +1,5 @@
-"""The console on a real broker and a real aiohttp server: live fan-out, watch/unwatch, errors, slow clients."""
+"""The console on a real broker and a real aiohttp server: live fan-out, watch/unwatch, errors, slow clients.
+Clients log in as an ED physician (who may see everything live); role filtering is proved in test_role_matrix.py."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import aiomqtt
 import pytest_asyncio
 import websockets
@@ -21,6 +23,10 @@ from emergency.codec import encode_device_message
 from emergency.mqtt import mqtt_client
 from emergency.protocol import EcgFrame, GpsFix, Stream, Vitals
 from emergency.settings import ConsoleSettings, MqttEndpoint
+from emergency.store import Store
+from tests.conftest import console_origin, session_cookie, ws_connect
+
+LoggedIn = Callable[[str, str], Awaitable[aiohttp.ClientSession]]
 
 
 def _now_us() -> int:
@@ -28,9 +34,15 @@ def _now_us() -> int:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def console(console_endpoint: MqttEndpoint) -> AsyncIterator[Console]:
-    async with Console(ConsoleSettings(), 0, console_endpoint, store=None) as running:
+async def console(console_endpoint: MqttEndpoint, shared_store: Store) -> AsyncIterator[Console]:
+    async with Console(ConsoleSettings(), 0, console_endpoint, shared_store) as running:
         yield running
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http(console: Console, logged_in: LoggedIn) -> aiohttp.ClientSession:
+    """A browser session logged in as an ED physician."""
+    return await logged_in(console.url, "ed_physician")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -40,8 +52,8 @@ async def bus(gateway_endpoint: MqttEndpoint) -> AsyncIterator[aiomqtt.Client]:
         yield client
 
 
-def _ws_url(console: Console) -> str:
-    return f"ws://127.0.0.1:{console.port}/ws"
+def _ws(console: Console, http: aiohttp.ClientSession) -> websockets.connect:
+    return ws_connect(console.url, http)
 
 
 async def _next(
@@ -61,10 +73,12 @@ async def _publish_until(bus: aiomqtt.Client, topic: str, payload: bytes, done: 
         await asyncio.sleep(0.1)
 
 
-async def test_watched_unit_receives_ecg_bytes_unchanged(console: Console, bus: aiomqtt.Client) -> None:
+async def test_watched_unit_receives_ecg_bytes_unchanged(
+    console: Console, bus: aiomqtt.Client, http: aiohttp.ClientSession
+) -> None:
     """A client watching a unit receives its ECG frames, whose base64 data are the device's exact bytes."""
     frame = EcgFrame("CW1", 1, 0, _now_us(), 500.0, ("I", "II"), 2.5, 125, bytes(range(250)) * 2)
-    async with websockets.connect(_ws_url(console)) as ws:
+    async with _ws(console, http) as ws:
         await _next(ws, "fleet")
         await ws.send(json.dumps({"type": "watch", "unit": "CW1"}))
         await _next(ws, "watched", "CW1")
@@ -75,11 +89,13 @@ async def test_watched_unit_receives_ecg_bytes_unchanged(console: Console, bus: 
     assert (message["fs"], message["leads"], message["n"], message["ts"]) == (500.0, ["I", "II"], 125, frame.ts)
 
 
-async def test_unwatched_ecg_is_not_sent_but_positions_are(console: Console, bus: aiomqtt.Client) -> None:
+async def test_unwatched_ecg_is_not_sent_but_positions_are(
+    console: Console, bus: aiomqtt.Client, http: aiohttp.ClientSession
+) -> None:
     """Without a watch a client gets a unit's GPS but never its ECG."""
     frame = EcgFrame("CU1", 1, 0, _now_us(), 500.0, ("I",), 2.5, 125, bytes(250))
     fix = GpsFix("CU1", 1, 0, _now_us(), 31.2, 121.4, speed=3.0)
-    async with websockets.connect(_ws_url(console)) as ws:
+    async with _ws(console, http) as ws:
         await _next(ws, "fleet")
         for _ in range(3):
             await bus.publish(live_topic("CU1", Stream.ECG), encode_device_message(frame), qos=0)
@@ -95,9 +111,11 @@ async def test_unwatched_ecg_is_not_sent_but_positions_are(console: Console, bus
     assert "ecg" not in seen
 
 
-async def test_malformed_client_messages_get_an_error_and_the_connection_survives(console: Console) -> None:
+async def test_malformed_client_messages_get_an_error_and_the_connection_survives(
+    console: Console, http: aiohttp.ClientSession
+) -> None:
     """Garbage, unknown types and invalid unit ids are answered with an error; the socket stays usable."""
-    async with websockets.connect(_ws_url(console)) as ws:
+    async with _ws(console, http) as ws:
         await _next(ws, "fleet")
         for bad in ("not json", json.dumps({"no": "type"}), json.dumps({"type": "dance"}),
                     json.dumps({"type": "watch", "unit": "../etc"})):  # fmt: skip
@@ -107,9 +125,9 @@ async def test_malformed_client_messages_get_an_error_and_the_connection_survive
         assert (await _next(ws, "fleet"))["type"] == "fleet"
 
 
-async def test_link_state_is_forwarded(console: Console, bus: aiomqtt.Client) -> None:
+async def test_link_state_is_forwarded(console: Console, bus: aiomqtt.Client, http: aiohttp.ClientSession) -> None:
     """A unit going silent on the bus reaches clients as a link update."""
-    async with websockets.connect(_ws_url(console)) as ws:
+    async with _ws(console, http) as ws:
         await _next(ws, "fleet")
         state = LinkState("CL1", LinkCondition.SILENT, _now_us(), _now_us() - 12_000_000)
         await bus.publish(link_topic("CL1"), state.encode(), qos=1)
@@ -117,7 +135,7 @@ async def test_link_state_is_forwarded(console: Console, bus: aiomqtt.Client) ->
     assert message["condition"] == "silent"
 
 
-async def _frozen_client(port: int, request: dict[str, str]) -> socket.socket:
+async def _frozen_client(console: Console, http: aiohttp.ClientSession, request: dict[str, str]) -> socket.socket:
     """A websocket client that sends one request and then never reads again (a frozen browser tab).
 
     Raw socket with a small receive buffer, so the server's writes back up quickly; the handshake is done by hand
@@ -126,12 +144,15 @@ async def _frozen_client(port: int, request: dict[str, str]) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
-    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_connect(sock, ("127.0.0.1", console.port))
     key = base64.b64encode(os.urandom(16))
     await loop.sock_sendall(
         sock,
-        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Origin: {console_origin(console.url)}\r\nCookie: {session_cookie(http)}\r\n".encode()
+        + b"Sec-WebSocket-Key: "
+        + key
+        + b"\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
     response = b""
     while b"\r\n\r\n" not in response:
@@ -143,12 +164,14 @@ async def _frozen_client(port: int, request: dict[str, str]) -> socket.socket:
     return sock
 
 
-async def test_stalled_client_does_not_delay_others_and_is_dropped(console: Console, bus: aiomqtt.Client) -> None:
+async def test_stalled_client_does_not_delay_others_and_is_dropped(
+    console: Console, bus: aiomqtt.Client, http: aiohttp.ClientSession
+) -> None:
     """A client that never reads does not hold up another client, and is eventually disconnected."""
     big = EcgFrame("CS1", 1, 0, _now_us(), 1000.0, tuple(f"V{i}" for i in range(1, 7)), 2.5, 2000, bytes(24_000))
-    stalled = await _frozen_client(console.port, {"type": "watch", "unit": "CS1"})
+    stalled = await _frozen_client(console, http, {"type": "watch", "unit": "CS1"})
     try:
-        async with websockets.connect(_ws_url(console)) as healthy:
+        async with _ws(console, http) as healthy:
             await _next(healthy, "fleet")
             await healthy.send(json.dumps({"type": "watch", "unit": "CS1"}))
             await _next(healthy, "watched", "CS1")
@@ -168,36 +191,35 @@ async def test_stalled_client_does_not_delay_others_and_is_dropped(console: Cons
         stalled.close()
 
 
-async def test_shutdown_closes_clients_with_going_away(console_endpoint: MqttEndpoint) -> None:
+async def test_shutdown_closes_clients_with_going_away(
+    console_endpoint: MqttEndpoint, shared_store: Store, logged_in: LoggedIn
+) -> None:
     """Stopping the console closes every websocket with 1001 GOING_AWAY."""
-    async with Console(ConsoleSettings(), 0, console_endpoint, store=None) as running:
-        ws = await websockets.connect(f"ws://127.0.0.1:{running.port}/ws")
+    async with Console(ConsoleSettings(), 0, console_endpoint, shared_store) as running:
+        ws = await ws_connect(running.url, await logged_in(running.url, "dispatcher"))
         await _next(ws, "fleet")
     async with asyncio.timeout(10):
         await ws.wait_closed()
     assert ws.close_code == 1001
 
 
-async def test_health_and_fleet_endpoints(console: Console) -> None:
-    """/healthz reports the bus connection and /api/fleet returns the fleet snapshot."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{console.port}/healthz") as response:
-            health = await response.json()
-        async with http.get(f"http://127.0.0.1:{console.port}/api/fleet") as response:
-            fleet = await response.json()
-        async with http.get(f"http://127.0.0.1:{console.port}/") as response:
-            page = await response.text()
+async def test_health_and_fleet_endpoints(console: Console, http: aiohttp.ClientSession) -> None:
+    """/healthz (public) reports the bus connection; /api/fleet returns the fleet snapshot and / the page."""
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(console.url + "healthz") as response:
+        health = await response.json()
+    async with http.get("/api/fleet") as response:
+        fleet = await response.json()
+    async with http.get("/") as response:
+        page = await response.text()
     assert health["bus_connected"] is True
     assert isinstance(fleet["units"], list)
     assert '<canvas id="ecg">' in page
 
 
-async def test_vitals_carry_a_partial_news2(console: Console, bus: aiomqtt.Client) -> None:
+async def test_vitals_carry_a_partial_news2(console: Console, bus: aiomqtt.Client, http: aiohttp.ClientSession) -> None:
     """Vitals updates carry NEWS2 from the monitor's values, marked partial until oxygen and consciousness are known."""
     vitals = Vitals("CN1", 1, 0, _now_us(), hr=120.0, rr=26.0, spo2=91.0, sbp=95.0, temp=39.5)
-    async with websockets.connect(_ws_url(console)) as ws:
+    async with _ws(console, http) as ws:
         await _next(ws, "fleet")
         await bus.publish(live_topic("CN1", Stream.VITALS), encode_device_message(vitals), qos=0)
         message = await _next(ws, "vitals", "CN1")

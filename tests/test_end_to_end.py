@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
-import websockets
 from ledger import assert_ledger_matches_store, settle
 
 from ambulance_gateway import Gateway
@@ -23,6 +22,7 @@ from emergency.settings import ConsoleSettings, GatewaySettings, MqttEndpoint
 from emergency.stack import Broker, provision_units
 from emergency.store import Store
 from firmware_sim import DeviceConfig, Fleet
+from tests.conftest import login_to, ws_connect
 
 GATEWAY = GatewaySettings(http_port=0, client_id="gw-e2e", batch_max_delay_s=0.02)
 
@@ -55,7 +55,8 @@ async def test_fleet_streams_live_to_console_and_every_ack_is_stored_once(
         Gateway(GATEWAY, gateway_endpoint, store),
         Console(ConsoleSettings(), 0, console_endpoint, store) as console,
         fleet_of(broker, tmp_path, "E2E", 4) as fleet,
-        websockets.connect(f"ws://127.0.0.1:{console.port}/ws") as ws,
+        await login_to(console.url, store, "ed_physician") as http,
+        ws_connect(console.url, http) as ws,
     ):
         watched = fleet.devices[0].unit
         await ws.send(json.dumps({"type": "watch", "unit": watched}))

@@ -17,8 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-import websockets
-from conftest import free_port
+from conftest import free_port, login_to, ws_connect
 from ledger import assert_ledger_matches_store, settle
 
 from ambulance_gateway import Gateway
@@ -51,7 +50,10 @@ def _fleet(broker: Broker, tmp_path: Path, prefix: str) -> Fleet:
 
 
 async def _live_ecg_arrives(console: Console, unit: str) -> None:
-    async with websockets.connect(f"ws://127.0.0.1:{console.port}/ws") as ws:
+    async with (
+        await login_to(console.url, console.core.store, "ed_physician") as http,
+        ws_connect(console.url, http) as ws,
+    ):
         await ws.send(json.dumps({"type": "watch", "unit": unit}))
         async with asyncio.timeout(60):
             while json.loads(await ws.recv())["type"] != "ecg":

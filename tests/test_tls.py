@@ -63,7 +63,7 @@ async def test_tls_listener_refuses_what_it_cannot_verify(tls_broker: Broker, ca
             pass
 
 
-async def test_console_serves_https_when_configured(console_endpoint, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_console_serves_https_when_configured(console_endpoint, shared_store, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """With a certificate configured the console serves HTTPS only: a client trusting the CA gets through, plain
     HTTP on the same port does not."""
     import ssl
@@ -79,7 +79,7 @@ async def test_console_serves_https_when_configured(console_endpoint, tmp_path) 
     ca = ensure_ca(root)
     pair = ensure_server_cert(root, ["127.0.0.1", "localhost"])
     settings = ConsoleSettings(tls_cert=pair.cert, tls_key=pair.key)
-    async with Console(settings, 0, console_endpoint, store=None) as console, aiohttp.ClientSession() as http:
+    async with Console(settings, 0, console_endpoint, shared_store) as console, aiohttp.ClientSession() as http:
         assert console.url.startswith("https://")
         trust = ssl.create_default_context(cafile=str(ca))
         async with http.get(console.url + "healthz", ssl=trust) as response:

@@ -259,9 +259,66 @@ async def _v2_care(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
     )
 
 
+async def _v3_access(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
+    """Console accounts, their sessions (only a digest of each token), login failures, and the audit log.
+
+    The audit log is append-only in the database itself: a trigger refuses UPDATE, DELETE and TRUNCATE."""
+    await conn.execute(
+        """
+        CREATE TABLE users (
+            id bigserial PRIMARY KEY,
+            username text NOT NULL UNIQUE CHECK (username ~ '^[a-z0-9][a-z0-9._-]{0,63}$'),
+            role text NOT NULL,
+            password_hash text NOT NULL,
+            disabled boolean NOT NULL DEFAULT false,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE sessions (
+            id bigserial PRIMARY KEY,
+            token_hash bytea NOT NULL UNIQUE,
+            user_id bigint NOT NULL REFERENCES users,
+            created_at timestamptz NOT NULL,
+            last_seen_at timestamptz NOT NULL,
+            revoked_at timestamptz,
+            revoked_reason text,
+            address text
+        );
+        CREATE INDEX sessions_open_user ON sessions (user_id) WHERE revoked_at IS NULL;
+        CREATE TABLE login_failures (at timestamptz NOT NULL, username text NOT NULL, address text NOT NULL);
+        CREATE INDEX login_failures_username ON login_failures (username, at);
+        CREATE INDEX login_failures_address ON login_failures (address, at);
+        CREATE TABLE audit_log (
+            id bigserial PRIMARY KEY,
+            at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            username text,
+            role text,
+            action text NOT NULL,
+            encounter_id bigint,
+            unit text,
+            result text NOT NULL CHECK (result IN ('allowed', 'denied', 'failed')),
+            address text,
+            detail jsonb NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX audit_log_at ON audit_log (at);
+        CREATE INDEX audit_log_user ON audit_log (username, at);
+        CREATE INDEX audit_log_encounter ON audit_log (encounter_id, at) WHERE encounter_id IS NOT NULL;
+        CREATE FUNCTION audit_log_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RAISE EXCEPTION 'the audit log is append-only: % refused', TG_OP USING ERRCODE = 'insufficient_privilege';
+        END $$;
+        CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+            FOR EACH ROW EXECUTE FUNCTION audit_log_refuse_change();
+        CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+            FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse_change();
+        """
+    )
+
+
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "telemetry", _v1_telemetry),
     (2, "care", _v2_care),
+    (3, "access", _v3_access),
 )
 
 
