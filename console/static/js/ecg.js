@@ -1,7 +1,14 @@
-// Live ECG, sweep style: 25 mm/s and 10 mm/mV on a 1 mm / 5 mm grid; limb leads left, chest leads right.
+// Live ECG, sweep style: 25 mm/s and 10 mm/mV on a 1 mm / 5 mm grid. Two layouts: "columns" (limb leads left,
+// chest leads right, one row per lead) and "12-lead", the standard 3×4 print layout (I aVR V1 V4 / II aVL V2 V5 /
+// III aVF V3 V6, 2.5 s per column, the four columns showing consecutive 2.5 s of one 10 s sweep) with a full-width
+// rhythm strip of II below. A device without the twelve standard leads is shown in columns.
 const PLAY_DELAY_MS = 400; // jitter buffer: frames arrive every 250 ms
 const RING_S = 12;
 const LAYOUT_LEFT = ["I", "II", "III", "aVR", "aVL", "aVF"];
+export const TWELVE_LEAD = [["I", "aVR", "V1", "V4"], ["II", "aVL", "V2", "V5"], ["III", "aVF", "V3", "V6"]];
+const RHYTHM_LEAD = "II";
+const SWEEP_S = 10; // 12-lead: one sweep is 10 s, 250 mm at 25 mm/s
+const CAL_MM = 10; // room for the 1 mV calibration pulse left of the traces
 
 function decodeFrame(frame) {
   const bin = atob(frame.data);
@@ -11,9 +18,10 @@ function decodeFrame(frame) {
 }
 
 export class EcgView {
-  constructor(canvas, onSignal) {
+  constructor(canvas, onSignal, { layout = "columns" } = {}) {
     this.canvas = canvas;
     this.onSignal = onSignal;
+    this.layout = layout;
     this.reset(null);
   }
 
@@ -65,11 +73,22 @@ export class EcgView {
     if (state !== this.signal) { this.signal = state; this.onSignal(state); }
   }
 
+  twelveLead() {
+    return this.layout === "12-lead" && TWELVE_LEAD.flat().every((l) => this.rings.has(l));
+  }
+
   geometry() {
     const c = this.canvas, dpr = window.devicePixelRatio || 1;
     const w = c.clientWidth, h = c.clientHeight;
     if (c.width !== Math.round(w * dpr) || c.height !== Math.round(h * dpr)) {
       c.width = Math.round(w * dpr); c.height = Math.round(h * dpr); this.grid = null;
+    }
+    if (this.twelveLead()) {
+      // 4 rows (3 + rhythm) of at least 18 mm; the width holds the calibration pulse and 10 s at 25 mm/s.
+      const pxPerMm = Math.min((w - 4) / (CAL_MM + 25 * SWEEP_S), h / (4 * 18));
+      const cellW = 25 * (SWEEP_S / 4) * pxPerMm, cellH = h / 4;
+      return { w, h, dpr, twelve: true, rows: 4, cellW, cellH, pxPerMm, traceX0: CAL_MM * pxPerMm,
+        columns: [0, 1, 2, 3].map((ci) => TWELVE_LEAD.map((row) => row[ci])) };
     }
     const right = this.leads.filter((l) => !LAYOUT_LEFT.includes(l));
     const left = this.leads.filter((l) => LAYOUT_LEFT.includes(l));
@@ -95,6 +114,11 @@ export class EcgView {
       g.beginPath(); g.moveTo(0, y); g.lineTo(geo.w, y); g.stroke();
     }
     g.fillStyle = "#333"; g.font = "600 12px system-ui";
+    if (geo.twelve) {
+      this.drawTwelveLeadLabels(g, geo);
+      this.grid = off;
+      return;
+    }
     geo.columns.forEach((leads, ci) => leads.forEach((lead, ri) => {
       const x0 = ci * geo.cellW, y0 = ri * geo.cellH;
       g.fillText(lead, x0 + 6, y0 + 14);
@@ -106,6 +130,51 @@ export class EcgView {
     }));
     g.fillText("25 mm/s · 10 mm/mV", geo.w - 130, geo.h - 6);
     this.grid = off;
+  }
+
+  drawTwelveLeadLabels(g, geo) {
+    const mm = geo.pxPerMm;
+    for (let ri = 0; ri < 4; ri++) {
+      const y0 = ri * geo.cellH, base = y0 + geo.cellH * 0.6;
+      // 1 mV calibration pulse, 10 mm tall, at the start of each row
+      g.strokeStyle = "#333"; g.lineWidth = 1.2; g.beginPath();
+      g.moveTo(1, base); g.lineTo(1 + 2 * mm, base); g.lineTo(1 + 2 * mm, base - 10 * mm);
+      g.lineTo(1 + 7 * mm, base - 10 * mm); g.lineTo(1 + 7 * mm, base); g.lineTo(CAL_MM * mm, base); g.stroke();
+      const labels = ri < 3 ? TWELVE_LEAD[ri] : [RHYTHM_LEAD];
+      labels.forEach((lead, ci) => {
+        const x0 = geo.traceX0 + ci * geo.cellW;
+        g.fillText(lead, x0 + 4, y0 + 14);
+        if (ci > 0) { // the column boundary, as on a printed 12-lead
+          g.beginPath(); g.moveTo(x0, base - 3 * mm); g.lineTo(x0, base + 3 * mm); g.stroke();
+        }
+      });
+    }
+    g.fillText("25 mm/s · 10 mm/mV", geo.w - 130, geo.h - 6);
+  }
+
+  drawTwelveLead(g, geo, head) {
+    const ringSize = Math.round(this.fs * RING_S);
+    const window = Math.round(this.fs * SWEEP_S), segment = window / 4;
+    const pxPerSample = (25 * geo.pxPerMm) / this.fs;
+    const gap = Math.round(this.fs * 0.12);
+    const first = Math.max(0, head - window + gap, this.written - ringSize + 1);
+    const scale = 10 * geo.pxPerMm;
+    const mid = (ri) => ri * geo.cellH + geo.cellH * 0.6;
+    g.strokeStyle = "#111"; g.lineWidth = 1.3; g.lineJoin = "round";
+    g.beginPath();
+    for (let ri = 0; ri < 4; ri++) {
+      let prevColumn = -1, prevP = Infinity;
+      for (let s = first; s < head; s++) {
+        const p = s % window, column = Math.floor(p / segment);
+        const lead = ri < 3 ? TWELVE_LEAD[ri][column] : RHYTHM_LEAD;
+        const x = geo.traceX0 + p * pxPerSample;
+        const y = mid(ri) - this.rings.get(lead)[s % ringSize] * scale;
+        // A new stroke where the sweep wraps, and (in the 3×4 rows) where the column changes lead.
+        if (p < prevP || (ri < 3 && column !== prevColumn)) g.moveTo(x, y); else g.lineTo(x, y);
+        prevP = p; prevColumn = column;
+      }
+    }
+    g.stroke();
   }
 
   draw(now) {
@@ -120,6 +189,10 @@ export class EcgView {
     g.drawImage(this.grid, 0, 0);
     g.setTransform(geo.dpr, 0, 0, geo.dpr, 0, 0);
     const head = this.playhead(now);
+    if (geo.twelve) {
+      this.drawTwelveLead(g, geo, head);
+      return;
+    }
     const traceX0 = 10 * geo.pxPerMm; // leave the calibration pulse visible
     const pxPerSample = (25 * geo.pxPerMm) / this.fs;
     const window = Math.floor((geo.cellW - traceX0 - 4) / pxPerSample);

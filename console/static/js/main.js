@@ -1,95 +1,107 @@
-// The console page: wires the socket to the fleet state, the board, the map, and the watched unit's monitor.
+// The console page: the socket feeds the fleet and the care records; three desks show them — dispatch (#dispatch),
+// emergency department (#ed) and follow-up (#followup) — each to the roles that work there.
 import { ConsoleSocket } from "./socket.js";
 import { Fleet } from "./fleet.js";
 import { Board, ageText } from "./board.js";
 import { FleetMap } from "./map.js";
-import { EcgView } from "./ecg.js";
+import { Care } from "./care.js";
+import { Alarm } from "./alarm.js";
+import { DispatchDesk, rankUnits } from "./desk_dispatch.js";
+import { EdDesk } from "./desk_ed.js";
+import { FollowUpDesk } from "./desk_followup.js";
 
 const $ = (id) => document.getElementById(id);
-const fleet = new Fleet();
-let watched = null;
+const DESKS = ["dispatch", "ed", "followup"];
+// Which desks a role works at (the server checks every action again; this only spares people desks they cannot use).
+const DESKS_OF_ROLE = { dispatcher: ["dispatch"], ed_physician: ["ed"], ed_nurse: ["ed"], followup: ["followup"],
+  admin: DESKS };
 
-const signalBadge = (state) => {
-  const el = $("signal");
-  el.className = "signal " + state;
-  el.textContent = { live: "LIVE", stale: "SIGNAL LOST", waiting: "waiting…", none: "no unit" }[state] ?? state;
-};
-const ecg = new EcgView($("ecg"), signalBadge);
+const fleet = new Fleet();
+const care = new Care();
+let desks = DESKS; // until the login says otherwise
+let shown = null;
+
+const alarm = new Alarm($("sound"));
 const board = new Board($("board-rows"), fleet, select);
 const map = new FleetMap($("map"), fleet, select);
 const socket = new ConsoleSocket(onMessage, (up) => {
   $("conn").className = "conn " + (up ? "up" : "down");
   $("conn").textContent = up ? "live" : "reconnecting…";
 });
+const dispatch = new DispatchDesk({ care, fleet, map, mapCanvas: $("map"), overlay: $("map-overlay") });
+const ed = new EdDesk({ care, fleet, alarm, watch: (unit) => socket.watch(unit), isShown: () => shown === "ed" });
+const followup = new FollowUpDesk({ fleet });
 
+/** A unit picked on the board or the map: highlighted; opened on the ED desk for those who work there. */
 function select(unit) {
-  if (!unit || unit === watched) return;
-  watched = unit;
+  if (!unit) return;
   board.selected = map.selected = unit;
-  $("watched").textContent = unit;
-  $("events").replaceChildren();
-  ecg.reset(unit);
-  signalBadge("waiting");
-  showVitals(fleet.unit(unit));
-  socket.watch(unit);
+  if (desks.includes("ed")) {
+    ed.showUnit(unit);
+    location.hash = "#ed";
+  }
 }
 
-function showVitals(u) {
-  const v = u.vitals ?? {};
-  const f = (x, d = 0) => (x == null ? "--" : Number(x).toFixed(d));
-  $("v-hr").textContent = f(v.hr);
-  $("v-spo2").textContent = f(v.spo2);
-  $("v-bp").textContent = v.sbp != null ? `${f(v.sbp)}/${f(v.dbp)}` : "--/--";
-  $("v-map").textContent = v.map != null ? `(${f(v.map)}) mmHg` : "mmHg";
-  $("v-rr").textContent = f(v.rr);
-  $("v-etco2").textContent = f(v.etco2);
-  $("v-temp").textContent = f(v.temp, 1);
-  // Partial until the crew records oxygen and consciousness: a lower bound, shown with "≥".
-  $("v-news2").textContent = u.news2 ? `${u.news2.partial ? "≥" : ""}${u.news2.total}` : "--";
-  $("v-news2-risk").textContent = u.news2 ? u.news2.risk : "";
-  $("news2-tile").className = "vital news2 " + (u.news2?.risk ?? "");
+function show(desk) {
+  if (!desks.includes(desk)) desk = desks[0];
+  shown = desk;
+  for (const d of DESKS) {
+    $(`desk-${d}`).hidden = d !== desk;
+    $(`tab-${d}`).hidden = !desks.includes(d);
+    $(`tab-${d}`).classList.toggle("active", d === desk);
+  }
+  if (desk === "followup") followup.refresh(true);
+  if (desk === "ed") ed.renderPatient();
 }
 
-function logEvent(m) {
-  const li = document.createElement("li");
-  const when = new Date(m.ts / 1000).toLocaleTimeString();
-  const what = m.type === "status" ? `status → ${m.status}` : `${m.kind} ${Object.entries(m.detail ?? {}).map(([k, v]) => `${k}=${v}`).join(" ")}`;
-  li.textContent = `${when} ${what}`;
-  $("events").prepend(li);
-  while ($("events").children.length > 50) $("events").lastChild.remove();
+async function whoami() {
+  // The login, when the console has one, says who is here; without it every desk shows.
+  try {
+    const response = await fetch("/api/whoami", { credentials: "same-origin", headers: { Accept: "application/json" } });
+    if (response.status === 401) { location.assign("/static/login.html"); return; }
+    if (!response.ok) return;
+    const me = await response.json();
+    desks = DESKS_OF_ROLE[me.role] ?? [];
+    $("user").textContent = `${me.username ?? ""} · ${me.role}`;
+  } catch {
+    // No answer: keep every desk; each action is still checked by the server.
+  }
 }
 
 function onMessage(m) {
   switch (m.type) {
     case "fleet": fleet.load(m); break;
-    case "ecg": ecg.push(m); break;
+    case "ecg": ed.onEcg(m); break;
+    case "care_snapshot": care.load(m); break;
+    case "care": care.apply(m.kind, m.record); break;
     case "error": console.warn("console:", m.reason); break;
     case "watched": case "unwatched": break;
-    case "care_snapshot": case "care": break; // care records: the desks show them
     default: {
-      const u = fleet.apply(m);
-      if (m.unit === watched) {
-        if (m.type === "vitals") showVitals(u);
-        if (m.type === "status" || m.type === "event") logEvent(m);
-      }
+      fleet.apply(m);
+      if (m.type === "vitals") ed.onVitals(m.unit);
     }
   }
 }
 
 function frame(now) {
-  ecg.draw(now);
-  map.draw();
+  if (shown === "dispatch") { map.draw(); dispatch.drawOverlay(); }
+  if (shown === "ed") ed.drawFrame(now);
   requestAnimationFrame(frame);
 }
-requestAnimationFrame(frame);
 
 setInterval(() => {
   board.render();
+  dispatch.render();
+  ed.tick();
+  if (shown === "followup") followup.refresh();
   const units = [...fleet.units.values()];
   const stale = units.filter((u) => fleet.isStale(u)).length;
-  $("counts").textContent = `${units.length} units · ${stale} stale`;
+  $("counts").textContent = `${units.length} units · ${stale} stale · ${care.incidents.size} incidents · ${care.encounters.size} incoming`;
   $("clock").textContent = new Date().toLocaleTimeString();
-  if (watched && fleet.isStale(fleet.unit(watched))) signalBadge("stale");
-  if (!watched && units.length) select(units.sort((a, b) => a.unit.localeCompare(b.unit))[0].unit);
 }, 500);
-window.__console = { fleet, ecg, select, ageText }; // for browser tests and the curious
+
+window.addEventListener("hashchange", () => show(location.hash.slice(1)));
+await whoami();
+show(location.hash.slice(1));
+requestAnimationFrame(frame);
+window.__console = { fleet, care, map, select, rankUnits, ageText, desks: { dispatch, ed, followup }, alarm, get ecg() { return ed.ecg; } };
