@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import sys
@@ -25,7 +26,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import aiomqtt
 import asyncpg
 import psutil
@@ -126,10 +129,27 @@ async def run_unit(load: UnitLoad, host: str, port: int, frames: list[bytes], st
             reader.cancel()
 
 
+async def console_login(info: dict[str, Any], role: str = "ed_physician") -> dict[str, str]:
+    """A console user of that role (created in the stack's store) logged in: the headers its websocket needs."""
+    from emergency.access import AccessStore, Role, hash_password
+    from emergency.store import Store
+
+    username, password = f"bench-{role.replace('_', '-')}-{os.getpid()}", secrets.token_urlsafe(18)
+    async with Store.open(info["postgres_dsn"]) as store:
+        await AccessStore(store).put_user(username, Role(role), hash_password(password))
+    origin = info["console_url"].rstrip("/")
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar, headers={"Origin": origin}) as http:
+        async with http.post(origin + "/api/login", json={"username": username, "password": password}) as response:
+            response.raise_for_status()
+        cookie = "; ".join(f"{c.key}={c.value}" for c in jar)
+    return {"Cookie": cookie, "Origin": origin}
+
+
 async def watch_console(
-    url: str, units: list[str], stop: asyncio.Event, ecg_ms: list[float], upd_ms: list[float]
+    url: str, headers: dict[str, str], units: list[str], stop: asyncio.Event, ecg_ms: list[float], upd_ms: list[float]
 ) -> None:
-    async with websockets.connect(url, max_size=None) as ws:
+    async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
         for unit in units:
             await ws.send(json.dumps({"type": "watch", "unit": unit}))
         while not stop.is_set():
@@ -218,7 +238,9 @@ async def bench(units: int, seconds: float, watched: int) -> dict[str, object]:
         ecg_ms: list[float] = []
         upd_ms: list[float] = []
         ws_url = info["console_url"].replace("http", "ws", 1) + "ws"
-        watcher = asyncio.create_task(watch_console(ws_url, [u.unit for u in loads[:watched]], ws_stop, ecg_ms, upd_ms))
+        headers = await console_login(info)
+        watched_units = [u.unit for u in loads[:watched]]
+        watcher = asyncio.create_task(watch_console(ws_url, headers, watched_units, ws_stop, ecg_ms, upd_ms))
         sampler = ProcessSampler(stack.pid)
         boot = int(time.time()) % 2**31
         tasks = []

@@ -15,6 +15,7 @@ from emergency.settings import ConsoleSettings, GatewaySettings, MqttEndpoint
 from emergency.stack import Broker, provision_units
 from emergency.store import Store
 from firmware_sim import DeviceConfig, Fleet
+from tests.conftest import TEST_PASSWORD, add_user_to
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # No background networking: this machine has no route out, and Chromium would keep trying.
@@ -27,7 +28,8 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is
 async def test_page_shows_fleet_board_map_and_a_live_ecg(
     postgres, broker: Broker, gateway_endpoint: MqttEndpoint, console_endpoint: MqttEndpoint, tmp_path: Path
 ) -> None:
-    """A browser opening the console sees every unit on the board and the map, and the watched unit's ECG live."""
+    """A browser opening the console is sent to the login page; logged in as an ED physician it sees every unit on
+    the board and the map, and the watched unit's ECG live."""
     credentials = {f"WEB{i}": secrets.token_urlsafe(12) for i in range(3)}
     provision_units(broker.root, credentials)
     configs = [DeviceConfig(unit, password) for unit, password in credentials.items()]
@@ -44,6 +46,14 @@ async def test_page_shows_fleet_board_map_and_a_live_ecg(
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(console.url)
+            assert page.url.endswith("/static/login.html")
+            await page.fill("#username", await add_user_to(store, "ed_physician"))
+            await page.fill("#password", "not the password")
+            await page.click("#submit")
+            await page.wait_for_selector("#error:not([hidden])")
+            await page.fill("#password", TEST_PASSWORD)
+            await page.click("#submit")
+            await page.wait_for_url(console.url)
             await page.wait_for_function("document.querySelectorAll('#board-rows tr').length >= 3", timeout=30_000)
             await page.click("#board-rows tr[data-unit='WEB1']")
             await page.wait_for_function("document.getElementById('signal').textContent === 'LIVE'", timeout=30_000)
