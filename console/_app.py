@@ -21,8 +21,10 @@ from console._auth import AUTH, Auth, Principal, audit, principal_of, require, s
 from console._care import CareContext, CareView, care_topic_of, setup_care
 from console._hub import Client, ClientDropped, Hub, needs_of, visible_care, visible_units
 from console._state import FleetState, ecg_json
+from console._streets import setup_streets
 from emergency.access import Permission
 from emergency.bus import BUS_ROOT, CARE_FILTER, LINK_FILTER, LinkState, live_topic, parse_bus_topic
+from emergency.care._model import Alert, AlertState
 from emergency.care._wire import CareRecord, encode_record
 from emergency.codec import RejectedMessage, decode_device_message
 from emergency.mqtt import backoff_delay, mqtt_client
@@ -59,6 +61,32 @@ class ConsoleCore:
         self.hub = Hub()
         self.bus_client: aiomqtt.Client | None = None
         self.bus_ready = asyncio.Event()
+        self._deliveries: set[asyncio.Task[None]] = set()  # at most one per raised alert, each short-lived
+
+    def _note_delivery(self, alert: Alert) -> None:
+        """A raised alert just went to the consoles: if someone here may acknowledge it, it has been delivered."""
+        if alert.state is not AlertState.RAISED or alert.backlog:
+            return
+        if not any(client.may(Permission.ACK_ALERT) for client in self.hub.clients):
+            return
+        task = asyncio.create_task(self._mark_delivered(alert.id), name=f"console.deliver[{alert.id}]")
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+
+    async def _mark_delivered(self, alert_id: int) -> None:
+        # The clinical loop publishes an alert before writing it, so its row may not exist yet: try a few times.
+        # Several consoles may race; the store lets the first one through and tells the others nothing changed.
+        records = CareStore(self.store)
+        for attempt in range(5):
+            try:
+                delivered = await records.mark_delivered(alert_id, at=now_us())
+            except StoreError as exc:
+                log.info("alert %d delivery not recorded (%s)", alert_id, exc)
+                return
+            if delivered is not None:
+                await self.publish_care(delivered)
+                return
+            await asyncio.sleep(0.2 * (attempt + 1))
 
     async def seed_from_store(self) -> None:
         try:
@@ -125,6 +153,8 @@ class ConsoleCore:
             if record is not None:
                 care_message = self.care.apply(record)
                 self.hub.broadcast_event(care_message, needs=needs_of(care_message))
+                if isinstance(record, Alert):
+                    self._note_delivery(record)
             return
         try:
             kind, unit, stream = parse_bus_topic(topic)
@@ -315,6 +345,7 @@ def create_app(
     auth = Auth(store, settings.auth, core.hub)
     setup_auth(app, auth)
     setup_care(app, CareContext(CareStore(store), sites or load_sites(None), core.care, core.publish_care), auth)
+    setup_streets(app)  # GET /api/streets: the street layer under the fleet map
     app.router.add_get("/", _index)
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/healthz", _health)

@@ -11,46 +11,44 @@ from typing import Any
 
 import aiohttp
 import pytest_asyncio
-import websockets
-from aiohttp import web
 
 from ambulance_gateway import Gateway
 from console import Console
-from console._care import Guard, Principal
 from emergency.care._loop import ClinicalLoop
 from emergency.protocol import EventKind
 from emergency.settings import ConsoleSettings, MqttEndpoint
 from emergency.sites import DEMO_SITES
 from emergency.store import Store
+from tests.conftest import login_to, ws_connect
 from tests.test_care_loop import CARE, Crew
 from tests.test_gateway import _gateway_settings, connected_device
 
-ROLES = {
-    "dispatcher": {"VIEW_FLEET", "VIEW_ALERTS", "MANAGE_INCIDENTS", "VIEW_FEEDBACK"},
-    "ed_nurse": {"VIEW_FLEET", "VIEW_ALERTS", "VIEW_PATIENT_LIVE", "VIEW_ENCOUNTER", "ACK_ALERT", "RECORD_MILESTONE",
-                 "EDIT_HANDOFF", "LINK_IDENTITY"},
-    "ed_physician": {"VIEW_FLEET", "VIEW_ALERTS", "VIEW_PATIENT_LIVE", "VIEW_ENCOUNTER", "ACK_ALERT", "ACTIVATE_TEAM",
-                     "ACK_ACTIVATION", "RECORD_MILESTONE", "EDIT_HANDOFF", "LINK_IDENTITY", "DISCHARGE",
-                     "EXPORT_FHIR", "VIEW_QUALITY"},
-    "followup": {"VIEW_ENCOUNTER", "RECORD_OUTCOME", "VIEW_QUALITY"},
-}  # fmt: skip
 
+class RoleSessions:
+    """One logged-in console session per role, made on first use; `call` makes a request as a role."""
 
-class HeaderGuard(Guard):
-    """Role from a request header: stands in for the login in these tests (the login has its own tests)."""
+    def __init__(self, console_url: str, store: Store) -> None:
+        self._url, self._store = console_url, store
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
 
-    def __init__(self) -> None:
-        self.audit_log: list[tuple[str, str, int | None]] = []
+    async def __aenter__(self) -> RoleSessions:
+        return self
 
-    async def require(self, request: web.Request, permission: str) -> Principal:
-        role = request.headers.get("X-Test-Role", "")
-        if permission not in ROLES.get(role, set()):
-            raise web.HTTPForbidden(text=f"{role or 'nobody'} may not {permission}")
-        return Principal(f"test-{role}", role)
+    async def __aexit__(self, *exc: object) -> None:
+        for http in self._sessions.values():
+            await http.close()
 
-    async def audit(self, request: web.Request, action: str, *, encounter_id: int | None = None,
-                    unit: str | None = None, result: str = "allowed", detail: Any = None) -> None:  # fmt: skip
-        self.audit_log.append((request.headers.get("X-Test-Role", ""), action, encounter_id))
+    async def of(self, role: str) -> aiohttp.ClientSession:
+        if role not in self._sessions:
+            self._sessions[role] = await login_to(self._url, self._store, role)
+        return self._sessions[role]
+
+    async def call(self, method: str, path: str, role: str, body: Any = None, status: int = 200) -> Any:
+        http = await self.of(role)
+        async with http.request(method, path, json=body) as response:
+            text = await response.text()
+            assert response.status == status, text
+            return json.loads(text) if status == 200 else text
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -66,13 +64,12 @@ async def test_dispatch_to_follow_up_through_the_console(
     acknowledges it and a physician activates the trauma team; the door time, discharge and the 7/30-day follow-ups
     follow; a role without the permission is refused."""
     unit, endpoint = await make_unit()
-    guard = HeaderGuard()
     async with (
         ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop,
         Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
-        Console(ConsoleSettings(), 0, console_endpoint, store, guard=guard) as console,
-        aiohttp.ClientSession(base_url=console.url) as http,
-        websockets.connect(console.url.replace("http", "ws") + "ws") as ws,
+        Console(ConsoleSettings(), 0, console_endpoint, store) as console,
+        RoleSessions(console.url, store) as sessions,
+        ws_connect(console.url, await sessions.of("ed_physician")) as ws,
     ):
         seen: list[dict[str, Any]] = []
         arrived = asyncio.Event()
@@ -95,14 +92,7 @@ async def test_dispatch_to_follow_up_through_the_console(
                     arrived.clear()
                     await arrived.wait()
 
-        def as_role(role: str) -> dict[str, str]:
-            return {"X-Test-Role": role}
-
-        async def call(method: str, path: str, role: str, body: Any = None, status: int = 200) -> Any:
-            async with http.request(method, path, json=body, headers=as_role(role)) as response:
-                text = await response.text()
-                assert response.status == status, text
-                return json.loads(text) if status == 200 else text
+        call = sessions.call
 
         incident = await call("POST", "/api/incidents", "dispatcher", {"priority": 1, "complaint": "stabbing",
                                                                        "address": "Harbour Rd 4"})  # fmt: skip
@@ -153,8 +143,13 @@ async def test_dispatch_to_follow_up_through_the_console(
 
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
-    assert ("ed_nurse", "acknowledge_alert", encounter["id"]) in guard.audit_log
-    assert ("followup", "read_encounter", encounter["id"]) in guard.audit_log
+    audited = {
+        (r["role"], r["action"], r["result"])
+        for r in await store.pool.fetch(
+            "SELECT role, action, result FROM audit_log WHERE encounter_id = $1", encounter["id"]
+        )
+    }
+    assert {("ed_nurse", "acknowledge_alert", "allowed"), ("followup", "read_encounter", "allowed")} <= audited
 
 
 async def test_the_first_console_delivery_of_an_alert_is_recorded(store) -> None:  # type: ignore[no-untyped-def]
@@ -191,27 +186,27 @@ async def test_simulated_stemi_from_first_contact_to_follow_up(
     unit = "E2ESTEMI"
     password = secrets.token_urlsafe(12)
     provision_units(broker.root, {unit: password})
-    guard = HeaderGuard()
     async with (
         ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop,
         Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
-        Console(ConsoleSettings(), 0, console_endpoint, store, guard=guard) as console,
-        aiohttp.ClientSession(base_url=console.url) as http,
-        websockets.connect(console.url.replace("http", "ws") + "ws", max_size=None) as ws,
+        Console(ConsoleSettings(), 0, console_endpoint, store) as console,
+        RoleSessions(console.url, store) as sessions,
+        ws_connect(console.url, await sessions.of("ed_physician"), max_size=None) as ws,
         Fleet([DeviceConfig(unit, password)], broker.host, broker.port, tmp_path / "sim") as fleet,
     ):
+        seen: list[dict[str, Any]] = []  # every care message so far: a wait may be for one that came earlier
 
         async def care(kind: str, predicate: Callable[[dict[str, Any]], bool], within_s: float = 90) -> dict[str, Any]:
             async with asyncio.timeout(within_s):
                 while True:
+                    for message in seen:
+                        if message["kind"] == kind and predicate(message["record"]):
+                            return dict(message["record"])
                     message = json.loads(await ws.recv())
-                    if message["type"] == "care" and message["kind"] == kind and predicate(message["record"]):
-                        return dict(message["record"])
+                    if message["type"] == "care":
+                        seen.append(message)
 
-        async def call(method: str, path: str, role: str, body: Any = None) -> Any:
-            async with http.request(method, path, json=body, headers={"X-Test-Role": role}) as response:
-                assert response.status == 200, await response.text()
-                return await response.json()
+        call = sessions.call
 
         fleet.devices[0].play("stemi_inferior", time_scale=60)
         encounter = await care("encounter", lambda r: r["unit"] == unit)
@@ -220,6 +215,8 @@ async def test_simulated_stemi_from_first_contact_to_follow_up(
         activation = await care("activation", lambda r: r["encounter_id"] == encounter["id"])
         assert activation["team"] == "cath_lab" and activation["requested_by"] == "center"
         await loop.settled()
+        # Shown to a physician's console, so delivered; then acknowledged.
+        await care("alert", lambda r: r["id"] == stemi["id"] and r["state"] == "delivered")
         await call("POST", f"/api/alerts/{stemi['id']}/acknowledge", "ed_physician")
         await call("POST", f"/api/activations/{activation['id']}/acknowledge", "ed_physician")
         await call("POST", f"/api/encounters/{encounter['id']}/milestones", "ed_nurse", {"name": "door"})
@@ -241,7 +238,7 @@ async def test_simulated_stemi_from_first_contact_to_follow_up(
         mine = [f for f in due if f["encounter_id"] == encounter["id"]]
         outcome = await call("POST", f"/api/follow-ups/{mine[0]['id']}/outcome", "followup",
                              {"state": "done", "alive": True, "readmitted": False, "mace": False})  # fmt: skip
-        assert outcome["state"] == "done" and outcome["recorded_by"] == "test-followup"
+        assert outcome["state"] == "done" and outcome["recorded_by"].startswith("followup-")
         quality = await call("GET", "/api/quality", "followup")
         assert quality
         feedback = await call("GET", f"/api/feedback?unit={unit}", "dispatcher")
