@@ -1,6 +1,6 @@
 """The places the center knows: receiving hospitals (with what they can do) and ambulance bases.
 
-The demo defaults below describe one city; a deployment replaces them (see `load_sites`).
+The demo defaults below describe central Helsinki; a deployment replaces them (see `load_sites`).
 """
 
 from __future__ import annotations
@@ -62,31 +62,43 @@ class Sites:
 
 _ALL = frozenset(Capability)
 
+# The demo city is central Helsinki, the area of the OpenStreetMap extract the street map ships with (emergency.geo:
+# about 1.0 × 1.7 km, Kamppi to the Senate Square, Kaartinkaupunki to Kaisaniemi). No hospital lies in it: Helsinki's
+# emergency departments (Meilahti Tower Hospital, the Bridge Hospital trauma centre, Haartman) are on the Meilahti
+# campus, 2 km north-west. So the demo's receiving hospitals are fictional, marked "(demo)", and stand at the kerb of
+# main streets; the Erottaja rescue station is real. A deployment loads its own sites (`load_sites`).
 DEMO_SITES = Sites(
     hospitals=(
-        Hospital("RJ", "Ruijin Hospital", 31.2198, 121.4595, 150.0, _ALL),
-        Hospital("ZS", "Zhongshan Hospital", 31.2003, 121.4370, 150.0, frozenset({Capability.ED, Capability.PCI})),
+        Hospital("ESP", "Esplanadi Hospital (demo)", 60.16788, 24.95106, 100.0, _ALL),
         Hospital(
-            "RE",
-            "Renji Hospital (East)",
-            31.2420,
-            121.4870,
-            150.0,
+            "KAM",
+            "Kamppi Hospital (demo)",
+            60.17074,
+            24.93744,
+            100.0,
+            frozenset({Capability.ED, Capability.PCI}),
+        ),
+        Hospital(
+            "KAI",
+            "Kaisaniemi Hospital (demo)",
+            60.17391,
+            24.94972,
+            100.0,
             frozenset({Capability.ED, Capability.STROKE_UNIT, Capability.THROMBECTOMY}),
         ),
         Hospital(
-            "NH",
-            "North District Hospital",
-            31.2690,
-            121.4550,
-            150.0,
+            "BUL",
+            "Bulevardi Hospital (demo)",
+            60.16738,
+            24.94201,
+            100.0,
             frozenset({Capability.ED, Capability.STROKE_UNIT}),
         ),
     ),
     bases=(
-        Base("B1", "Central station", 31.2304, 121.4737),
-        Base("B2", "West station", 31.2250, 121.4450),
-        Base("B3", "North station", 31.2550, 121.4650),
+        Base("ERO", "Erottaja rescue station", 60.16514, 24.94522),
+        Base("RAU", "Rautatientori standby point (demo)", 60.17038, 24.94387),
+        Base("KAA", "Kaartinkaupunki standby point (demo)", 60.16587, 24.94966),
     ),
 )
 
