@@ -1,6 +1,6 @@
 """The console's three desks in a real browser (Debian's Chromium driven by Playwright) on the real stack: devices →
 mosquitto → gateway → clinical loop → console, each test on a database of its own so that the desks show only its
-records. The role comes from a request header (`HeaderGuard`), standing in for the login."""
+records, each page logged in as a user of the role that works at the desk."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ from emergency.settings import ConsoleSettings, MqttEndpoint
 from emergency.sites import DEMO_SITES
 from emergency.stack import PostgresCluster
 from emergency.store import Store
+from tests.conftest import TEST_PASSWORD, add_user_to, console_origin, login
 from tests.test_care_loop import CARE, Crew
 from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS
-from tests.test_console_care import HeaderGuard
 from tests.test_gateway import _gateway_settings, connected_device
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (./run installs it)")
@@ -42,15 +42,27 @@ _databases = itertools.count(1)
 @dataclass
 class Desks:
     console: Console
+    store: Store
     loop: ClinicalLoop
     browser: Browser
-    http: aiohttp.ClientSession
     errors: list[str]
+    users: dict[str, str] = field(default_factory=dict)  # role → username
+    sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)  # role → logged-in HTTP session
+
+    async def user(self, role: str) -> str:
+        if role not in self.users:
+            self.users[role] = await add_user_to(self.store, role)
+        return self.users[role]
 
     async def page(self, role: str, desk: str) -> Page:
-        """A browser page of `role` on `desk`, page errors collected."""
+        """A browser page logged in as a user of `role`, on `desk`; page errors collected."""
         context = await self.browser.new_context(viewport={"width": 1920, "height": 1080})
-        await context.set_extra_http_headers({"X-Test-Role": role})
+        response = await context.request.post(
+            f"{self.console.url}api/login",
+            data={"username": await self.user(role), "password": TEST_PASSWORD},
+            headers={"Origin": console_origin(self.console.url)},
+        )
+        assert response.ok, await response.text()
         page = await context.new_page()
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         await page.goto(f"{self.console.url}#{desk}")
@@ -58,7 +70,10 @@ class Desks:
         return page
 
     async def call(self, method: str, path: str, role: str, body: Any = None) -> Any:
-        async with self.http.request(method, path, json=body, headers={"X-Test-Role": role}) as response:
+        """An HTTP action as a user of `role` (the same user as that role's pages)."""
+        if role not in self.sessions:
+            self.sessions[role] = await login(self.console.url, await self.user(role))
+        async with self.sessions[role].request(method, path, json=body) as response:
             text = await response.text()
             assert response.status == 200, text
             return json.loads(text)
@@ -80,17 +95,18 @@ async def desks(
         Store.open(dsn) as store,
         ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop,
         Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
-        Console(ConsoleSettings(), 0, console_endpoint, store, guard=HeaderGuard()) as console,
-        aiohttp.ClientSession(base_url=console.url) as http,
+        Console(ConsoleSettings(), 0, console_endpoint, store) as console,
         async_playwright() as p,
     ):
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        errors: list[str] = []
+        d = Desks(console, store, loop, browser, [])
         try:
-            yield Desks(console, loop, browser, http, errors)
+            yield d
         finally:
             await browser.close()
-        assert not errors, errors
+            for http in d.sessions.values():
+                await http.close()
+        assert not d.errors, d.errors
 
 
 @contextlib.asynccontextmanager
@@ -234,7 +250,7 @@ async def test_ed_desk_shock_alert_banner_keyboard_acknowledgement_cath_lab_and_
         record = await d.call("GET", f"/api/encounters/{encounter_id}", "ed_physician")
         assert record["encounter"]["door_at"] is not None
         shock = next(a for a in record["alerts"] if a["kind"] == "shock_index")
-        assert shock["state"] == "acknowledged" and shock["acknowledged_by"] == "test-ed_physician"
+        assert shock["state"] == "acknowledged" and shock["acknowledged_by"] == d.users["ed_physician"]
         assert [(a["team"], a["state"]) for a in record["activations"]] == [("cath_lab", "requested")]
 
 
@@ -301,6 +317,6 @@ async def test_follow_up_desk_lists_a_due_follow_up_and_records_the_outcome(
         follow_ups = (await d.call("GET", f"/api/encounters/{encounter_id}", "followup"))["follow_ups"]
         done = next(f for f in follow_ups if f["label"] == label)
         assert (done["state"], done["alive"], done["readmitted"], done["recorded_by"]) == (
-            "done", False, True, "test-followup"
+            "done", False, True, d.users["followup"]
         )  # fmt: skip
         assert await page.locator("#quality-table tbody tr").count() > 0

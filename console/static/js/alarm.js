@@ -26,7 +26,7 @@ export class Alarm {
 
   show() {
     this.button.className = "sound " + (this.enabled ? "on" : "off") + (this.sounding && !this.enabled ? " needed" : "");
-    this.button.textContent = this.enabled ? "🔊 Sound on" : (this.sounding ? "🔇 Sound off — click for alarms" : "🔇 Sound off");
+    this.button.textContent = this.enabled ? "Sound on" : (this.sounding ? "SOUND OFF — click for alarms" : "Sound off");
     this.button.setAttribute("aria-pressed", String(this.enabled));
   }
 

@@ -40,8 +40,9 @@ export class Board {
       chip.textContent = stale ? `STALE ${ageText(age)}` : (label[u.status] ?? "—");
       tr.cells[2].textContent = u.speed != null ? `${(u.speed * 3.6).toFixed(0)} km/h` : "—";
       tr.cells[3].textContent = ageText(age);
-      tr.cells[4].textContent = u.vitals.hr != null ? u.vitals.hr.toFixed(0) : "—";
-      tr.cells[5].textContent = u.vitals.spo2 != null ? u.vitals.spo2.toFixed(0) : "—";
+      // Vitals reach only roles that may see patient data; for the others these cells stay empty.
+      tr.cells[4].textContent = u.vitals?.hr != null ? u.vitals.hr.toFixed(0) : "—";
+      tr.cells[5].textContent = u.vitals?.spo2 != null ? u.vitals.spo2.toFixed(0) : "—";
       tr.cells[6].textContent = u.news2 ? `${u.news2.partial ? "≥" : ""}${u.news2.total}` : "—";
       tr.cells[6].className = "news2 " + (u.news2?.risk ?? "");
     }

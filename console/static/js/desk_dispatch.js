@@ -182,7 +182,7 @@ export class DispatchDesk {
   /** Once a second: the time since each call. */
   tick() {
     const now = this.fleet.nowServerUs();
-    for (const span of this.list.querySelectorAll(".since")) span.textContent = duration((now - Number(span.dataset.since)) / 1e6);
+    for (const span of this.list.querySelectorAll(".since")) span.textContent = duration(Math.max(0, now - Number(span.dataset.since)) / 1e6);
   }
 
   /** Every frame while the desk shows: incident pins and the location being picked, over the map. */

@@ -132,12 +132,12 @@ export class FollowUpDesk {
   renderLoop(record) {
     const e = record.encounter, i = record.incident;
     this.$("loop-title").textContent = `${e.alias} · encounter #${e.id}`;
-    const facts = [e.age != null ? `${e.age} ${e.sex ?? ""}`.trim() : null, e.chief_complaint, i.complaint !== e.chief_complaint ? `call: ${i.complaint}` : null,
+    const facts = [e.age != null ? `${e.age} ${e.sex ?? ""}`.trim() : null, e.chief_complaint, i.complaint !== e.chief_complaint && !i.complaint.startsWith("(") ? `call: ${i.complaint}` : null,
       e.destination ? `→ ${e.destination}` : null, e.disposition ? `discharged ${e.disposition}` : null, e.diagnosis];
     this.$("loop-summary").textContent = facts.filter(Boolean).join(" · ");
     const events = closedLoop(record);
     const t0 = events[0]?.at ?? e.contact_at;
-    this.$("loop-timeline").replaceChildren(...events.map((ev) => el("li", { className: ev.kind },
+    this.$("loop-timeline").replaceChildren(...events.map((ev) => el("li", { className: `k-${ev.kind}` },
       el("span", { className: "rel" }, `T+${duration((ev.at - t0) / 1e6)}`),
       el("span", { className: "when", title: dateTime(ev.at) }, clock(ev.at)),
       el("span", { className: "what" }, ev.what))));

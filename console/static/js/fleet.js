@@ -18,7 +18,7 @@ export class Fleet {
     this.staleAfterS = snapshot.stale_after_s ?? this.staleAfterS;
     const trends = new Map([...this.units].map(([id, u]) => [id, u.trend]));
     this.units.clear();
-    for (const u of snapshot.units) this.units.set(u.unit, { ...u, trend: trends.get(u.unit) ?? [] });
+    for (const u of snapshot.units) this.units.set(u.unit, { ...u, vitals: u.vitals ?? {}, trend: trends.get(u.unit) ?? [] });
   }
 
   unit(id) {

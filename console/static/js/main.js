@@ -50,6 +50,9 @@ function show(desk) {
     $(`tab-${d}`).hidden = !desks.includes(d);
     $(`tab-${d}`).classList.toggle("active", d === desk);
   }
+  // One fleet board: beside the map for dispatchers, under the incoming patients on the ED desk.
+  if (desk === "ed") $("ed-fleet-slot").append($("board"));
+  if (desk === "dispatch") $("desk-dispatch").append($("board"));
   if (desk === "followup") followup.refresh(true);
   if (desk === "ed") ed.renderPatient();
 }
@@ -63,6 +66,7 @@ async function whoami() {
     const me = await response.json();
     desks = DESKS_OF_ROLE[me.role] ?? [];
     $("user").textContent = `${me.username ?? ""} · ${me.role}`;
+    $("logout").hidden = false;
   } catch {
     // No answer: keep every desk; each action is still checked by the server.
   }
@@ -100,6 +104,10 @@ setInterval(() => {
   $("clock").textContent = new Date().toLocaleTimeString();
 }, 500);
 
+$("logout").addEventListener("click", async () => {
+  await fetch("/api/logout", { method: "POST", credentials: "same-origin" }).catch(() => null);
+  location.assign("/static/login.html");
+});
 window.addEventListener("hashchange", () => show(location.hash.slice(1)));
 await whoami();
 show(location.hash.slice(1));

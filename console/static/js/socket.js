@@ -18,8 +18,10 @@ export class ConsoleSocket {
       for (const unit of this.watching) this.send({ type: "watch", unit });
     };
     ws.onmessage = (event) => this.onMessage(JSON.parse(event.data));
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       this.onState(false);
+      // The session ended (logout, revocation, timeout): log in again rather than reconnect.
+      if (event.code === 4401) { location.assign("/static/login.html"); return; }
       const delay = Math.random() * Math.min(15000, 500 * 1.5 ** this.attempt++);
       setTimeout(() => this.connect(), delay);
     };
