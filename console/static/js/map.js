@@ -1,7 +1,14 @@
-// The fleet map: Web Mercator fitted to the fleet, a graticule, a scale bar, and status-coloured unit markers.
+// The fleet map: Web Mercator fitted to the street extract and the fleet, the streets (GET /api/streets, drawn from
+// OpenStreetMap data: the attribution stays in the corner), a graticule, a scale bar, and status-coloured unit markers.
 const COLORS = { available: "#3fb950", dispatched: "#d29922", en_route: "#d29922", on_scene: "#f85149",
   transporting: "#a371f7", at_destination: "#58a6ff", out_of_service: "#6e7681" };
 const R = 6378137;
+// Street widths in pixels and colours by road class; classes not listed are drawn as "other".
+const STREET_STYLE = {
+  motorway: [5, "#56606b"], trunk: [5, "#56606b"], primary: [4.5, "#4b5560"], secondary: [3.5, "#414b56"],
+  tertiary: [2.5, "#37414b"], unclassified: [1.6, "#323d48"], residential: [1.6, "#323d48"],
+  living_street: [1.2, "#2c3640"], service: [1, "#29323c"], other: [1, "#29323c"],
+};
 
 function project(lat, lon) {
   const x = (lon * Math.PI / 180) * R;
@@ -16,6 +23,8 @@ export class FleetMap {
     this.selected = null;
     this.view = null; // {cx, cy, scale} in mercator metres per pixel; eased towards the fleet's bounds
     this.markers = [];
+    this.streets = null; // {attribution, bounds: [s, w, n, e], classes, lines: {class: [[lat, lon, ...], ...]}}
+    this.loadStreets(0);
     canvas.addEventListener("click", (e) => {
       const r = canvas.getBoundingClientRect();
       const x = e.clientX - r.left, y = e.clientY - r.top;
@@ -28,11 +37,43 @@ export class FleetMap {
     });
   }
 
+  /** Fetch the street layer; retried while the server is still loading it (503) or unreachable. */
+  async loadStreets(attempt) {
+    let retryS = Math.min(60, 2 * 1.5 ** attempt);
+    try {
+      const r = await fetch("/api/streets", { credentials: "same-origin" });
+      if (r.ok) { this.streets = await r.json(); return; }
+      if (r.status === 404 || r.status === 401 || r.status === 403) return; // no layer here, or logged out
+      retryS = Number(r.headers.get("Retry-After")) || retryS;
+    } catch (e) { /* network: retry */ }
+    setTimeout(() => this.loadStreets(attempt + 1), retryS * 1000);
+  }
+
+  /** Screen pixel (CSS) → [lat, lon] under the current view, or null before the first frame. */
+  toLatLon(x, y) {
+    const v = this.view;
+    if (!v) return null;
+    const mx = v.cx + (x - this.width / 2) * v.scale, my = v.cy - (y - this.height / 2) * v.scale;
+    return [(2 * Math.atan(Math.exp(my / R)) - Math.PI / 2) * 180 / Math.PI, (mx / R) * 180 / Math.PI];
+  }
+
+  /** [lat, lon] → screen pixel (CSS) under the current view, or null before the first frame. */
+  toScreen(lat, lon) {
+    const v = this.view;
+    if (!v) return null;
+    const [x, y] = project(lat, lon);
+    return [this.width / 2 + (x - v.cx) / v.scale, this.height / 2 - (y - v.cy) / v.scale];
+  }
+
   fit(width, height) {
     const pts = [...this.fleet.units.values()].filter((u) => u.lat != null).map((u) => project(u.lat, u.lon));
+    if (this.streets) {
+      const [s, w, n, e] = this.streets.bounds;
+      pts.push(project(s, w), project(n, e));
+    }
     if (!pts.length) return null;
     const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
-    const pad = 1500; // metres around the fleet
+    const pad = this.streets ? 150 : 1500; // metres around the streets and the fleet
     const minX = Math.min(...xs) - pad, maxX = Math.max(...xs) + pad;
     const minY = Math.min(...ys) - pad, maxY = Math.max(...ys) + pad;
     const scale = Math.max((maxX - minX) / width, (maxY - minY) / height);
@@ -45,6 +86,7 @@ export class FleetMap {
     if (c.width !== Math.round(w * dpr) || c.height !== Math.round(h * dpr)) {
       c.width = Math.round(w * dpr); c.height = Math.round(h * dpr);
     }
+    this.width = w; this.height = h;
     const g = c.getContext("2d");
     g.setTransform(dpr, 0, 0, dpr, 0, 0);
     g.fillStyle = "#0b1016";
@@ -62,8 +104,10 @@ export class FleetMap {
       const [x, y] = project(lat, lon);
       return [w / 2 + (x - v.cx) / v.scale, h / 2 - (y - v.cy) / v.scale];
     };
+    this.drawStreets(g, toScreen);
     this.drawGraticule(g, w, h, v);
     this.drawScale(g, h, v);
+    this.drawAttribution(g, w, h);
     this.markers = [];
     const units = [...this.fleet.units.values()].filter((u) => u.lat != null);
     for (const u of units) {
@@ -89,6 +133,38 @@ export class FleetMap {
       g.restore();
       this.markers.push({ unit: u.unit, x, y });
     }
+  }
+
+  drawStreets(g, toScreen) {
+    const layer = this.streets;
+    if (!layer) return;
+    g.save();
+    g.lineCap = "round"; g.lineJoin = "round";
+    // Least important first, so that main roads are drawn over the streets that join them.
+    for (const cls of [...layer.classes].reverse()) {
+      const [width, color] = STREET_STYLE[cls] ?? STREET_STYLE.other;
+      g.strokeStyle = color; g.lineWidth = width;
+      g.beginPath();
+      for (const line of layer.lines[cls] ?? []) {
+        for (let i = 0; i < line.length; i += 2) {
+          const [x, y] = toScreen(line[i], line[i + 1]);
+          if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
+        }
+      }
+      g.stroke();
+    }
+    g.restore();
+  }
+
+  drawAttribution(g, w, h) {
+    if (!this.streets) return;
+    g.save();
+    g.font = "11px system-ui"; g.textAlign = "right"; g.textBaseline = "bottom";
+    const text = this.streets.attribution;
+    const tw = g.measureText(text).width;
+    g.fillStyle = "rgba(11, 16, 22, 0.8)"; g.fillRect(w - tw - 10, h - 17, tw + 10, 17);
+    g.fillStyle = "#8b98a5"; g.fillText(text, w - 5, h - 3);
+    g.restore();
   }
 
   drawGraticule(g, w, h, v) {
@@ -118,7 +194,7 @@ export class FleetMap {
     const nice = [100, 200, 500, 1000, 2000, 5000, 10000, 20000];
     const metres = nice.find((m) => m / groundPerPx > 80) ?? 50000;
     const px = metres / groundPerPx;
-    const x = this.canvas.clientWidth - px - 20, y = h - 20;
+    const x = this.canvas.clientWidth - px - 20, y = h - 26; // clear of the attribution below
     g.strokeStyle = "#e6edf3"; g.lineWidth = 2;
     g.beginPath(); g.moveTo(x, y - 5); g.lineTo(x, y); g.lineTo(x + px, y); g.lineTo(x + px, y - 5); g.stroke();
     g.fillStyle = "#e6edf3"; g.font = "12px system-ui";
