@@ -32,7 +32,7 @@ export class Alarm {
 
   /** Call whenever the alerts change: sound while any critical alert is unacknowledged. */
   update(critical) {
-    const due = critical > 0;
+    const due = critical > 0 && !this.button.hidden; // hidden: this user works at no desk that acknowledges alerts
     if (due === this.sounding) return;
     this.sounding = due;
     clearInterval(this.timer);

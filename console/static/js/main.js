@@ -110,6 +110,7 @@ $("logout").addEventListener("click", async () => {
 });
 window.addEventListener("hashchange", () => show(location.hash.slice(1)));
 await whoami();
+$("sound").hidden = !desks.includes("ed");
 show(location.hash.slice(1));
 requestAnimationFrame(frame);
 window.__console = { fleet, care, map, select, rankUnits, ageText, desks: { dispatch, ed, followup }, alarm, get ecg() { return ed.ecg; } };
