@@ -110,12 +110,11 @@ class Drive:
         self.speed += max(-HARD_BRAKING * dt, min(ACCELERATION * dt, limit - self.speed))
         self.speed = max(self.speed, 1.0)
         travel = self.speed * dt
+        start = self.position
         # Street nodes are metres apart: one step may pass several of them.
         while self.path and travel > 0:
             target = self.path[0]
             remaining = distance_m(self.position, target)
-            if remaining > 0:
-                self.heading = bearing_deg(self.position, target)
             if travel >= remaining:
                 self.position = target
                 self.path.pop(0)
@@ -128,6 +127,9 @@ class Drive:
                     self.position[1] + (target[1] - self.position[1]) * f,
                 )
                 travel = 0.0
+        if distance_m(start, self.position) > 0.5:
+            # Course over ground, as a GPS receiver reports it: the direction of the last second's movement.
+            self.heading = bearing_deg(start, self.position)
         return None
 
     def _braking_limit(self) -> float:
