@@ -192,7 +192,7 @@ class StreetMap:
         self._reverse_time.sort_indices()
         self._plane = LocalPlane(float(np.mean(self._lat)), float(np.mean(self._lon)))
         self._tree = cKDTree(self._plane.project(self._lat, self._lon))
-        for array in (self._lat, self._lon):
+        for array in (self._lat, self._lon, *(getattr(segments, name) for name in StreetSegments.__slots__)):
             array.setflags(write=False)
 
     # -- loading --------------------------------------------------------------------------------------------------
