@@ -1,0 +1,110 @@
+"""The city-scale load generator (bench/_loadgen.py) sends what real devices send, through a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from bench._loadgen import (
+    GPS_REST,
+    SHARED_ACCOUNT,
+    SHARED_ACL,
+    VITALS_REST,
+    MqttConnection,
+    PayloadTemplate,
+    ecg_frames,
+    ecg_rest,
+    mqtt_str,
+    read_varint,
+    varint,
+)
+from emergency.codec import decode_device_message, encode_ack
+from emergency.protocol import STANDARD_LEADS, Ack, EcgFrame, GpsFix, Stream, Vitals, device_topic
+from emergency.stack import Broker
+from emergency.stack.provision import _write_accounts
+from tests.conftest import free_port
+
+
+def test_payload_templates_decode_to_the_messages_devices_send() -> None:
+    """A template filled with seq and ts decodes, through the gateway's codec, to the device message it stands for."""
+    frame = ecg_frames(1)[0]
+    cases = [
+        (
+            Stream.ECG,
+            ecg_rest(frame),
+            EcgFrame("B00001", 7, 41, 1_700_000_000_123_456, 500.0, STANDARD_LEADS, 2.5, 125, frame),
+        ),
+        (Stream.VITALS, VITALS_REST, Vitals("B00001", 7, 41, 1_700_000_000_123_456, hr=80.0, spo2=97.0, rr=16.0)),
+        (Stream.GPS, GPS_REST, GpsFix("B00001", 7, 41, 1_700_000_000_123_456, 31.23, 121.47, speed=10.0)),
+    ]
+    for stream, rest, expected in cases:
+        payload = PayloadTemplate.of("B00001", 7, rest).fill(41, 1_700_000_000_123_456)
+        assert decode_device_message(device_topic("B00001", stream), payload) == expected
+
+
+def test_remaining_length_round_trips_at_every_width() -> None:
+    """MQTT's variable-length integers encode and decode at their 1- to 4-byte boundaries."""
+    for n in (0, 127, 128, 16_383, 16_384, 2_097_151, 2_097_152, 268_435_455):
+        assert read_varint(b"\x30" + varint(n), 1) == (n, 1 + len(varint(n)))
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_shared_account_publishes_for_many_units_and_reads_their_acks(tmp_path: Path) -> None:
+    """With the benchmark's shared account one connection publishes QoS 1 for two units, the gateway's account
+    receives both, and the acks published to each unit come back on that connection."""
+    root = tmp_path / "stack"
+    async with Broker(root, free_port()) as broker:
+        _write_accounts(root, {SHARED_ACCOUNT: "shared-secret-1"})
+        with (root / "mosquitto" / "acl").open("a") as acl:
+            acl.write(SHARED_ACL)
+        os.kill(int(broker.pid_file.read_text()), signal.SIGHUP)  # reload accounts and ACL
+        await asyncio.sleep(0.5)
+
+        seen: list[bytes] = []
+        acks: list[bytes] = []
+        both_arrived = asyncio.Event()
+
+        def arrived(into: list[bytes], topic: bytes) -> None:
+            into.append(topic)
+            if len(seen) == 2 and len(acks) == 2:
+                both_arrived.set()
+
+        gateway_password = (root / "secrets" / "center.gateway.password").read_text().strip()
+        gateway = await MqttConnection.open(
+            broker.host,
+            broker.port,
+            "t-gw",
+            "center.gateway",
+            gateway_password,
+            on_message=lambda t, p: arrived(seen, t),
+        )
+        await gateway.subscribe(["ems/v1/+/ecg"], qos=1)
+        fleet = await MqttConnection.open(
+            broker.host,
+            broker.port,
+            "t-fleet",
+            SHARED_ACCOUNT,
+            "shared-secret-1",
+            on_message=lambda t, p: arrived(acks, t),
+        )
+        await fleet.subscribe(["ems/v1/B00001/ack", "ems/v1/B00002/ack"], qos=1)
+        frame = ecg_frames(1)[0]
+        for unit in ("B00001", "B00002"):
+            fleet.publish(mqtt_str(f"ems/v1/{unit}/ecg"), PayloadTemplate.of(unit, 1, ecg_rest(frame)).fill(0, 1))
+        fleet.flush()
+        for unit in ("B00001", "B00002"):
+            ack = encode_ack(Ack(boot=1, stream=Stream.ECG, upto=0))
+            gateway.publish(mqtt_str(f"ems/v1/{unit}/ack"), ack)
+        gateway.flush()
+        async with asyncio.timeout(10):
+            await both_arrived.wait()
+        assert sorted(seen) == [b"ems/v1/B00001/ecg", b"ems/v1/B00002/ecg"]
+        assert sorted(acks) == [b"ems/v1/B00001/ack", b"ems/v1/B00002/ack"]
+        assert fleet.refused == 0
+        for conn in (gateway, fleet):
+            assert conn.transport is not None
+            conn.transport.close()
