@@ -6,17 +6,20 @@ These run on their own broker and cluster (killing the session-wide ones would d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 import pytest_asyncio
+import websockets
 from conftest import free_port, login_to, ws_connect
 from ledger import assert_ledger_matches_store, settle
 
@@ -49,15 +52,29 @@ def _fleet(broker: Broker, tmp_path: Path, prefix: str) -> Fleet:
     return Fleet(configs, broker.host, broker.port, tmp_path / "sim")
 
 
-async def _live_ecg_arrives(console: Console, unit: str) -> None:
+@contextlib.asynccontextmanager
+async def _watching(console: Console, unit: str) -> AsyncIterator[websockets.ClientConnection]:
+    """A logged-in websocket watching the unit's ECG (login and watch need the store: open it while it is up)."""
     async with (
         await login_to(console.url, console.core.store, "ed_physician") as http,
-        ws_connect(console.url, http) as ws,
+        ws_connect(console.url, http, max_queue=None) as ws,  # unread frames wait here, not on the console
     ):
         await ws.send(json.dumps({"type": "watch", "unit": unit}))
-        async with asyncio.timeout(60):
-            while json.loads(await ws.recv())["type"] != "ecg":
-                pass
+        yield ws
+
+
+async def _ecg_arrives(ws: websockets.ClientConnection, after_us: int = 0) -> None:
+    """An ECG frame the console received after `after_us` (its clock) reaches the websocket."""
+    async with asyncio.timeout(60):
+        while True:
+            message = json.loads(await ws.recv())
+            if message["type"] == "ecg" and message["rx"] > after_us:
+                return
+
+
+async def _live_ecg_arrives(console: Console, unit: str) -> None:
+    async with _watching(console, unit) as ws:
+        await _ecg_arrives(ws)
 
 
 @pytest.mark.parametrize("graceful", [False, True], ids=["sigkill", "graceful"])
@@ -95,6 +112,7 @@ async def test_postgres_stopped_immediately_mid_stream(services, tmp_path: Path)
         Console(ConsoleSettings(), 0, broker.internal_endpoint(CONSOLE_ACCOUNT), store) as console,
         _fleet(broker, tmp_path, "KPG") as fleet,
         aiohttp.ClientSession() as http,
+        _watching(console, fleet.devices[0].unit) as ws,  # a browser already open when the database goes
     ):
         await asyncio.sleep(2)
         await pg.stop("immediate")
@@ -104,7 +122,7 @@ async def test_postgres_stopped_immediately_mid_stream(services, tmp_path: Path)
                     if response.status == 503 and not (await response.json())["store_available"]:
                         break
                 await asyncio.sleep(0.2)
-        await _live_ecg_arrives(console, fleet.devices[0].unit)  # live data does not wait on the database
+        await _ecg_arrives(ws, after_us=time.time_ns() // 1000)  # live data does not wait on the database
         assert all(device.pending() > 0 for device in fleet.devices)  # acks withheld
         await pg.start()
         await settle(fleet)

@@ -9,8 +9,7 @@ import secrets
 from pathlib import Path
 
 import aiohttp
-import websockets
-from conftest import free_port
+from conftest import free_port, login_to, ws_connect
 from ledger import assert_ledger_matches_store, settle
 
 from ambulance_gateway import partition_of
@@ -31,10 +30,10 @@ async def _received(http: aiohttp.ClientSession, metrics_url: str) -> float:
     )
 
 
-async def _sees_every_unit(url: str, units: set[str]) -> None:
+async def _sees_every_unit(url: str, units: set[str], login: aiohttp.ClientSession) -> None:
     """A console's websocket delivers live positions of every unit."""
     seen: set[str] = set()
-    async with websockets.connect(url.replace("http", "ws") + "ws") as ws:
+    async with ws_connect(url, login) as ws:
         async with asyncio.timeout(30):
             while not units <= seen:
                 message = json.loads(await ws.recv())
@@ -91,9 +90,11 @@ async def test_two_gateways_split_the_units_and_two_consoles_both_see_all(
         Fleet(configs, broker.host, broker.port, tmp_path / "sim") as fleet,
         aiohttp.ClientSession() as http,
     ):
-        await asyncio.gather(
-            *(_sees_every_unit(f"http://127.0.0.1:{port}/", set(credentials)) for port in console_ports)
-        )
+        # One login, made at the first console, holds at the second: the session lives in the shared store.
+        async with await login_to(f"http://127.0.0.1:{console_ports[0]}/", store, "dispatcher") as login:
+            await asyncio.gather(
+                *(_sees_every_unit(f"http://127.0.0.1:{port}/", set(credentials), login) for port in console_ports)
+            )
         await asyncio.sleep(5)
         await settle(fleet)
         for device in fleet.devices:
