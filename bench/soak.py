@@ -1,14 +1,17 @@
 """Soak: a simulated fleet streams for a long time while faults are injected on a schedule; then the ledger check.
 
     .venv/bin/python bench/soak.py --units 20 --minutes 30 --fault-every 60
+    .venv/bin/python bench/soak.py --units 50 --minutes 30 --faults broker_kill,postgres_immediate,device_outage
+        # memory: no gateway restart, so the gateway process's RSS over the whole run is comparable
 
 Runs its own PostgreSQL and broker under a temporary directory, the gateway with its clinical loop in this process,
 and `--units` simulated devices playing the demo's mix of clinical scenarios. Every `--fault-every` seconds it
 injects the next fault of the cycle: broker killed, broker stopped gracefully, gateway restarted, PostgreSQL stopped
 in immediate mode, a device's network cut for 60 s (and, every fifth round, for 10 minutes when the soak is long
 enough). At the end every device stops generating, drains its outbox, and each device's ledger is compared with the
-store: nothing lost, nothing doubled. Memory (RSS of this process, which holds the gateway and the loop) is sampled
-every 10 s so growth shows. Exit status 1 when the ledger check finds anything.
+store: nothing lost, nothing doubled. The gateway with its clinical loop runs as its own process (`emergency
+gateway`); its RSS is sampled every 10 s so growth shows (a restart starts it afresh: compare within a run of
+restarts). Exit status 1 when the ledger check finds anything.
 """
 
 from __future__ import annotations
@@ -28,12 +31,9 @@ from pathlib import Path
 
 import psutil
 
-from ambulance_gateway import Gateway
-from emergency.care import ClinicalLoop
 from emergency.protocol import DEVICE_STREAMS
-from emergency.settings import CareSettings, GatewaySettings
-from emergency.sites import DEMO_SITES
-from emergency.stack import GATEWAY_ACCOUNT, Broker, PostgresCluster, provision_units
+from emergency.stack import Broker, PostgresCluster, provision_units
+from emergency.stack.component import ComponentProcess
 from emergency.store import Store
 from firmware_sim import DeviceConfig, Fleet, ledger_problems
 from firmware_sim._scenario import demo_mix
@@ -48,12 +48,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def soak(units: int, minutes: float, fault_every_s: float) -> dict[str, object]:
+async def soak(units: int, minutes: float, fault_every_s: float, faults: tuple[str, ...] = FAULTS) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="emergency-soak-"))
     root.chmod(0o755)
     rss: list[tuple[float, float]] = []
     injected: list[tuple[float, str]] = []
-    me = psutil.Process()
     started = time.monotonic()
     try:
         async with (
@@ -67,18 +66,18 @@ async def soak(units: int, minutes: float, fault_every_s: float) -> dict[str, ob
                 DeviceConfig(u, p, backoff_cap_s=5.0, scenarios=demo_mix(i))
                 for i, (u, p) in enumerate(credentials.items())
             ]
-            endpoint = broker.internal_endpoint(GATEWAY_ACCOUNT)
+            # The gateway and its clinical loop run as `emergency gateway`, a process of their own, so that its memory
+            # is measured apart from the simulated devices (whose ledgers grow with every message, by design).
+            http_port = free_port()
+            env = {"EMERGENCY_DATA_DIR": str(broker.root), "EMERGENCY_MQTT_PORT": str(broker.port),
+                   "EMERGENCY_STORE__DSN": pg.dsn, "EMERGENCY_GATEWAY__HTTP_PORT": str(http_port),
+                   "EMERGENCY_GATEWAY__CLIENT_ID": "soak-gateway", "EMERGENCY_LOG_LEVEL": "WARNING"}  # fmt: skip
 
-            @contextlib.asynccontextmanager
-            async def center():  # type: ignore[no-untyped-def]
-                async with (
-                    ClinicalLoop(CareSettings(), endpoint, store, DEMO_SITES) as loop,
-                    Gateway(GatewaySettings(http_port=0, client_id="soak-gateway"), endpoint, store, observer=loop),
-                ):
-                    yield
+            def center() -> ComponentProcess:
+                return ComponentProcess("gateway", broker.root, f"http://127.0.0.1:{http_port}/healthz", env=env)
 
             stack = contextlib.AsyncExitStack()
-            await stack.enter_async_context(center())
+            gateway = await stack.enter_async_context(center())
             async with Fleet(configs, broker.host, broker.port, root / "sim") as fleet:
                 deadline = started + minutes * 60
                 next_fault = time.monotonic() + fault_every_s
@@ -86,10 +85,13 @@ async def soak(units: int, minutes: float, fault_every_s: float) -> dict[str, ob
                 outages: list[asyncio.Task[None]] = []
                 while time.monotonic() < deadline:
                     await asyncio.sleep(10)
-                    rss.append((round(time.monotonic() - started), me.memory_info().rss / 2**20))
+                    with contextlib.suppress(psutil.Error, TypeError):
+                        rss.append(
+                            (round(time.monotonic() - started), psutil.Process(gateway.pid).memory_info().rss / 2**20)
+                        )
                     if time.monotonic() < next_fault:
                         continue
-                    fault = FAULTS[round_no % len(FAULTS)]
+                    fault = faults[round_no % len(faults)]
                     round_no += 1
                     next_fault = time.monotonic() + fault_every_s
                     injected.append((round(time.monotonic() - started), fault))
@@ -105,7 +107,7 @@ async def soak(units: int, minutes: float, fault_every_s: float) -> dict[str, ob
                     elif fault == "gateway_restart":
                         await stack.aclose()
                         stack = contextlib.AsyncExitStack()
-                        await stack.enter_async_context(center())
+                        gateway = await stack.enter_async_context(center())
                     elif fault == "postgres_immediate":
                         await pg.stop("immediate")
                         await asyncio.sleep(5)
@@ -145,9 +147,13 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=20)
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--fault-every", type=float, default=60)
+    parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, from {', '.join(FAULTS)}")
     args = parser.parse_args()
+    faults = tuple(args.faults.split(","))
+    if not faults or set(faults) - set(FAULTS):
+        parser.error(f"--faults takes names from {', '.join(FAULTS)}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = asyncio.run(soak(args.units, args.minutes, args.fault_every))
+    result = asyncio.run(soak(args.units, args.minutes, args.fault_every, faults))
     print(json.dumps(result, indent=2))
     sys.exit(1 if result["problems"] else 0)
 
