@@ -255,23 +255,27 @@ async def running_stack(root: Path) -> AsyncIterator[tuple[dict[str, Any], async
 
 
 async def console_headers(info: dict[str, Any], login_path: str) -> dict[str, str]:
-    """Headers for the console's websocket: none while it has no login; otherwise a session cookie obtained like
-    the browser does, for a user with the ED nurse role created in the store (the `emergency user add` route)."""
+    """Headers for the console's websocket, as a browser on the console's page sends them: its Origin, and, when
+    the console has logins, the session cookie of a user with the ED nurse role (who sees alerts and live vitals),
+    created in the store as `emergency user add` does and logged in through the login endpoint."""
     base = info["console_url"]
-    async with aiohttp.ClientSession() as http:
+    origin = {"Origin": base.rstrip("/")}
+    async with aiohttp.ClientSession(headers=origin) as http:
         async with http.get(base + "api/alerts") as response:
             if response.status not in (401, 403):
-                return {"Origin": base.rstrip("/")}
+                return origin
         from emergency.access import AccessStore, Role, hash_password  # only where the console has logins
         from emergency.store import Store
 
         password = "bench-alert-latency-pw-1"
         async with Store.open(info["postgres_dsn"]) as store:
             await AccessStore(store).put_user("bench", Role.ED_NURSE, hash_password(password))
-        async with http.post(base + login_path.lstrip("/"), json={"username": "bench", "password": password}) as r:
-            r.raise_for_status()
-        cookie = "; ".join(f"{c.key}={c.value}" for c in http.cookie_jar)
-        return {"Origin": base.rstrip("/"), "Cookie": cookie}
+        body = {"username": "bench", "password": password}
+        async with http.post(base + login_path.lstrip("/"), json=body) as response:
+            response.raise_for_status()
+            cookie = "; ".join(f"{c.key}={c.value}" for c in response.cookies.values())
+        print("the console has logins: logged in as 'bench' (ED nurse)", file=sys.stderr)
+    return {**origin, "Cookie": cookie}
 
 
 async def watch_alerts(
@@ -311,6 +315,7 @@ async def bench(
     ecg_every: int,
     background_ecg: bool,
     vitals_every: int,
+    warmup: float,
     login_path: str,
 ) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="emergency-alertbench-"))
@@ -327,6 +332,7 @@ async def bench(
                 ecg_every,
                 background_ecg,
                 vitals_every,
+                warmup,
                 login_path,
             )
     finally:
@@ -343,6 +349,7 @@ async def _measure(
     ecg_every: int,
     background_ecg: bool,
     vitals_every: int,
+    warmup: float,
     login_path: str,
 ) -> dict[str, object]:
     loop = asyncio.get_running_loop()
@@ -425,7 +432,7 @@ async def _measure(
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     driver = asyncio.create_task(drive())
-    await asyncio.sleep(10)  # warm-up: the clinical loop takes ids, opens encounters, starts its 12-lead analyses
+    await asyncio.sleep(warmup)  # the clinical loop takes ids, opens encounters, starts its 12-lead analyses
     stats.ack_ms.clear()
     sampler = ProcessSampler(stack.pid)
     sampler.sample()
@@ -473,6 +480,7 @@ async def _measure(
             + ("" if ecg_every == 1 and background_ecg else " (reduced)"),
             "background_vitals_and_gps": f"every {vitals_every} s" + (" (reduced)" if vitals_every > 1 else ""),
         },
+        "warmup_s": warmup,
         "seconds": round(elapsed, 1),
         "offered_msgs_per_s": round(sent_during / elapsed),
         "ticks_skipped_at_inflight_cap": sum(d.skipped for d in devices) - skipped_before,
@@ -507,7 +515,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--units", type=int, default=500, help="background units at the standard load")
     parser.add_argument("--probes", type=int, default=60, help="probe units, each raising one alert in the window")
-    parser.add_argument("--seconds", type=float, default=60, help="measured window (after a 10 s warm-up)")
+    parser.add_argument("--seconds", type=float, default=60, help="measured window (after the warm-up)")
     parser.add_argument(
         "--ecg-every", type=int, default=1, help="reduction: one 12-lead frame every N ticks of 250 ms, N× longer"
     )
@@ -515,11 +523,21 @@ def main() -> None:
     parser.add_argument(
         "--vitals-every", type=int, default=1, help="reduction: background vitals and GPS every N s (probes: 1 s)"
     )
+    parser.add_argument(
+        "--warmup", type=float, default=10, help="seconds of load before measuring (every crew's contact is taken in)"
+    )
     parser.add_argument("--login-path", default="/api/login", help="the console's login endpoint, if it has one")
     args = parser.parse_args()
     result = asyncio.run(
         bench(
-            args.units, args.probes, args.seconds, args.ecg_every, not args.no_ecg, args.vitals_every, args.login_path
+            args.units,
+            args.probes,
+            args.seconds,
+            args.ecg_every,
+            not args.no_ecg,
+            args.vitals_every,
+            args.warmup,
+            args.login_path,
         )
     )
     print(json.dumps(result, indent=2))
