@@ -42,7 +42,7 @@ from firmware_sim import EcgModel, EcgSynth
 T0 = 1_714_557_600_000_000  # 2024-05-01 10:00:00 UTC
 MIN = 60_000_000
 FS = 500.0
-RUIJIN = DEMO_SITES.hospital("RJ")
+ESPLANADI = DEMO_SITES.hospital("ESP")
 
 # The IEEE 11073-10101 codes of each lead's electric potential (MDC_ECG_ELEC_POTL_*), written out as published
 # rather than computed the way the exporter computes them.
@@ -108,7 +108,7 @@ def rich_encounter() -> Encounter:
         unit="A12",
         status=EncounterStatus.PRE_REGISTERED,
         contact_at=T0,
-        destination="RJ",
+        destination="ESP",
         age=63,
         sex="male",
         chief_complaint="central chest pain",
@@ -200,7 +200,7 @@ def build(ecg: tuple[dict[str, Any], EcgFindings], **overrides: Any) -> dict[str
         ecg=findings,
         alerts=alerts,
         activations=activations,
-        hospital=RUIJIN,
+        hospital=ESPLANADI,
         now_us=T0 + 10 * MIN,
     )
     kwargs: dict[str, Any] = {
@@ -212,7 +212,7 @@ def build(ecg: tuple[dict[str, Any], EcgFindings], **overrides: Any) -> dict[str
         "alerts": alerts,
         "activations": activations,
         "handoff": handoff,
-        "hospital": RUIJIN,
+        "hospital": ESPLANADI,
     } | overrides
     return encounter_bundle(encounter, INCIDENT, **kwargs)
 
@@ -306,7 +306,10 @@ def test_patient_and_encounter_carry_the_alias_and_the_identity(ecg: tuple[dict[
     assert encounter["hospitalization"]["preAdmissionIdentifier"]["value"] == "BRAVO-7"
     assert encounter["hospitalization"]["origin"]["display"] == "88 Huaihai Road (ambulance A12)"
     assert encounter["location"][0] == {
-        "location": {"identifier": {"system": "urn:emergency-center:hospital", "value": "RJ"}, "display": RUIJIN.name},
+        "location": {
+            "identifier": {"system": "urn:emergency-center:hospital", "value": "ESP"},
+            "display": ESPLANADI.name,
+        },
         "status": "planned",
     }
     assert encounter["subject"]["reference"] == bundle["entry"][1]["fullUrl"]
@@ -425,7 +428,7 @@ def test_activation_is_a_task_and_the_handoff_a_composition(ecg: tuple[dict[str,
     bundle = build(ecg)
     (task,) = resources(bundle, "Task")
     assert (task["status"], task["intent"], task["priority"]) == ("accepted", "order", "stat")
-    assert task["owner"] == {"display": f"cath lab team, {RUIJIN.name}"}
+    assert task["owner"] == {"display": f"cath lab team, {ESPLANADI.name}"}
     (composition,) = resources(bundle, "Composition")
     assert codes(composition["type"], "http://loinc.org") == {"18761-7"}
     assert [s["code"]["coding"][0]["code"] for s in composition["section"]] == [

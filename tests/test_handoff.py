@@ -27,7 +27,7 @@ from emergency.sites import DEMO_SITES
 
 T0 = 1_714_557_600_000_000  # 2024-05-01 10:00:00 UTC
 MIN = 60_000_000
-RUIJIN = DEMO_SITES.hospital("RJ")
+ESPLANADI = DEMO_SITES.hospital("ESP")
 
 STEMI_ECG = EcgFindings(
     heart_rate_bpm=96.4,
@@ -55,7 +55,7 @@ def stemi_encounter(**changes: Any) -> Encounter:
         unit="A12",
         status=EncounterStatus.PRE_REGISTERED,
         contact_at=T0,
-        destination="RJ",
+        destination="ESP",
         age=63,
         sex="male",
         chief_complaint="central crushing chest pain radiating to the left arm",
@@ -110,7 +110,7 @@ def test_stemi_handoff_composes_every_section() -> None:
         ecg=STEMI_ECG,
         alerts=[STEMI_ALERT],
         activations=[CATH_LAB],
-        hospital=RUIJIN,
+        hospital=ESPLANADI,
         now_us=T0 + 10 * MIN,
     )
     texts = {s.key: s.text for s in handoff.sections}
@@ -125,7 +125,7 @@ def test_stemi_handoff_composes_every_section() -> None:
             "ECG rate 96, STEMI inferior, ST elevation in II, aVF, III, reciprocal depression in aVL"
         ),
         SectionKey.TREATMENT: "aspirin 300 mg at 10:05; heparin 5000 IU at 10:06",
-        SectionKey.ETA: "10:30 (in 20 min) to Ruijin Hospital",
+        SectionKey.ETA: "10:30 (in 20 min) to Esplanadi Hospital (demo)",
         SectionKey.REQUIREMENTS: "cath lab activated (confirmed 10:09)",
     }
     assert all(s.edited is None for s in handoff.sections)
@@ -141,7 +141,7 @@ def test_stemi_without_activation_asks_for_the_cath_lab() -> None:
         ecg=STEMI_ECG,
         alerts=[STEMI_ALERT],
         activations=[],
-        hospital=RUIJIN,
+        hospital=ESPLANADI,
         now_us=T0 + 10 * MIN,
     )
     assert handoff.section("requirements").text == "primary PCI: cath lab not yet activated"
@@ -156,7 +156,7 @@ def test_crew_override_wins_and_composed_text_stays() -> None:
         ecg=STEMI_ECG,
         alerts=[],
         activations=[],
-        hospital=RUIJIN,
+        hospital=ESPLANADI,
         now_us=T0 + 10 * MIN,
     )
     signs = handoff.section(SectionKey.SIGNS)
@@ -247,13 +247,13 @@ def test_times_follow_the_requested_zone() -> None:
         "ecg": None,
         "alerts": [],
         "activations": [],
-        "hospital": RUIJIN,
+        "hospital": ESPLANADI,
         "now_us": T0,
     }
     utc = compose_handoff(stemi_encounter(), **kwargs)
     shanghai = compose_handoff(stemi_encounter(), tz="Asia/Shanghai", **kwargs)
-    assert utc.section("eta").text == "10:30 (in 30 min) to Ruijin Hospital"
-    assert shanghai.section("eta").text == "18:30 (in 30 min) to Ruijin Hospital"
+    assert utc.section("eta").text == "10:30 (in 30 min) to Esplanadi Hospital (demo)"
+    assert shanghai.section("eta").text == "18:30 (in 30 min) to Esplanadi Hospital (demo)"
 
 
 def test_arrival_replaces_the_eta() -> None:
@@ -264,10 +264,10 @@ def test_arrival_replaces_the_eta() -> None:
         ecg=None,
         alerts=[],
         activations=[],
-        hospital=RUIJIN,
+        hospital=ESPLANADI,
         now_us=T0 + 40 * MIN,
     )
-    assert handoff.section("eta").text == "arrived 10:28 at Ruijin Hospital"
+    assert handoff.section("eta").text == "arrived 10:28 at Esplanadi Hospital (demo)"
 
 
 def test_lvo_stroke_recommends_a_thrombectomy_centre() -> None:
@@ -280,9 +280,9 @@ def test_lvo_stroke_recommends_a_thrombectomy_centre() -> None:
         summary="large-vessel-occlusion stroke suspected (RACE 7)",
         detail={"race": 7, "recommendation": "thrombectomy-capable centre"},
     )
-    north = DEMO_SITES.hospital("NH")
+    north = DEMO_SITES.hospital("BUL")
     handoff = compose_handoff(
-        stemi_encounter(chief_complaint="sudden left-sided weakness", destination="NH", findings=()),
+        stemi_encounter(chief_complaint="sudden left-sided weakness", destination="BUL", findings=()),
         vitals=None,
         ecg=None,
         alerts=[alert],
@@ -291,7 +291,7 @@ def test_lvo_stroke_recommends_a_thrombectomy_centre() -> None:
         now_us=T0 + 10 * MIN,
     )
     assert handoff.section("requirements").text == (
-        "thrombectomy-capable centre (North District Hospital cannot do thrombectomy); stroke team not yet activated"
+        "thrombectomy-capable centre (Bulevardi Hospital (demo) cannot do thrombectomy); stroke team not yet activated"
     )
     assert handoff.section("injuries").text == "large-vessel-occlusion stroke suspected (RACE 7)"
 

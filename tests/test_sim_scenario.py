@@ -202,12 +202,12 @@ async def test_the_unit_transports_to_the_nearest_hospital_with_the_needed_capab
 
 
 def test_nearest_hospital_depends_on_the_scene() -> None:
-    """A PCI patient near Zhongshan goes there, one near Ruijin goes to Ruijin; a thrombectomy patient goes to a
+    """A PCI patient near Kamppi goes there, one near Esplanadi goes to Esplanadi; a thrombectomy patient goes to a
     thrombectomy centre even when a stroke unit is nearer."""
-    zs, rj, nh = (DEMO_SITES.hospital(code) for code in ("ZS", "RJ", "NH"))
-    assert nearest_hospital(zs.position, SCENARIOS["stemi_inferior"].capability).code == "ZS"
-    assert nearest_hospital(rj.position, SCENARIOS["stemi_anterior"].capability).code == "RJ"
-    assert nearest_hospital(nh.position, SCENARIOS["stroke_lvo"].capability).code != "NH"
+    zs, rj, nh = (DEMO_SITES.hospital(code) for code in ("KAM", "ESP", "BUL"))
+    assert nearest_hospital(zs.position, SCENARIOS["stemi_inferior"].capability).code == "KAM"
+    assert nearest_hospital(rj.position, SCENARIOS["stemi_anterior"].capability).code == "ESP"
+    assert nearest_hospital(nh.position, SCENARIOS["stroke_lvo"].capability).code != "BUL"
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
@@ -215,7 +215,7 @@ def test_vitals_reach_their_targets(name: str) -> None:
     """Once every ramp of the timeline has run, each baseline is its last target and every shown value stays within
     the monitor's deviation of it, the cuff's systolic included."""
     scenario = SCENARIOS[name]
-    run = ScenarioRun(scenario, contact_us=0, scene=DEMO_SITES.hospital("RJ").position, time_scale=TIME_SCALE)
+    run = ScenarioRun(scenario, contact_us=0, scene=DEMO_SITES.hospital("ESP").position, time_scale=TIME_SCALE)
     monitor = VitalsMonitor(seed=len(name), nibp_interval_s=run.nibp_interval_s)
     cues = run.start()
     ramps_end_s = 0.0
