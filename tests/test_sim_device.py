@@ -152,7 +152,8 @@ async def test_messages_arrive_in_order_with_consecutive_seqs_from_zero(
         assert vitals[0].sbp is not None and vitals[0].nibp_ts is not None  # a cuff reading at start
         assert all(v.hr is not None and 30 <= v.hr <= 200 and v.spo2 is not None for v in vitals)
         fixes = [r.message for r in center.received if isinstance(r.message, GpsFix)]
-        assert all(abs(f.lat - 31.23) < 0.15 and abs(f.lon - 121.47) < 0.15 and f.acc for f in fixes)
+        lat, lon = CITY_CENTRE  # the demo city's streets
+        assert all(abs(f.lat - lat) < 0.05 and abs(f.lon - lon) < 0.05 and f.acc for f in fixes)
 
 
 async def test_acked_rows_leave_the_outbox_and_enter_the_ledger(
