@@ -105,6 +105,7 @@ class CareSettings(_Section):
     ecg_window_s: float = Field(default=10.0, ge=2.5)  # how much 12-lead each analysis reads
     ecg_interval_s: float = Field(default=10.0, gt=0)  # how often a unit's 12-lead is analysed
     ecg_analyses_per_s: int = Field(default=8, ge=1)  # at most this many analyses a second, oldest first
+    ecg_workers: int = Field(default=1, ge=0)  # processes for 12-lead analysis; 0: a thread of the loop's process
     seq_gap_hold_s: float = Field(default=300.0, gt=0)  # a reported open seq gap alerts this long
     auto_activate: bool = True  # STEMI → cath lab, LVO stroke → stroke team, trauma → trauma team
     sites_file: Path | None = None  # hospitals and bases (emergency/sites.py); None: the demo city

@@ -295,3 +295,19 @@ async def test_a_device_clock_ten_minutes_slow_is_flagged_and_its_data_stored_on
     skews = await store.pool.fetch("SELECT detail FROM link_events WHERE unit = $1 AND kind = 'clock_skew'", unit)
     assert len(skews) == 1 and round(json.loads(skews[0]["detail"])["offset_s"] / 60) == -10
     assert await store.pool.fetchval("SELECT count(*) FROM vitals WHERE unit = $1", unit) == len(sent)
+
+
+async def test_alert_ids_are_refilled_even_while_writes_are_stuck(store, gateway_endpoint) -> None:  # type: ignore[no-untyped-def]
+    """Reserving ids for new alerts does not wait behind queued record writes (a burst of contacts after a mass
+    casualty must not hold the next alert back)."""
+    async with ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop:
+        stuck = asyncio.Event()
+        loop._write("stuck", stuck.wait)  # a write that will not finish until released
+        loop._ids["alerts"].clear()
+        assert loop._take_id("alerts") is None
+        for _ in range(200):
+            if loop._ids["alerts"]:
+                break
+            await asyncio.sleep(0.05)
+        assert loop._take_id("alerts") is not None
+        stuck.set()

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import logging
 import math
+import multiprocessing
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -173,6 +175,10 @@ class ClinicalLoop:
         self._writes: collections.OrderedDict[str, Callable[[], Awaitable[object]]] = collections.OrderedDict()
         self._write_wake = asyncio.Event()
         self._write_seq = 0
+        self._refilling: set[str] = set()  # tables whose id block is being refilled
+        # 12-lead analysis runs in worker processes: ~30 ms of numpy per analysis would otherwise hold the GIL
+        # against ingest in this process. No workers (ecg_workers=0): a thread.
+        self._ecg_pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._quiet = asyncio.Event()  # set while nothing waits to be written or published
         self._quiet.set()
         self._tasks: asyncio.TaskGroup | None = None
@@ -183,6 +189,7 @@ class ClinicalLoop:
 
     async def __aenter__(self) -> Self:
         await self._load()
+        self._ecg_pool = self._new_ecg_pool()
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._tasks.create_task(self._bus_forever(), name="care.bus")
@@ -203,6 +210,8 @@ class ClinicalLoop:
         for task in list(self._tasks._tasks):
             task.cancel()
         await self._tasks.__aexit__(None, None, None)
+        if self._ecg_pool is not None:
+            self._ecg_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _load(self) -> None:
         """Take up where the records are: open incidents, active encounters, open alerts."""
@@ -216,6 +225,13 @@ class ClinicalLoop:
         for table in self._ids:
             self._ids[table].extend(await self._records.reserve_ids(table, _ID_BLOCK))
 
+    def _new_ecg_pool(self) -> concurrent.futures.ProcessPoolExecutor | None:
+        if self._settings.ecg_workers == 0:
+            return None
+        # spawn, not fork: a forked child would inherit this process's event loop, sockets and threads.
+        context = multiprocessing.get_context("spawn")
+        return concurrent.futures.ProcessPoolExecutor(self._settings.ecg_workers, mp_context=context)
+
     def _unit(self, unit: str) -> _Unit:
         u = self._units.get(unit)
         if u is None:
@@ -225,13 +241,24 @@ class ClinicalLoop:
 
     def _take_id(self, table: str) -> int | None:
         ids = self._ids[table]
-        if len(ids) < _ID_BLOCK // 2:
-            self._write(f"ids:{table}", lambda: self._refill(table), ordered=False)
+        if len(ids) < _ID_BLOCK // 2 and table not in self._refilling and self._tasks is not None:
+            # Not through the write queue: ids depend on no other write, and an alert must not wait behind them.
+            self._refilling.add(table)
+            self._tasks.create_task(self._refill(table), name=f"care.ids[{table}]")
         return ids.popleft() if ids else None
 
     async def _refill(self, table: str) -> None:
-        if len(self._ids[table]) < _ID_BLOCK // 2:
-            self._ids[table].extend(await self._records.reserve_ids(table, _ID_BLOCK))
+        attempt = 0
+        try:
+            while len(self._ids[table]) < _ID_BLOCK // 2:
+                try:
+                    self._ids[table].extend(await self._records.reserve_ids(table, _ID_BLOCK))
+                except StoreError as exc:
+                    attempt += 1
+                    log.warning("no %s ids reserved (%s); retrying", table, exc)
+                    await asyncio.sleep(backoff_delay(attempt))
+        finally:
+            self._refilling.discard(table)
 
     # -- input -------------------------------------------------------------------------------------------------
 
@@ -744,11 +771,18 @@ class ClinicalLoop:
         u.ecg_analysed_to = end_ts
         sex, age = u.patient.sex, u.patient.age
         try:
-            findings: EcgFindings = await asyncio.to_thread(
-                analyze, dict(zip(names, signals, strict=True)), fs, sex=sex, age=age
-            )
+            job = functools.partial(analyze, dict(zip(names, signals, strict=True)), fs, sex=sex, age=age)
+            findings: EcgFindings = await asyncio.get_running_loop().run_in_executor(self._ecg_pool, job)
         except ValueError as exc:
             log.info("unit %s: 12-lead not analysed (%s)", u.unit, exc)
+            return
+        except concurrent.futures.BrokenExecutor as exc:
+            # A worker died (killed, out of memory): start a fresh pool; this unit is analysed again next round.
+            log.error("12-lead analysis worker lost (%s); restarting it", exc)
+            if self._ecg_pool is not None:
+                self._ecg_pool.shutdown(wait=False, cancel_futures=True)
+            self._ecg_pool = self._new_ecg_pool()
+            u.ecg_analysed_to = 0
             return
         if u.encounter is None:
             return
