@@ -244,6 +244,16 @@ class Auth(_care.Guard):
             raise web.HTTPForbidden(text=f"{principal.role} may not {needed.value}")
         return principal
 
+    async def require_any(self, request: web.Request, *permissions: Permission | str) -> Principal:
+        principal = principal_of(request)
+        if any(p in principal.permissions for p in permissions):
+            return principal
+        await self._append(
+            request, "permission_denied", result="denied", encounter_id=_encounter_of(request),
+            detail={"permission": " or ".join(map(str, permissions)), "method": request.method, "path": request.path},
+        )  # fmt: skip
+        raise web.HTTPForbidden(text=f"{principal.role} may not {' or '.join(map(str, permissions))}")
+
     async def audit(
         self,
         request: web.Request,

@@ -205,6 +205,10 @@ class Guard:
     async def require(self, request: web.Request, permission: str) -> Principal:
         raise NotImplementedError
 
+    async def require_any(self, request: web.Request, *permissions: str) -> Principal:
+        """Like `require`, passing when the caller holds any one of `permissions` (a refusal is audited once)."""
+        raise NotImplementedError
+
     async def audit(
         self,
         request: web.Request,
@@ -386,11 +390,7 @@ async def update_encounter(request: web.Request) -> web.Response:
             ctx.sites.hospital(destination)
         except KeyError:
             raise web.HTTPBadRequest(text=f"unknown hospital {destination!r}") from None
-        guard = request.app[GUARD]
-        try:
-            await guard.require(request, "MANAGE_INCIDENTS")
-        except web.HTTPForbidden:
-            await guard.require(request, "ACTIVATE_TEAM")
+        await request.app[GUARD].require_any(request, "MANAGE_INCIDENTS", "ACTIVATE_TEAM")
         fields["destination"] = destination
     if "patient_id" in body or "patient_name" in body:
         await request.app[GUARD].require(request, "LINK_IDENTITY")
