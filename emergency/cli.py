@@ -14,8 +14,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from emergency.settings import Settings
+
+if TYPE_CHECKING:
+    from emergency.care._loop import EtaSource
 
 log = logging.getLogger("emergency")
 
@@ -78,7 +82,11 @@ async def running_stack(settings: Settings) -> AsyncIterator[dict[str, object]]:
         # The clinical loop evaluates every unit this gateway ingests, so it lives beside it (per-unit affinity).
         care = await stack.enter_async_context(
             ClinicalLoop(
-                settings.care, broker.internal_endpoint(GATEWAY_ACCOUNT), store, load_sites(settings.care.sites_file)
+                settings.care,
+                broker.internal_endpoint(GATEWAY_ACCOUNT),
+                store,
+                load_sites(settings.care.sites_file),
+                eta=await _street_eta(root),
             )
         )
         partitions = settings.gateway.partition_count
@@ -250,6 +258,19 @@ def _store_dsn(settings: Settings) -> str:
     return private_dsn(settings.data_dir.resolve(), settings.pg_port)
 
 
+async def _street_eta(root: Path) -> EtaSource | None:
+    """ETAs by drive time on the street map (loaded in a thread, cached under the data directory); None, and the
+    loop's straight-line estimate, when the map cannot be read."""
+    from emergency.care._loop import StreetEta
+    from emergency.geo import GeoError, StreetMap
+
+    try:
+        return StreetEta(await asyncio.to_thread(StreetMap.load, root / "cache"))
+    except GeoError as exc:
+        log.warning("ETAs by straight line: the street map is not available (%s)", exc)
+        return None
+
+
 async def _gateway(settings: Settings) -> None:
     """A gateway process (with its clinical loop) on a running stack: one partition of the units when
     EMERGENCY_GATEWAY__PARTITION_COUNT > 1, or a restart of the only gateway after a crash."""
@@ -265,7 +286,9 @@ async def _gateway(settings: Settings) -> None:
     partition = Partition(g.partition_index, g.partition_count, lambda: provisioned_units(root))
     async with (
         Store.open(_store_dsn(settings), settings.store) as store,
-        ClinicalLoop(settings.care, endpoint, store, load_sites(settings.care.sites_file)) as care,
+        ClinicalLoop(
+            settings.care, endpoint, store, load_sites(settings.care.sites_file), eta=await _street_eta(root)
+        ) as care,
         Gateway(g, endpoint, store, observer=care, partition=partition),
     ):
         await _wait_for_stop_signal()

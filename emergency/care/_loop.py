@@ -63,6 +63,7 @@ from emergency.care._model import (
 from emergency.care._rules import Condition, PatientState, Thresholds, evaluate, load_thresholds
 from emergency.care._wire import CareRecord, care_kind, decode_record, encode_record
 from emergency.ecg import EcgFindings, analyze
+from emergency.geo import StreetMap
 from emergency.mqtt import backoff_delay, mqtt_client
 from emergency.protocol import (
     DeviceEvent,
@@ -114,6 +115,17 @@ class StraightLineEta:
 
     def eta_s(self, lat: float, lon: float, hospital: Hospital) -> float:
         return distance_m((lat, lon), hospital.position) * 1.4 / 8.3
+
+
+class StreetEta:
+    """Drive time on the street map to the hospital: one reversed Dijkstra per hospital (cached by the map), then a
+    nearest-node lookup per GPS fix."""
+
+    def __init__(self, streets: StreetMap) -> None:
+        self._streets = streets
+
+    def eta_s(self, lat: float, lon: float, hospital: Hospital) -> float:
+        return self._streets.drive_times_to(hospital.lat, hospital.lon).eta_s(lat, lon)
 
 
 def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -189,7 +201,6 @@ class ClinicalLoop:
 
     async def __aenter__(self) -> Self:
         await self._load()
-        self._ecg_pool = self._new_ecg_pool()
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._tasks.create_task(self._bus_forever(), name="care.bus")
@@ -771,6 +782,8 @@ class ClinicalLoop:
         u.ecg_analysed_to = end_ts
         sex, age = u.patient.sex, u.patient.age
         try:
+            if self._ecg_pool is None:
+                self._ecg_pool = self._new_ecg_pool()  # on first use: a loop that never analyses starts nothing
             job = functools.partial(analyze, dict(zip(names, signals, strict=True)), fs, sex=sex, age=age)
             findings: EcgFindings = await asyncio.get_running_loop().run_in_executor(self._ecg_pool, job)
         except ValueError as exc:
