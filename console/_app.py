@@ -8,11 +8,11 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import aiomqtt
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -21,12 +21,13 @@ from console._auth import AUTH, Auth, Principal, audit, principal_of, require, s
 from console._care import CareContext, CareView, care_topic_of, setup_care
 from console._hub import Client, ClientDropped, Hub, needs_of, visible_care, visible_units
 from console._state import FleetState, ecg_json
-from console._streets import setup_streets
+from console._streets import STREET_LAYER, setup_streets
 from emergency.access import Permission
 from emergency.bus import BUS_ROOT, CARE_FILTER, LINK_FILTER, LinkState, live_topic, parse_bus_topic
 from emergency.care._model import Alert, AlertState
 from emergency.care._wire import CareRecord, encode_record
 from emergency.codec import RejectedMessage, decode_device_message
+from emergency.geo import haversine_m
 from emergency.mqtt import backoff_delay, mqtt_client
 from emergency.protocol import UNIT_PATTERN, EcgFrame, Stream, device_topic
 from emergency.settings import ConsoleSettings, MqttEndpoint
@@ -334,6 +335,31 @@ async def _say_goodbye(app: web.Application) -> None:
     )
 
 
+def _unit_ranking(app: web.Application, core: ConsoleCore) -> Callable[[float, float], list[dict[str, Any]]]:
+    """Rank the units a dispatcher could send: status available, heard from recently, not on an open incident; by
+    drive time on the street map once it is loaded, by straight-line distance until then."""
+
+    def rank(lat: float, lon: float) -> list[dict[str, Any]]:
+        now, stale_us = now_us(), core.settings.stale_after_s * 1e6
+        busy = {i.unit for i in core.care.incidents.values() if i.unit}
+        candidates = {
+            u.unit: (u.lat, u.lon)
+            for u in core.fleet.units.values()
+            if u.status == "available" and u.lat is not None and u.lon is not None and u.link != "silent"
+            and u.last_rx is not None and now - u.last_rx < stale_us and u.unit not in busy
+        }  # fmt: skip
+        here = (lat, lon)
+        streets = app[STREET_LAYER].streets
+        ranked: list[tuple[str, int | None]]
+        if streets is None:
+            ranked = [(k, None) for k in sorted(candidates, key=lambda k: haversine_m(here, candidates[k]))]
+        else:
+            ranked = [(k, round(s)) for k, s in streets.rank_by_drive_time(here, candidates)]
+        return [{"unit": k, "drive_time_s": s, "metres": round(haversine_m(here, candidates[k]))} for k, s in ranked]
+
+    return rank
+
+
 def create_app(
     settings: ConsoleSettings, mqtt: MqttEndpoint, store: Store, *, sites: Sites | None = None
 ) -> web.Application:
@@ -344,8 +370,11 @@ def create_app(
     core = app[CORE] = ConsoleCore(settings, mqtt, store)
     auth = Auth(store, settings.auth, core.hub)
     setup_auth(app, auth)
-    setup_care(app, CareContext(CareStore(store), sites or load_sites(None), core.care, core.publish_care), auth)
     setup_streets(app)  # GET /api/streets: the street layer under the fleet map
+    context = CareContext(
+        CareStore(store), sites or load_sites(None), core.care, core.publish_care, _unit_ranking(app, core)
+    )
+    setup_care(app, context, auth)
     app.router.add_get("/", _index)
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/healthz", _health)

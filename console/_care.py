@@ -123,6 +123,8 @@ class CareContext:
     sites: Sites
     view: CareView
     publish: Publish
+    # Available, live units ranked by drive time to (lat, lon): [{"unit", "drive_time_s", "metres"}], fastest first.
+    rank_units: Callable[[float, float], list[Json]]
 
 
 CARE = web.AppKey("care", CareContext)
@@ -279,6 +281,18 @@ async def assign_unit(request: web.Request) -> web.Response:
     incident = await ctx.records.assign_unit(incident_id, unit, at=now_us(), by=principal.username)
     await ctx.publish(incident)
     return _json(incident)
+
+
+@_store_errors
+async def unit_candidates(request: web.Request) -> web.Response:
+    """The units to send to an incident: available, live, not on another incident, fastest by road first."""
+    ctx = request.app[CARE]
+    incident_id = _int_param(request, "id")
+    await _allowed(request, "MANAGE_INCIDENTS", "unit_candidates", detail={"incident": incident_id})
+    incident = ctx.view.incidents.get(incident_id) or await ctx.records.incident(incident_id)
+    if incident.lat is None or incident.lon is None:
+        return web.json_response([])
+    return web.json_response(ctx.rank_units(incident.lat, incident.lon))
 
 
 # -- alerts and activations --------------------------------------------------------------------------------------
@@ -638,6 +652,7 @@ def setup_care(app: web.Application, context: CareContext, guard: Guard) -> None
     add.add_get("/api/incidents", list_incidents)
     add.add_post("/api/incidents", create_incident)
     add.add_post("/api/incidents/{id}/assign", assign_unit)
+    add.add_get("/api/incidents/{id}/candidates", unit_candidates)
     add.add_get("/api/alerts", list_alerts)
     add.add_post("/api/alerts/{id}/acknowledge", acknowledge_alert)
     add.add_get("/api/encounters", list_encounters)

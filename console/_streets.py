@@ -46,6 +46,7 @@ class StreetLayerSlot:
 
     cache_dir: Path
     body: StreetLayerBody | None = None
+    streets: StreetMap | None = None  # for drive-time rankings, once loaded
     failed: str | None = None
 
 
@@ -58,7 +59,9 @@ def build_street_layer(cache_dir: Path) -> StreetLayerBody:
 
 async def _load(slot: StreetLayerSlot) -> None:
     try:
-        slot.body = await asyncio.to_thread(build_street_layer, slot.cache_dir)
+        streets = await asyncio.to_thread(StreetMap.load, slot.cache_dir)
+        slot.body = await asyncio.to_thread(lambda: StreetLayerBody.of(streets.street_layer()))
+        slot.streets = streets
     except GeoError as exc:
         # The console works without streets (the map keeps its graticule); say so once.
         slot.failed = str(exc)

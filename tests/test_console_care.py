@@ -243,3 +243,38 @@ async def test_simulated_stemi_from_first_contact_to_follow_up(
         assert quality
         feedback = await call("GET", f"/api/feedback?unit={unit}", "dispatcher")
         assert feedback[0]["alias"] == encounter["alias"] and "7 days: alive" in feedback[0]["outcome"]
+
+
+async def test_dispatcher_gets_available_units_ranked_by_drive_time(
+    store, gateway_endpoint: MqttEndpoint, console_endpoint: MqttEndpoint, make_unit
+) -> None:
+    """For an incident with a location the console ranks the available, live units by drive time on the street map
+    (fastest first, with minutes and metres); a unit busy on another incident is not offered."""
+    near, near_endpoint = await make_unit()
+    far, far_endpoint = await make_unit()
+    scene = DEMO_SITES.hospital("ESP")
+    elsewhere = DEMO_SITES.hospital("KAI")
+    async with (
+        Gateway(_gateway_settings(), gateway_endpoint, store),
+        Console(ConsoleSettings(), 0, console_endpoint, store) as console,
+        RoleSessions(console.url, store) as sessions,
+        connected_device(near, near_endpoint) as near_device,
+        connected_device(far, far_endpoint) as far_device,
+    ):
+        for device, place in ((near_device, scene), (far_device, elsewhere)):
+            crew = Crew(device)
+            await crew.event(EventKind.STATUS, status="available")
+            await crew.fix(place.lat + 0.0005, place.lon)
+        incident = await sessions.call(
+            "POST", "/api/incidents", "dispatcher",
+            {"priority": 2, "complaint": "fall", "lat": scene.lat, "lon": scene.lon},
+        )  # fmt: skip
+        path = f"/api/incidents/{incident['id']}/candidates"
+        for _ in range(300):  # until both units are known live and the street map is loaded
+            ranked = await sessions.call("GET", path, "dispatcher")
+            if {r["unit"] for r in ranked} >= {near, far} and ranked[0]["drive_time_s"] is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert [r["unit"] for r in ranked if r["unit"] in (near, far)] == [near, far]
+        assert 0 < ranked[0]["drive_time_s"] < 600 and ranked[0]["metres"] < 200
+        await sessions.call("GET", path, "ed_nurse", status=403)

@@ -52,6 +52,7 @@ ROUTES = [
     Route("GET", "/api/incidents", P.VIEW_FLEET),
     Route("POST", "/api/incidents", P.MANAGE_INCIDENTS, {"complaint": "role matrix", "priority": 3}),
     Route("POST", f"/api/incidents/{MISSING}/assign", P.MANAGE_INCIDENTS, {"unit": "RM01"}),
+    Route("GET", f"/api/incidents/{MISSING}/candidates", P.MANAGE_INCIDENTS),
     Route("GET", "/api/alerts", P.VIEW_ALERTS),
     Route("POST", f"/api/alerts/{MISSING}/acknowledge", P.ACK_ALERT),
     Route("GET", "/api/encounters", P.VIEW_PATIENT_LIVE),

@@ -17,6 +17,9 @@ export function rankUnits(incident, fleet, busy = new Set()) {
     .sort((a, b) => a.metres - b.metres || a.unit.localeCompare(b.unit));
 }
 
+/** "3 min · 1.2 km" by road, or the straight-line distance. */
+function away(r) { return r.drive_time_s != null ? `${Math.max(1, Math.round(r.drive_time_s / 60))} min · ${km(r.metres)}` : km(r.metres); }
+
 function km(metres) { return metres < 1000 ? `${Math.round(metres)} m` : `${(metres / 1000).toFixed(1)} km`; }
 
 /**
@@ -51,6 +54,8 @@ export class DispatchDesk {
     this.overlay = overlay;
     this.picked = null; // [lat, lon] of the call being taken
     this.cards = new Map(); // incident id → {li, signature}
+    this.byRoad = new Map(); // incident id → units ranked by drive time, from the console (refreshed every 10 s)
+    setInterval(() => this.refreshRoadRanking(), 10_000);
     const $ = (id) => document.getElementById(id);
     this.form = $("incident-form");
     this.list = $("incident-list");
@@ -106,6 +111,21 @@ export class DispatchDesk {
     }
   }
 
+  /** The console ranks available units by drive time on the street map; until it answers, straight line. */
+  async refreshRoadRanking() {
+    const open = [...this.care.incidents.values()].filter((i) => !i.unit && i.lat != null);
+    const live = new Set(open.map((i) => i.id));
+    for (const id of this.byRoad.keys()) if (!live.has(id)) this.byRoad.delete(id);
+    for (const incident of open) {
+      try {
+        this.byRoad.set(incident.id, await api("GET", `/api/incidents/${incident.id}/candidates`));
+      } catch {
+        this.byRoad.delete(incident.id); // straight line meanwhile
+      }
+    }
+    if (open.length) this.render();
+  }
+
   busyUnits() {
     return new Set([...this.care.incidents.values()].map((i) => i.unit).filter(Boolean));
   }
@@ -121,7 +141,7 @@ export class DispatchDesk {
     const live = new Set(incidents.map((i) => i.id));
     for (const [id, card] of this.cards) if (!live.has(id)) { card.li.remove(); this.cards.delete(id); }
     incidents.forEach((incident, index) => {
-      const ranked = incident.unit ? [] : rankUnits(incident, this.fleet, busy);
+      const ranked = incident.unit ? [] : (this.byRoad.get(incident.id) ?? rankUnits(incident, this.fleet, busy));
       const record = JSON.stringify(incident);
       const ranking = JSON.stringify(ranked.map((r) => [r.unit, Math.round(r.metres / 100)]));
       let card = this.cards.get(incident.id);
@@ -154,12 +174,14 @@ export class DispatchDesk {
       const row = el("div", { className: "assign" });
       if (ranked.length) {
         const best = ranked[0];
+        const byRoad = best.drive_time_s != null;
         row.append(el("button", { type: "button", className: "recommended", dataset: { unit: best.unit },
-          title: "Nearest available unit (straight line)", onclick: () => this.assign(incident, best.unit) },
-        `Assign ${best.unit} · ${km(best.metres)}`));
+          title: byRoad ? "Fastest available unit by road" : "Nearest available unit (straight line)",
+          onclick: () => this.assign(incident, best.unit) },
+        `Assign ${best.unit} · ${away(best)}`));
         if (ranked.length > 1) {
           const select = el("select", { "aria-label": "Other units" },
-            ...ranked.slice(1).map((r) => el("option", { value: r.unit }, `${r.unit} · ${km(r.metres)}`)));
+            ...ranked.slice(1).map((r) => el("option", { value: r.unit }, `${r.unit} · ${away(r)}`)));
           row.append(select, el("button", { type: "button", onclick: () => this.assign(incident, select.value) }, "Assign"));
         }
       } else {
