@@ -53,7 +53,7 @@ CARE_NEEDS: Mapping[str, Permission] = {
     "activation": Permission.VIEW_PATIENT_LIVE,
 }
 _SNAPSHOT_LISTS = {"incidents": "incident", "alerts": "alert", "encounters": "encounter", "activations": "activation"}
-_LIVE_UNIT_FIELDS = ("vitals", "vitals_ts", "news2")
+_LIVE_UNIT_FIELDS = ("vitals", "vitals_ts", "news2", "consciousness", "on_oxygen", "spo2_scale_2")
 
 
 def needs_of(message: Json) -> Permission:

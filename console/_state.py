@@ -8,8 +8,8 @@ from typing import Any
 
 from emergency.bus import LinkState
 from emergency.codec import VITAL_FIELDS
-from emergency.protocol import DeviceEvent, DeviceMessage, EcgFrame, EventKind, GpsFix, Vitals
-from emergency.scores import News2Inputs, ScoreInputError, news2
+from emergency.protocol import DeviceEvent, DeviceMessage, EcgFrame, EventKind, FindingCode, GpsFix, Vitals
+from emergency.scores import Consciousness, News2Inputs, ScoreInputError, SpO2Scale, news2
 
 Json = dict[str, Any]
 
@@ -28,22 +28,51 @@ class UnitView:
     link: str = "unknown"
     last_rx: int | None = None
     news2: Json | None = None
+    # NEWS2's crew-recorded parameters, from `finding` events (docs/protocol.md finding codes).
+    consciousness: str | None = None
+    on_oxygen: bool | None = None
+    spo2_scale_2: bool = False
 
     def as_json(self) -> Json:
         return asdict(self)
 
+    def score(self) -> None:
+        self.news2 = news2_json(self.vitals, self.consciousness, self.on_oxygen, self.spo2_scale_2)
 
-def news2_json(vitals: dict[str, float]) -> Json | None:
-    """NEWS2 from the monitor's latest values. Oxygen and consciousness come from the crew, not the monitor, so
-    until they are known the score is partial: a lower bound, shown as such."""
+    def observe_finding(self, event: DeviceEvent) -> bool:
+        """Take in a crew finding that NEWS2 reads; returns whether the score's inputs changed."""
+        code, detail = event.detail.get("code"), event.detail
+        if code == FindingCode.AVPU:
+            letter = str(detail.get("text", "")).strip().upper()[:1]
+            self.consciousness = letter if letter in "ACVPU" and letter else self.consciousness
+        elif code == FindingCode.SUPPLEMENTAL_O2 and isinstance(detail.get("value"), int | float):
+            self.on_oxygen = float(detail["value"]) > 0
+        elif code == FindingCode.SPO2_SCALE_2:
+            self.spo2_scale_2 = True
+        else:
+            return False
+        return True
+
+
+def news2_json(
+    vitals: dict[str, float],
+    consciousness: str | None = None,
+    on_oxygen: bool | None = None,
+    spo2_scale_2: bool = False,
+) -> Json | None:
+    """NEWS2 from the monitor's latest values and the crew's findings. Oxygen and consciousness come from the crew,
+    not the monitor, so until they are recorded the score is partial: a lower bound, shown as such."""
     try:
         result = news2(
             News2Inputs(
                 respiration_rate=vitals.get("rr"),
                 spo2=vitals.get("spo2"),
+                on_oxygen=on_oxygen,
                 systolic_bp=vitals.get("sbp"),
                 pulse=vitals.get("hr"),
+                consciousness=Consciousness(consciousness) if consciousness else None,
                 temperature=vitals.get("temp"),
+                spo2_scale=SpO2Scale.SCALE_2 if spo2_scale_2 else SpO2Scale.SCALE_1,
             )
         )
     except ScoreInputError:
@@ -102,12 +131,17 @@ class FleetState:
             if view.vitals_ts is None or message.ts >= view.vitals_ts:
                 view.vitals.update(values)
                 view.vitals_ts = message.ts
-                view.news2 = news2_json(view.vitals)
+                view.score()
             return {"type": "vitals", **base, **values, "nibp_ts": message.nibp_ts, "news2": view.news2}
         if isinstance(message, DeviceEvent):
             if message.kind is EventKind.STATUS:
                 view.status = str(message.detail["status"])
                 return {"type": "status", **base, "status": view.status}
+            if message.kind is EventKind.PATIENT_CONTACT:  # a new patient: the crew's NEWS2 inputs start afresh
+                view.consciousness, view.on_oxygen, view.spo2_scale_2 = None, None, False
+                view.score()
+            elif message.kind is EventKind.FINDING and view.observe_finding(message):
+                view.score()
             return {"type": "event", **base, "kind": message.kind.value, "detail": dict(message.detail)}
         return None
 

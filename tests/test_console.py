@@ -230,3 +230,25 @@ async def test_vitals_carry_a_partial_news2(console: Console, bus: aiomqtt.Clien
         "partial": True,
         "missing": ["air_or_oxygen", "consciousness"],
     }
+
+
+async def test_crew_findings_complete_the_units_news2(
+    console: Console, bus: aiomqtt.Client, http: aiohttp.ClientSession
+) -> None:
+    """Once the crew records consciousness and oxygen, the unit's NEWS2 is complete, not a lower bound."""
+    from emergency.protocol import DeviceEvent, EventKind
+
+    now = _now_us()
+    findings = [
+        DeviceEvent("CN2", 1, 0, now, EventKind.FINDING, {"code": "avpu", "text": "A"}),
+        DeviceEvent("CN2", 1, 1, now, EventKind.FINDING, {"code": "supplemental_o2", "text": "room air", "value": 0}),
+    ]
+    vitals = Vitals("CN2", 1, 0, now + 1, hr=120.0, rr=26.0, spo2=91.0, sbp=95.0, temp=39.5)
+    async with _ws(console, http) as ws:
+        await _next(ws, "fleet")
+        for event in findings:
+            await bus.publish(live_topic("CN2", Stream.EVENT), encode_device_message(event), qos=0)
+            await _next(ws, "event", "CN2")
+        await bus.publish(live_topic("CN2", Stream.VITALS), encode_device_message(vitals), qos=0)
+        message = await _next(ws, "vitals", "CN2")
+    assert message["news2"] == {"total": 12, "risk": "high", "partial": False, "missing": []}
