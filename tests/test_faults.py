@@ -238,3 +238,62 @@ async def test_flaky_link_loses_and_doubles_nothing(services, tmp_path: Path) ->
         for device in fleet.devices:
             await assert_ledger_matches_store(store, device)
     assert link.cuts > 0  # the link really did break
+
+
+async def test_sixty_second_outage_shows_stale_catches_up_and_backlog_is_not_live(  # type: ignore[no-untyped-def]
+    services, tmp_path: Path
+) -> None:
+    """A unit's network drops for 60 s while its patient goes into shock: the console shows the unit silent, then
+    live again; the outbox replays in order and everything is stored once with its device times; the shock first
+    seen in the replayed backlog is a silent backlog alert, made live only by live data."""
+    from test_care_loop import BusWatcher
+
+    from emergency.care import Alert, AlertKind
+    from emergency.mqtt import mqtt_client
+
+    pg, broker = services
+    credentials = {"KOUT60": secrets.token_urlsafe(12)}
+    provision_units(broker.root, credentials)
+    config = DeviceConfig("KOUT60", credentials["KOUT60"], backoff_cap_s=3.0, retransmit_after_s=5.0)
+    endpoint = broker.internal_endpoint(GATEWAY_ACCOUNT)
+    watcher = BusWatcher()
+    async with (
+        Store.open(pg.dsn) as store,
+        ClinicalLoop(CareSettings(), endpoint, store, DEMO_SITES) as loop,
+        Gateway(GatewaySettings(http_port=0, client_id="gw-outage", silence_after_s=5), endpoint, store, observer=loop),
+        Console(ConsoleSettings(), 0, broker.internal_endpoint(CONSOLE_ACCOUNT), store) as console,
+        mqtt_client(broker.internal_endpoint(CONSOLE_ACCOUNT), identifier="outage-watch") as bus,
+        watcher.following(bus),
+        _watching(console, "KOUT60") as ws,
+        Fleet([config], broker.host, broker.port, tmp_path / "sim") as fleet,
+    ):
+        device = fleet.devices[0]
+        await _ecg_arrives(ws)
+        links: list[str] = []
+        async with device.offline():
+            device.play("trauma_haemorrhagic_shock", time_scale=60)  # the shock develops while nobody sees it
+            await asyncio.sleep(60)
+            async with asyncio.timeout(30):
+                while "silent" not in links:
+                    message = json.loads(await ws.recv())
+                    if message["type"] == "link" and message["unit"] == "KOUT60":
+                        links.append(message["condition"])
+        back = time.time_ns() // 1000
+        async with asyncio.timeout(60):
+            while links[-1] != "live":
+                message = json.loads(await ws.recv())
+                if message["type"] == "link" and message["unit"] == "KOUT60":
+                    links.append(message["condition"])
+        await _ecg_arrives(ws, after_us=back)  # caught up: live frames again
+        first = await watcher.wait_for(
+            lambda r: isinstance(r, Alert) and r.unit == "KOUT60" and r.kind is AlertKind.SHOCK_INDEX, within_s=60
+        )
+        assert isinstance(first, Alert) and first.backlog, "the replayed shock was taken for live data"
+        await watcher.wait_for(
+            lambda r: isinstance(r, Alert) and r.id == first.id and not r.backlog, within_s=60
+        )  # then live data shows it too
+        await settle(fleet)
+        await assert_ledger_matches_store(store, device)
+        ts = [r["ts"] for r in await store.pool.fetch("SELECT ts FROM vitals WHERE unit = 'KOUT60' ORDER BY seq")]
+        assert ts == sorted(ts)  # stored with the device's own times, in order
+    assert links[:2] == ["silent", "live"]
