@@ -82,6 +82,27 @@ class ClientDropped(Exception):
     """The client is being disconnected; the message says why."""
 
 
+class Outgoing:
+    """A message for browsers with its JSON text, made once on first send and shared by every client it goes to
+    (a broadcast to fifty consoles is encoded once, not fifty times)."""
+
+    __slots__ = ("_text", "message")
+
+    def __init__(self, message: Json) -> None:
+        self.message = message
+        self._text: str | None = None
+
+    @classmethod
+    def of(cls, message: Json | Outgoing) -> Outgoing:
+        return message if isinstance(message, Outgoing) else cls(message)
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = json.dumps(self.message, separators=(",", ":"))
+        return self._text
+
+
 class ClientTooSlow(ClientDropped):
     pass
 
@@ -100,9 +121,9 @@ class Client:
         self.transport = transport
         self.name = name
         self.watching: set[str] = set()
-        self._updates: dict[tuple[str, str], Json] = {}
-        self._events: collections.deque[Json] = collections.deque()
-        self._ecg: collections.deque[Json] = collections.deque(maxlen=ecg_frames_max)
+        self._updates: dict[tuple[str, str], Outgoing] = {}
+        self._events: collections.deque[Outgoing] = collections.deque()
+        self._ecg: collections.deque[Outgoing] = collections.deque(maxlen=ecg_frames_max)
         self._wake = asyncio.Event()
         self.dropped_ecg = 0
         self.closing: tuple[int, str] | None = None
@@ -114,21 +135,22 @@ class Client:
         """Disconnect this client (SESSION_ENDED) once what is queued for it is abandoned."""
         self._close_soon(SESSION_ENDED, reason)
 
-    def offer_update(self, message: Json) -> None:
-        self._updates[(message["type"], message["unit"])] = message
+    def offer_update(self, message: Json | Outgoing) -> None:
+        out = Outgoing.of(message)
+        self._updates[(out.message["type"], out.message["unit"])] = out
         self._wake.set()
 
-    def offer_event(self, message: Json) -> None:
+    def offer_event(self, message: Json | Outgoing) -> None:
         if len(self._events) >= EVENTS_MAX:
             self._close_soon(WSCloseCode.TRY_AGAIN_LATER, "too slow to receive events")
             return
-        self._events.append(message)
+        self._events.append(Outgoing.of(message))
         self._wake.set()
 
-    def offer_ecg(self, message: Json) -> None:
+    def offer_ecg(self, message: Json | Outgoing) -> None:
         if len(self._ecg) == self._ecg.maxlen:
             self.dropped_ecg += 1
-        self._ecg.append(message)
+        self._ecg.append(Outgoing.of(message))
         self._wake.set()
 
     def send_now(self, message: Json) -> None:
@@ -149,7 +171,7 @@ class Client:
                 code, reason = self.closing
                 raise ClientDropped(reason) if code == SESSION_ENDED else ClientTooSlow(reason)
             # Events first (they must not be lost), then the latest unit updates, then waveform.
-            batch: list[Json] = list(self._events)
+            batch: list[Outgoing] = list(self._events)
             self._events.clear()
             batch.extend(self._updates.values())
             self._updates.clear()
@@ -158,7 +180,7 @@ class Client:
             for message in batch:
                 try:
                     async with asyncio.timeout(SEND_STALL_S):
-                        await self.ws.send_str(json.dumps(message, separators=(",", ":")))
+                        await self.ws.send_str(message.text)
                 except TimeoutError:
                     raise ClientTooSlow(f"socket accepted nothing for {SEND_STALL_S:.0f} s") from None
                 except ConnectionResetError:
@@ -210,21 +232,24 @@ class Hub:
 
     def broadcast_update(self, message: Json, needs: Permission = Permission.VIEW_PATIENT_LIVE) -> None:
         """A coalescable unit update, to every client whose role holds `needs`."""
+        out = Outgoing(message)  # encoded once, however many clients receive it
         for client in self.clients:
             if client.may(needs):
-                client.offer_update(message)
+                client.offer_update(out)
 
     def broadcast_event(self, message: Json, needs: Permission = Permission.VIEW_PATIENT_LIVE) -> None:
         """An event (never dropped), to every client whose role holds `needs`."""
+        out = Outgoing(message)
         for client in self.clients:
             if client.may(needs):
-                client.offer_event(message)
+                client.offer_event(out)
 
     def send_ecg(self, unit: str, message: Json) -> None:
         # Watching needs VIEW_PATIENT_LIVE already; checked again here so that no path sends a waveform without it.
+        out = Outgoing(message)
         for client in self.clients:
             if unit in client.watching and client.may(Permission.VIEW_PATIENT_LIVE):
-                client.offer_ecg(message)
+                client.offer_ecg(out)
 
     def session_ids(self) -> set[int]:
         return {client.principal.session_id for client in self.clients}
