@@ -24,7 +24,7 @@ from ambulance_gateway import Gateway
 from console import Console
 from emergency.care._loop import ClinicalLoop
 from emergency.protocol import EventKind
-from emergency.settings import ConsoleSettings, MqttEndpoint
+from emergency.settings import CareSettings, ConsoleSettings, MqttEndpoint
 from emergency.sites import DEMO_SITES
 from emergency.stack import PostgresCluster
 from emergency.store import Store
@@ -81,7 +81,10 @@ class Desks:
 
 @contextlib.asynccontextmanager
 async def desks(
-    postgres: PostgresCluster, gateway_endpoint: MqttEndpoint, console_endpoint: MqttEndpoint
+    postgres: PostgresCluster,
+    gateway_endpoint: MqttEndpoint,
+    console_endpoint: MqttEndpoint,
+    care: CareSettings = CARE,
 ) -> AsyncIterator[Desks]:
     name = f"desks_{next(_databases)}"
     admin = await asyncpg.connect(postgres.dsn)
@@ -93,7 +96,7 @@ async def desks(
     dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
     async with (
         Store.open(dsn) as store,
-        ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop,
+        ClinicalLoop(care, gateway_endpoint, store, DEMO_SITES) as loop,
         Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop),
         Console(ConsoleSettings(), 0, console_endpoint, store) as console,
         async_playwright() as p,
@@ -320,3 +323,56 @@ async def test_follow_up_desk_lists_a_due_follow_up_and_records_the_outcome(
             "done", False, True, d.users["followup"]
         )  # fmt: skip
         assert await page.locator("#quality-table tbody tr").count() > 0
+
+
+async def test_ed_desk_stemi_from_the_devices_12_lead_is_acknowledged_and_the_cath_lab_activated_by_hand(
+    postgres, gateway_endpoint, console_endpoint, make_unit
+) -> None:
+    """An inferior STEMI read from the device's own 12-lead sounds the critical banner naming it; the physician
+    acknowledges it from the keyboard and activates the cath lab with its button (automatic activation off here),
+    which then shows "requested"; the unit's arrival (door) shows its time."""
+    from firmware_sim import EcgModel
+
+    unit, endpoint = await make_unit()
+    base = DEMO_SITES.bases[0]
+    manual = CARE.model_copy(update={"auto_activate": False})
+    async with (
+        desks(postgres, gateway_endpoint, console_endpoint, manual) as d,
+        connected_device(unit, endpoint) as device,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        page = await d.page("ed_physician", "ed")
+        crew = Crew(device)
+        await crew.event(EventKind.STATUS, status="on_scene")
+        await stack.enter_async_context(reporting_positions({crew: (base.lat, base.lon)}))
+        await crew.event(EventKind.PATIENT_CONTACT, age=64, sex="male")
+        await crew.event(EventKind.CHIEF_COMPLAINT, text="crushing central chest pain")
+        await crew.event(EventKind.FINDING, text="A", code="avpu")
+        await crew.event(EventKind.FINDING, text="room air", code="supplemental_o2", value=0)
+        await crew.vitals(hr=80.0, sbp=135.0, dbp=80.0, spo2=97.0, rr=16.0, temp=36.8)
+        await crew.ecg(EcgModel(heart_rate_bpm=80, st_vector_mv=(0.0, 0.25, 0.0)), seconds=8)
+
+        row = page.locator("#ed-rows tr", has_text="crushing central chest pain")
+        await row.wait_for(timeout=WAIT_MS)
+        await row.click()
+        banner = page.locator("#alarm-banner.critical", has_text="STEMI")
+        await banner.wait_for(timeout=WAIT_MS)
+        assert await page.evaluate("window.__console.alarm.sounding")
+        await page.keyboard.press("a")
+        stemi = page.locator("#p-alerts li[data-kind='stemi']")
+        await stemi.locator(".state", has_text="ack").wait_for(timeout=WAIT_MS)
+        await page.locator("#alarm-banner.quiet").wait_for(timeout=WAIT_MS)
+
+        assert not await page.locator("#activations button[data-team='cath_lab'].requested").count()
+        await page.click("#activations button[data-team='cath_lab']")
+        await page.locator("#activations button[data-team='cath_lab'].requested", has_text="requested").wait_for(
+            timeout=WAIT_MS
+        )
+        await page.click("#milestones button[data-milestone='door']")
+        await page.locator("#p-door", has_text="Door").wait_for(timeout=WAIT_MS)
+        encounter_id = int(await row.get_attribute("data-encounter") or 0)
+        record = await d.call("GET", f"/api/encounters/{encounter_id}", "ed_physician")
+        acknowledged = next(a for a in record["alerts"] if a["kind"] == "stemi")
+        assert acknowledged["state"] == "acknowledged" and acknowledged["acknowledged_role"] == "ed_physician"
+        (activation,) = record["activations"]
+        assert activation["team"] == "cath_lab" and activation["requested_by"].startswith("ed-physician-")
