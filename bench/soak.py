@@ -3,6 +3,8 @@
     .venv/bin/python bench/soak.py --units 20 --minutes 30 --fault-every 60
     .venv/bin/python bench/soak.py --units 50 --minutes 30 --faults broker_kill,postgres_immediate,device_outage
         # memory: no gateway restart, so the gateway process's RSS over the whole run is comparable
+    .venv/bin/python bench/soak.py --units 10 --minutes 12 --fault-every 60 --faults device_outage --outage-minutes 10
+        # ten-minute outages of one device after another
 
 Runs its own PostgreSQL and broker under a temporary directory, the gateway with its clinical loop in this process,
 and `--units` simulated devices playing the demo's mix of clinical scenarios. Every `--fault-every` seconds it
@@ -48,7 +50,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def soak(units: int, minutes: float, fault_every_s: float, faults: tuple[str, ...] = FAULTS) -> dict[str, object]:
+async def soak(
+    units: int, minutes: float, fault_every_s: float, faults: tuple[str, ...] = FAULTS, outage_s: float | None = None
+) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="emergency-soak-"))
     root.chmod(0o755)
     rss: list[tuple[float, float]] = []
@@ -115,7 +119,8 @@ async def soak(units: int, minutes: float, fault_every_s: float, faults: tuple[s
                     else:
                         device = fleet.devices[round_no % len(fleet.devices)]
                         long = round_no % 25 == 0 and deadline - time.monotonic() > 900
-                        outages.append(asyncio.create_task(_outage(device, 600 if long else 60)))
+                        seconds = outage_s or (600 if long else 60)
+                        outages.append(asyncio.create_task(_outage(device, seconds)))
                 await asyncio.gather(*outages)
                 for device in fleet.devices:
                     await device.stop_generating()
@@ -148,12 +153,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--fault-every", type=float, default=60)
     parser.add_argument("--faults", default=",".join(FAULTS), help=f"comma-separated, from {', '.join(FAULTS)}")
+    parser.add_argument("--outage-minutes", type=float, help="every device outage lasts this long")
     args = parser.parse_args()
     faults = tuple(args.faults.split(","))
     if not faults or set(faults) - set(FAULTS):
         parser.error(f"--faults takes names from {', '.join(FAULTS)}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = asyncio.run(soak(args.units, args.minutes, args.fault_every, faults))
+    outage_s = args.outage_minutes * 60 if args.outage_minutes else None
+    result = asyncio.run(soak(args.units, args.minutes, args.fault_every, faults, outage_s))
     print(json.dumps(result, indent=2))
     sys.exit(1 if result["problems"] else 0)
 

@@ -184,3 +184,16 @@ def test_a_hospitals_thresholds_file_replaces_bands_sign_by_sign(tmp_path) -> No
     path.write_text(json.dumps({"vitals": {"hr": {"low": "fast"}}}))
     with pytest.raises(ValidationError):
         load_thresholds(path)
+
+
+def test_a_device_clock_jumping_back_mid_stream_is_adopted_as_skew_after_settling() -> None:
+    """A clock that jumps ten minutes back while streaming makes its next readings look late until the new offset
+    has held steady; then it is adopted (and reported) and readings count as live again."""
+    clock = ClockTracker(late_after_s=30, settle_s=20)
+    before = [clock.observe(T0 + i * S, T0 + i * S) for i in range(30)]
+    assert not any(v.late for v in before)
+    after = [clock.observe(T0 + (30 + i) * S - 600 * S, T0 + (30 + i) * S) for i in range(40)]
+    assert after[0].late
+    adopted = [v for v in after if v.skew_adopted_s is not None]
+    assert len(adopted) == 1 and round(adopted[0].skew_adopted_s or 0) == -600
+    assert not after[-1].late
