@@ -27,13 +27,12 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ from emergency.stack import provision_units
 from firmware_sim import EcgSynth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from telemetry import ProcessSampler, free_port, now_us, pct
+from telemetry import ProcessSampler, now_us, pct, running_stack
 
 FS = 500.0
 FRAME_S = 0.25
@@ -223,35 +222,6 @@ class Stats:
     care_messages: int = 0
     updates: int = 0
     probe_alert: asyncio.Event = field(default_factory=asyncio.Event)  # set as each probe's alert arrives
-
-
-@contextlib.asynccontextmanager
-async def running_stack(root: Path) -> AsyncIterator[tuple[dict[str, Any], asyncio.subprocess.Process]]:
-    """`emergency up` in a child process on private ports; yields its stack.json and the process."""
-    data = root / "data"
-    env = {
-        **os.environ,
-        "EMERGENCY_DATA_DIR": str(data),
-        "EMERGENCY_MQTT_PORT": str(free_port()),
-        "EMERGENCY_HTTP_PORT": str(free_port()),
-        "EMERGENCY_PG_PORT": str(free_port()),
-        "EMERGENCY_MQTT_TLS_PORT": str(free_port()),
-        "EMERGENCY_GATEWAY__HTTP_PORT": "0",
-        "EMERGENCY_LOG_LEVEL": "WARNING",
-    }
-    stack = await asyncio.create_subprocess_exec(sys.executable, "-m", "emergency.cli", "up", env=env)
-    try:
-        for _ in range(600):
-            if (data / "stack.json").exists():
-                break
-            if stack.returncode is not None:
-                raise RuntimeError(f"emergency up exited with {stack.returncode}")
-            await asyncio.sleep(0.2)
-        yield json.loads((data / "stack.json").read_text()), stack
-    finally:
-        if stack.returncode is None:
-            stack.terminate()
-            await stack.wait()
 
 
 async def console_headers(info: dict[str, Any], login_path: str) -> dict[str, str]:

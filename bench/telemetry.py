@@ -24,6 +24,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,9 +209,9 @@ class ProcessSampler:
         return used
 
 
-async def bench(units: int, seconds: float, watched: int) -> dict[str, object]:
-    root = Path(tempfile.mkdtemp(prefix="emergency-bench-"))
-    root.chmod(0o755)
+@contextlib.asynccontextmanager
+async def running_stack(root: Path) -> AsyncIterator[tuple[dict[str, Any], asyncio.subprocess.Process]]:
+    """`emergency up` in a child process on private ports; yields its stack.json and the process."""
     data = root / "data"
     env = {
         **os.environ,
@@ -227,93 +228,110 @@ async def bench(units: int, seconds: float, watched: int) -> dict[str, object]:
         for _ in range(600):
             if (data / "stack.json").exists():
                 break
+            if stack.returncode is not None:
+                raise RuntimeError(f"emergency up exited with {stack.returncode}")
             await asyncio.sleep(0.2)
-        info = json.loads((data / "stack.json").read_text())
-        loads = [UnitLoad(f"B{i:04d}", f"pw-{i}-bench") for i in range(units)]
-        provision_units(data, {u.unit: u.password for u in loads})
-        await asyncio.sleep(1)
-        synth = EcgSynth(seed=1)
-        frames = [synth.frame_bytes(ECG_N) for _ in range(8)]
-        stop, ws_stop = asyncio.Event(), asyncio.Event()
-        ecg_ms: list[float] = []
-        upd_ms: list[float] = []
-        ws_url = info["console_url"].replace("http", "ws", 1) + "ws"
-        headers = await console_login(info)
-        watched_units = [u.unit for u in loads[:watched]]
-        watcher = asyncio.create_task(watch_console(ws_url, headers, watched_units, ws_stop, ecg_ms, upd_ms))
-        sampler = ProcessSampler(stack.pid)
-        boot = int(time.time()) % 2**31
-        tasks = []
-        for load in loads:
-            tasks.append(
-                asyncio.create_task(run_unit(load, info["mqtt"]["host"], info["mqtt"]["port"], frames, stop, boot))
-            )
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(3)  # warm-up
-        ecg_ms.clear(), upd_ms.clear()
-        for load in loads:
-            load.ack_latency_ms.clear()
-        sampler.sample()
-        me = psutil.Process()
-        loadgen_cpu = sum(me.cpu_times()[:2])
-        started = time.monotonic()
-        sent_before = sum(len(s) for load in loads for s in load.sent.values())
-        while time.monotonic() - started < seconds:
-            await asyncio.sleep(1)
-            sampler.sample()
-        elapsed = time.monotonic() - started
-        sent_during = sum(len(s) for load in loads for s in load.sent.values()) - sent_before
-        sampler.sample()
-        cpu = sampler.cpu_cores(elapsed)
-        cpu["load generator (this process)"] = (sum(me.cpu_times()[:2]) - loadgen_cpu) / elapsed
-        stop.set()
-        await asyncio.gather(*tasks)
-        ws_stop.set()
-        await watcher
-        conn = await asyncpg.connect(info["postgres_dsn"])
-        try:
-            stored, distinct = 0, 0
-            for table in ("ecg_frames", "vitals", "gps_fixes"):
-                row = await conn.fetchrow(
-                    f"SELECT count(*) AS n, count(DISTINCT (unit, boot, seq)) AS d FROM {table} WHERE unit LIKE 'B%'"
-                )
-                stored += row["n"]
-                distinct += row["d"]
-        finally:
-            await conn.close()
-        sent_total = sum(len(s) for load in loads for s in load.sent.values())
-        acked_total = sum(load.acked[s] + 1 for load in loads for s in load.acked)
-        ack_ms = [x for load in loads for x in load.ack_latency_ms]
-        return {
-            "units": units,
-            "seconds": round(elapsed, 1),
-            "offered_msgs_per_s": round(sent_during / elapsed),
-            "sent": sent_total,
-            "acked": acked_total,
-            "stored": stored,
-            "lost": sent_total - distinct,
-            "doubled": stored - distinct,
-            "rejected": sum(load.rejected for load in loads),
-            "publish_to_ack_ms": {"p50": round(pct(ack_ms, 0.5), 1), "p99": round(pct(ack_ms, 0.99), 1)},
-            "publish_to_console_ecg_ms": {
-                "p50": round(pct(ecg_ms, 0.5), 1),
-                "p99": round(pct(ecg_ms, 0.99), 1),
-                "n": len(ecg_ms),
-            },
-            "publish_to_console_update_ms": {
-                "p50": round(pct(upd_ms, 0.5), 1),
-                "p99": round(pct(upd_ms, 0.99), 1),
-                "n": len(upd_ms),
-            },
-            "cpu_cores": {k: round(v, 2) for k, v in cpu.items()},
-            "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.peak_rss.items()},
-            "timescaledb": info.get("timescaledb"),
-        }
+        yield json.loads((data / "stack.json").read_text()), stack
     finally:
         if stack.returncode is None:
             stack.terminate()
             await stack.wait()
+
+
+async def bench(units: int, seconds: float, watched: int) -> dict[str, object]:
+    root = Path(tempfile.mkdtemp(prefix="emergency-bench-"))
+    root.chmod(0o755)
+    data = root / "data"
+    try:
+        async with running_stack(root) as (info, stack):
+            return await _measure(info, stack, data, units, seconds, watched)
+    finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def _measure(
+    info: dict[str, Any], stack: asyncio.subprocess.Process, data: Path, units: int, seconds: float, watched: int
+) -> dict[str, object]:
+    loads = [UnitLoad(f"B{i:04d}", f"pw-{i}-bench") for i in range(units)]
+    provision_units(data, {u.unit: u.password for u in loads})
+    await asyncio.sleep(1)
+    synth = EcgSynth(seed=1)
+    frames = [synth.frame_bytes(ECG_N) for _ in range(8)]
+    stop, ws_stop = asyncio.Event(), asyncio.Event()
+    ecg_ms: list[float] = []
+    upd_ms: list[float] = []
+    ws_url = info["console_url"].replace("http", "ws", 1) + "ws"
+    headers = await console_login(info)
+    watched_units = [u.unit for u in loads[:watched]]
+    watcher = asyncio.create_task(watch_console(ws_url, headers, watched_units, ws_stop, ecg_ms, upd_ms))
+    sampler = ProcessSampler(stack.pid)
+    boot = int(time.time()) % 2**31
+    tasks = []
+    for load in loads:
+        tasks.append(
+            asyncio.create_task(run_unit(load, info["mqtt"]["host"], info["mqtt"]["port"], frames, stop, boot))
+        )
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(3)  # warm-up
+    ecg_ms.clear(), upd_ms.clear()
+    for load in loads:
+        load.ack_latency_ms.clear()
+    sampler.sample()
+    me = psutil.Process()
+    loadgen_cpu = sum(me.cpu_times()[:2])
+    started = time.monotonic()
+    sent_before = sum(len(s) for load in loads for s in load.sent.values())
+    while time.monotonic() - started < seconds:
+        await asyncio.sleep(1)
+        sampler.sample()
+    elapsed = time.monotonic() - started
+    sent_during = sum(len(s) for load in loads for s in load.sent.values()) - sent_before
+    sampler.sample()
+    cpu = sampler.cpu_cores(elapsed)
+    cpu["load generator (this process)"] = (sum(me.cpu_times()[:2]) - loadgen_cpu) / elapsed
+    stop.set()
+    await asyncio.gather(*tasks)
+    ws_stop.set()
+    await watcher
+    conn = await asyncpg.connect(info["postgres_dsn"])
+    try:
+        stored, distinct = 0, 0
+        for table in ("ecg_frames", "vitals", "gps_fixes"):
+            row = await conn.fetchrow(
+                f"SELECT count(*) AS n, count(DISTINCT (unit, boot, seq)) AS d FROM {table} WHERE unit LIKE 'B%'"
+            )
+            stored += row["n"]
+            distinct += row["d"]
+    finally:
+        await conn.close()
+    sent_total = sum(len(s) for load in loads for s in load.sent.values())
+    acked_total = sum(load.acked[s] + 1 for load in loads for s in load.acked)
+    ack_ms = [x for load in loads for x in load.ack_latency_ms]
+    return {
+        "units": units,
+        "seconds": round(elapsed, 1),
+        "offered_msgs_per_s": round(sent_during / elapsed),
+        "sent": sent_total,
+        "acked": acked_total,
+        "stored": stored,
+        "lost": sent_total - distinct,
+        "doubled": stored - distinct,
+        "rejected": sum(load.rejected for load in loads),
+        "publish_to_ack_ms": {"p50": round(pct(ack_ms, 0.5), 1), "p99": round(pct(ack_ms, 0.99), 1)},
+        "publish_to_console_ecg_ms": {
+            "p50": round(pct(ecg_ms, 0.5), 1),
+            "p99": round(pct(ecg_ms, 0.99), 1),
+            "n": len(ecg_ms),
+        },
+        "publish_to_console_update_ms": {
+            "p50": round(pct(upd_ms, 0.5), 1),
+            "p99": round(pct(upd_ms, 0.99), 1),
+            "n": len(upd_ms),
+        },
+        "cpu_cores": {k: round(v, 2) for k, v in cpu.items()},
+        "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.peak_rss.items()},
+        "timescaledb": info.get("timescaledb"),
+    }
 
 
 def main() -> None:
