@@ -26,6 +26,7 @@ import logging
 import math
 import multiprocessing
 import random
+import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -241,7 +242,9 @@ class ClinicalLoop:
             return None
         # spawn, not fork: a forked child would inherit this process's event loop, sockets and threads.
         context = multiprocessing.get_context("spawn")
-        return concurrent.futures.ProcessPoolExecutor(self._settings.ecg_workers, mp_context=context)
+        return concurrent.futures.ProcessPoolExecutor(
+            self._settings.ecg_workers, mp_context=context, initializer=_leave_stopping_to_the_parent
+        )
 
     def _unit(self, unit: str) -> _Unit:
         u = self._units.get(unit)
@@ -802,6 +805,14 @@ class ClinicalLoop:
         u.patient.observe_ecg(findings, end_ts)
         late = u.clock.observe(end_ts, now_us()).late
         self._evaluate(u, at=end_ts, late=late)
+
+
+def _leave_stopping_to_the_parent() -> None:
+    """In a 12-lead worker: Ctrl-C or SIGTERM to the process group stops the parent, which shuts the pool down in
+    order; a worker killed by the same signal would only show up as a lost worker during a clean shutdown. A worker
+    whose parent dies anyway exits when its call queue closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def contiguous_leads(
