@@ -227,32 +227,27 @@ class Auth(_care.Guard):
         return Principal(record.user.username, record.user.role, record.user.id, record.id)
 
     async def require(self, request: web.Request, permission: Permission | str) -> Principal:
-        principal = principal_of(request)
-        try:
-            needed = Permission(permission)
-        except ValueError:
-            # A permission no role holds: a handler's mistake. Closed, not open: nobody passes.
-            log.error("route %s asks for unknown permission %r; refused", request.path, permission)
-            await self._append(request, "permission_denied", result="denied",
-                               detail={"permission": str(permission), "path": request.path})  # fmt: skip
-            raise web.HTTPForbidden(text=f"unknown permission {permission}") from None
-        if needed not in principal.permissions:
-            await self._append(
-                request, "permission_denied", result="denied", encounter_id=_encounter_of(request),
-                detail={"permission": needed.value, "method": request.method, "path": request.path},
-            )  # fmt: skip
-            raise web.HTTPForbidden(text=f"{principal.role} may not {needed.value}")
-        return principal
+        return await self.require_any(request, permission)
 
     async def require_any(self, request: web.Request, *permissions: Permission | str) -> Principal:
         principal = principal_of(request)
-        if any(p in principal.permissions for p in permissions):
+        asked = " or ".join(map(str, permissions))
+        try:
+            needed = [Permission(p) for p in permissions]
+        except ValueError:
+            # A permission no role holds: a handler's mistake. Closed, not open: nobody passes.
+            log.error("route %s asks for unknown permission %r; refused", request.path, asked)
+            await self._append(request, "permission_denied", result="denied",
+                               detail={"permission": asked, "path": request.path})  # fmt: skip
+            raise web.HTTPForbidden(text=f"unknown permission {asked}") from None
+        if any(p in principal.permissions for p in needed):
             return principal
+        names = " or ".join(p.value for p in needed)
         await self._append(
             request, "permission_denied", result="denied", encounter_id=_encounter_of(request),
-            detail={"permission": " or ".join(map(str, permissions)), "method": request.method, "path": request.path},
+            detail={"permission": names, "method": request.method, "path": request.path},
         )  # fmt: skip
-        raise web.HTTPForbidden(text=f"{principal.role} may not {' or '.join(map(str, permissions))}")
+        raise web.HTTPForbidden(text=f"{principal.role} may not {names}")
 
     async def audit(
         self,
