@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -51,6 +52,7 @@ from emergency.store._care import CareStore, RecordNotFound
 log = logging.getLogger(__name__)
 
 Json = dict[str, Any]
+_E = TypeVar("_E", bound=enum.StrEnum)
 SECTION_KEYS = frozenset(k.value for k in SectionKey)
 _ACTIVE = (EncounterStatus.PRE_REGISTERED, EncounterStatus.ARRIVED)
 
@@ -165,6 +167,14 @@ def _field(body: Json, name: str, kind: type, *, required: bool = True) -> Any:
     if isinstance(value, str) and not 0 < len(value) <= 1000:
         raise web.HTTPBadRequest(text=f"field {name!r} must be 1–1000 characters")
     return value
+
+
+def _choice(body: Json, name: str, choices: type[_E]) -> _E:
+    """A required field naming one of `choices`; 400 listing them otherwise."""
+    try:
+        return choices(_field(body, name, str))
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be one of {[c.value for c in choices]}") from None
 
 
 def _json(record: CareRecord | list[CareRecord] | Json) -> web.Response:
@@ -322,10 +332,7 @@ async def activate_team(request: web.Request) -> web.Response:
     ctx = request.app[CARE]
     encounter_id = _int_param(request, "id")
     body = await _body(request)
-    try:
-        team = Team(_field(body, "team", str))
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"team must be one of {[t.value for t in Team]}") from None
+    team = _choice(body, "team", Team)
     principal = await _allowed(request, "ACTIVATE_TEAM", "activate_team", encounter_id=encounter_id)
     await ctx.records.encounter(encounter_id)  # 404 for an unknown encounter
     (activation_id,) = await ctx.records.reserve_ids("activations", 1)
@@ -423,10 +430,7 @@ async def record_milestone(request: web.Request) -> web.Response:
     ctx = request.app[CARE]
     encounter_id = _int_param(request, "id")
     body = await _body(request)
-    try:
-        milestone = Milestone(_field(body, "name", str))
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"name must be one of {[m.value for m in Milestone]}") from None
+    milestone = _choice(body, "name", Milestone)
     principal = await _allowed(request, "RECORD_MILESTONE", "record_milestone", encounter_id=encounter_id)
     at = _field(body, "at", int, required=False) or now_us()
     await ctx.records.record_encounter_time(
@@ -465,10 +469,7 @@ async def discharge(request: web.Request) -> web.Response:
     encounter_id = _int_param(request, "id")
     principal = await _allowed(request, "DISCHARGE", "discharge", encounter_id=encounter_id)
     body = await _body(request)
-    try:
-        disposition = Disposition(_field(body, "disposition", str))
-    except ValueError:
-        raise web.HTTPBadRequest(text=f"disposition must be one of {[d.value for d in Disposition]}") from None
+    disposition = _choice(body, "disposition", Disposition)
     at = _field(body, "at", int, required=False) or now_us()
     await ctx.records.record_encounter_time(
         encounter_id, TimeRecord(Milestone.DISCHARGE, at, TimeSource.DISPATCHER, principal.username)
