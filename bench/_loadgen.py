@@ -604,18 +604,23 @@ async def run_sink(args: argparse.Namespace) -> dict[str, object]:
 # -- console clients --------------------------------------------------------------------------------------------
 
 
-def _ts_of(text: str) -> tuple[str, int] | None:
-    """The type and device `ts` of a console message, without parsing a 4 KB ECG frame's JSON."""
-    if not text.startswith('{"type":"'):
-        return None
-    kind = text[9 : text.index('"', 9)]
-    at = text.find('"ts":')
-    if at < 0:
-        return None
-    end = at + 5
-    while end < len(text) and text[end].isdigit():
-        end += 1
-    return (kind, int(text[at + 5 : end])) if end > at + 5 else None
+def _stamps_of(frame: str) -> list[tuple[str, int]]:
+    """The type and device `ts` of each message in a console frame (a JSON array of messages, docs/console-api.md),
+    without parsing the JSON of its 4 KB ECG messages: each message after the first starts right after
+    `,{"type":"` (no nested object of the console's starts with a type), and its first `"ts":` is its own (`ts` comes
+    among the first keys, before any nested object). Messages without a `ts` are left out."""
+    stamps: list[tuple[str, int]] = []
+    if not frame.startswith('[{"type":"'):
+        return stamps
+    for message in frame[10:].split(',{"type":"'):
+        at = message.find('"ts":')
+        if at < 0:
+            continue
+        stop = message.find(",", at)
+        digits = message[at + 5 : stop if stop >= 0 else len(message)].rstrip("}]")
+        if digits.isdigit():
+            stamps.append((message[: message.index('"')], int(digits)))
+    return stamps
 
 
 async def run_consoles(args: argparse.Namespace) -> dict[str, object]:
@@ -643,16 +648,13 @@ async def run_consoles(args: argparse.Namespace) -> dict[str, object]:
                     except TimeoutError:
                         continue
                     t = now_us()
-                    found = _ts_of(text) if isinstance(text, str) else None
-                    if found is None:
-                        continue
-                    kind, ts = found
-                    if not window.holds(ts):
-                        continue
-                    key = "ecg" if kind == "ecg" else "update" if kind in ("gps", "vitals") else ""
-                    if key:
-                        latencies[key].append((t - ts) / 1000)
-                        received[key] += 1
+                    for kind, ts in _stamps_of(text) if isinstance(text, str) else ():
+                        if not window.holds(ts):
+                            continue
+                        key = "ecg" if kind == "ecg" else "update" if kind in ("gps", "vitals") else ""
+                        if key:
+                            latencies[key].append((t - ts) / 1000)
+                            received[key] += 1
         except websockets.ConnectionClosed as exc:
             closes.append(f"client {index}: {exc}")
 

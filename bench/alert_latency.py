@@ -259,23 +259,33 @@ async def watch_alerts(
             except TimeoutError:
                 continue
             t = now_us()
-            if '"type":"care"' not in raw:  # positions and vitals: counted, not parsed (this process's CPU)
-                stats.updates += 1
+            if not isinstance(raw, str):
+                continue  # the console sends text frames only
+            # A frame is a JSON array of messages (docs/console-api.md). One without a care message (positions and
+            # vitals) is counted, not parsed (this process's CPU): each message after the first starts `,{"type":"`.
+            if '"type":"care"' not in raw:
+                stats.updates += raw.count(',{"type":"') + 1
                 continue
-            stats.care_messages += 1
-            m = json.loads(raw)
-            if m["kind"] != "alert":
-                continue
-            record = m["record"]
-            probe = probes.get(record["unit"])
-            if probe is None:
-                if record["state"] == "raised" and record["repeats"] == 0:
-                    stats.background_alerts += 1
-                continue
-            if probe.fired_ts and probe.alert_ms is None and record["raised_at"] == probe.fired_ts:
-                probe.alert_ms = (t - probe.fired_ts) / 1000
-                probe.alert_kind = record["kind"]
-                stats.probe_alert.set()
+            for m in json.loads(raw):
+                if m["type"] != "care":
+                    stats.updates += 1
+                    continue
+                stats.care_messages += 1
+                if m["kind"] == "alert":
+                    _on_alert(m["record"], t, probes, stats)
+
+
+def _on_alert(record: dict[str, Any], t: int, probes: dict[str, Probe], stats: Stats) -> None:
+    """An alert record that reached the console websocket at `t`: a probe's latency, or a background alert."""
+    probe = probes.get(record["unit"])
+    if probe is None:
+        if record["state"] == "raised" and record["repeats"] == 0:
+            stats.background_alerts += 1
+        return
+    if probe.fired_ts and probe.alert_ms is None and record["raised_at"] == probe.fired_ts:
+        probe.alert_ms = (t - probe.fired_ts) / 1000
+        probe.alert_kind = record["kind"]
+        stats.probe_alert.set()
 
 
 async def bench(

@@ -160,11 +160,11 @@ async def watch_console(
             except TimeoutError:
                 continue
             t = now_us()
-            m = json.loads(raw)
-            if m["type"] == "ecg":
-                ecg_ms.append((t - m["ts"]) / 1000)
-            elif m["type"] in ("gps", "vitals"):
-                upd_ms.append((t - m["ts"]) / 1000)
+            for m in json.loads(raw):  # a frame is a JSON array of messages (docs/console-api.md)
+                if m["type"] == "ecg":
+                    ecg_ms.append((t - m["ts"]) / 1000)
+                elif m["type"] in ("gps", "vitals"):
+                    upd_ms.append((t - m["ts"]) / 1000)
 
 
 class ProcessSampler:

@@ -6,6 +6,9 @@ Overflow policy, per client (docs/console-api.md):
 - Events: a bounded deque; events are never dropped, so a client that lets it fill is disconnected (1013).
 - A client whose socket accepts nothing for `SEND_STALL_S` is disconnected (1008) and logged at INFO.
 
+What is pending for a client when its sender wakes goes in as few frames as possible: each frame is a JSON array of
+messages (`frame_texts`), so a busy console pays the websocket's per-frame work once per batch, not once per message.
+
 Each client carries the Principal it logged in as, and receives only the messages its role may see: every broadcast
 states the permission it needs (`needs_of` gives it for each message class), defaulting to the strictest.
 """
@@ -16,7 +19,7 @@ import asyncio
 import collections
 import json
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
@@ -31,6 +34,12 @@ log = logging.getLogger(__name__)
 SEND_STALL_S = 5.0
 ECG_FRAMES_MAX = 64
 EVENTS_MAX = 1_000
+# A frame holds at most this much text (and as many bytes: the JSON is ASCII), unless one message alone is longer (a
+# city's fleet snapshot may be). Why 256 KiB: a link of 0.4 Mbit/s still carries a frame within SEND_STALL_S, so a
+# client that reads slowly but steadily is not cut off for a frame too big to go in time; it is a quarter of the
+# websockets library's default 1 MiB message limit; and it still holds a busy batch in one frame (about sixty
+# 12-lead ECG frames of 4.2 KB, or a thousand unit updates).
+FRAME_TEXT_MAX = 256 * 1024
 
 Json = dict[str, Any]
 # The close code for a websocket whose session ended (logout, revocation, timeout): log in again, then reconnect.
@@ -107,6 +116,23 @@ class ClientTooSlow(ClientDropped):
     pass
 
 
+def frame_texts(batch: Sequence[Outgoing], text_max: int = FRAME_TEXT_MAX) -> Iterator[str]:
+    """The batch as websocket frame texts: JSON arrays of the messages in their order, joined from their encoded
+    texts (nothing is encoded again). A frame is at most `text_max` long unless one message alone is longer; that
+    message then goes in a frame of its own."""
+    texts: list[str] = []
+    length = 1  # the frame's length so far: "[" and, for each message, its text and the "," or "]" after it
+    for message in batch:
+        text = message.text
+        if texts and length + len(text) + 1 > text_max:
+            yield "[" + ",".join(texts) + "]"
+            texts, length = [], 1
+        texts.append(text)
+        length += len(text) + 1
+    if texts:
+        yield "[" + ",".join(texts) + "]"
+
+
 class Client:
     def __init__(
         self,
@@ -177,10 +203,10 @@ class Client:
             self._updates.clear()
             batch.extend(self._ecg)
             self._ecg.clear()
-            for message in batch:
+            for frame in frame_texts(batch):
                 try:
                     async with asyncio.timeout(SEND_STALL_S):
-                        await self.ws.send_str(message.text)
+                        await self.ws.send_str(frame)
                 except TimeoutError:
                     raise ClientTooSlow(f"socket accepted nothing for {SEND_STALL_S:.0f} s") from None
                 except ConnectionResetError:

@@ -4,15 +4,17 @@ logged-in HTTP sessions per role."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
+import json
 import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import aiomqtt
@@ -155,11 +157,47 @@ def session_cookie(http: aiohttp.ClientSession) -> str:
     return "; ".join(f"{c.key}={c.value}" for c in http.cookie_jar)
 
 
-def ws_connect(console_url: str, http: aiohttp.ClientSession, **kwargs: Any) -> websockets.connect:
+class ConsoleConnection(websockets.ClientConnection):
+    """The console websocket read one message at a time: the console sends frames that are JSON arrays of messages
+    (docs/console-api.md), and the rest of a frame waits here for the next read."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unread: collections.deque[dict[str, Any]] = collections.deque()
+
+    async def message(self) -> dict[str, Any]:
+        """The next message; cancelling the wait loses none."""
+        while not self._unread:
+            self._unread.extend(json.loads(await self.recv()))
+        return self._unread.popleft()
+
+    async def messages(self) -> AsyncIterator[dict[str, Any]]:
+        """Every message in order, until the connection closes normally."""
+        while True:
+            try:
+                message = await self.message()
+            except websockets.ConnectionClosedOK:
+                return
+            yield message
+
+
+class ConsoleConnect(websockets.connect):
+    """`websockets.connect` opening a ConsoleConnection, typed as such for `await` and `async with`."""
+
+    def __await__(self) -> Generator[Any, None, ConsoleConnection]:
+        return cast("Generator[Any, None, ConsoleConnection]", super().__await__())
+
+    async def __aenter__(self) -> ConsoleConnection:
+        return cast(ConsoleConnection, await super().__aenter__())
+
+
+def ws_connect(console_url: str, http: aiohttp.ClientSession, **kwargs: Any) -> ConsoleConnect:
     """The console websocket as the logged-in `http` session's browser opens it (its cookie, the console's Origin)."""
     url = console_url.replace("http", "ws", 1) + "ws"
     kwargs.setdefault("origin", console_origin(console_url))
-    return websockets.connect(url, additional_headers={"Cookie": session_cookie(http)}, **kwargs)
+    return ConsoleConnect(
+        url, additional_headers={"Cookie": session_cookie(http)}, create_connection=ConsoleConnection, **kwargs
+    )
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -16,12 +17,15 @@ from bench._loadgen import (
     VITALS_REST,
     MqttConnection,
     PayloadTemplate,
+    _stamps_of,
     ecg_frames,
     ecg_rest,
     mqtt_str,
     read_varint,
     varint,
 )
+from console._hub import Outgoing, frame_texts
+from console._state import FleetState, ecg_json
 from emergency.codec import decode_device_message, encode_ack
 from emergency.protocol import STANDARD_LEADS, Ack, EcgFrame, GpsFix, Stream, Vitals, device_topic
 from emergency.stack import Broker
@@ -44,6 +48,23 @@ def test_payload_templates_decode_to_the_messages_devices_send() -> None:
     for stream, rest, expected in cases:
         payload = PayloadTemplate.of("B00001", 7, rest).fill(41, 1_700_000_000_123_456)
         assert decode_device_message(device_topic("B00001", stream), payload) == expected
+
+
+def test_console_clients_read_the_type_and_ts_of_every_message_in_a_frame() -> None:
+    """The console clients' cheap reading of a frame made by the console's hub finds the type and device ts of each
+    message that has a ts, in order, as parsing the frame's JSON would."""
+    ts = 1_700_000_000_123_456
+    fleet = FleetState()
+    messages = [
+        {"type": "care", "kind": "alert", "record": {"id": 1, "unit": "B00001", "raised_at": ts}},
+        fleet.apply(Vitals("B00002", 7, 41, ts + 1, hr=80.0, spo2=97.0, rr=16.0, nibp_ts=ts - 5), ts + 90),
+        ecg_json(EcgFrame("B00001", 7, 42, ts + 2, 500.0, STANDARD_LEADS, 2.5, 125, ecg_frames(1)[0]), ts + 91),
+        {"type": "link", "unit": "B00003", "condition": "silent", "since": ts, "last_rx": ts},
+        fleet.apply(GpsFix("B00003", 7, 43, ts + 3, 31.23, 121.47, speed=10.0), ts + 92),
+    ]
+    [frame] = frame_texts([Outgoing(m) for m in messages if m is not None])
+    assert _stamps_of(frame) == [(m["type"], m["ts"]) for m in json.loads(frame) if "ts" in m]
+    assert [kind for kind, _ in _stamps_of(frame)] == ["vitals", "ecg", "gps"]
 
 
 def test_remaining_length_round_trips_at_every_width() -> None:

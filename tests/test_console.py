@@ -14,17 +14,18 @@ from typing import Any
 
 import aiohttp
 import aiomqtt
+import pytest
 import pytest_asyncio
-import websockets
 
 from console import Console
+from console._hub import FRAME_TEXT_MAX, Outgoing, frame_texts
 from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
 from emergency.codec import encode_device_message
 from emergency.mqtt import mqtt_client
 from emergency.protocol import EcgFrame, GpsFix, Stream, Vitals
 from emergency.settings import ConsoleSettings, MqttEndpoint
 from emergency.store import Store
-from tests.conftest import console_origin, session_cookie, ws_connect
+from tests.conftest import ConsoleConnect, ConsoleConnection, console_origin, session_cookie, ws_connect
 
 LoggedIn = Callable[[str, str], Awaitable[aiohttp.ClientSession]]
 
@@ -52,18 +53,26 @@ async def bus(gateway_endpoint: MqttEndpoint) -> AsyncIterator[aiomqtt.Client]:
         yield client
 
 
-def _ws(console: Console, http: aiohttp.ClientSession) -> websockets.connect:
+def _ws(console: Console, http: aiohttp.ClientSession) -> ConsoleConnect:
     return ws_connect(console.url, http)
 
 
-async def _next(
-    ws: websockets.ClientConnection, kind: str, unit: str | None = None, within_s: float = 10
-) -> dict[str, Any]:
+async def _next(ws: ConsoleConnection, kind: str, unit: str | None = None, within_s: float = 10) -> dict[str, Any]:
     async with asyncio.timeout(within_s):
         while True:
-            message = json.loads(await ws.recv())
+            message = await ws.message()
             if message["type"] == kind and (unit is None or message.get("unit") == unit):
                 return message
+
+
+async def _frame_with(ws: ConsoleConnection, unit: str, within_s: float = 10) -> list[dict[str, Any]]:
+    """The next whole frame carrying a message about `unit`, read as the browser reads it: one JSON array."""
+    async with asyncio.timeout(within_s):
+        while True:
+            frame = json.loads(await ws.recv())
+            assert isinstance(frame, list)
+            if any(message.get("unit") == unit for message in frame):
+                return frame
 
 
 async def _publish_until(bus: aiomqtt.Client, topic: str, payload: bytes, done: asyncio.Future[Any]) -> None:
@@ -103,7 +112,7 @@ async def test_unwatched_ecg_is_not_sent_but_positions_are(
         seen = []
         async with asyncio.timeout(10):
             while True:
-                message = json.loads(await ws.recv())
+                message = await ws.message()
                 seen.append(message["type"])
                 if message["type"] == "gps" and message["unit"] == "CU1":
                     break
@@ -133,6 +142,83 @@ async def test_link_state_is_forwarded(console: Console, bus: aiomqtt.Client, ht
         await bus.publish(link_topic("CL1"), state.encode(), qos=1)
         message = await _next(ws, "link", "CL1")
     assert message["condition"] == "silent"
+
+
+async def test_pending_messages_arrive_in_one_frame_in_order(console: Console, http: aiohttp.ClientSession) -> None:
+    """What is pending for a client arrives in one frame, a JSON array: events first, then the latest unit updates
+    (an older one replaced), then waveform, whatever the order they were offered in."""
+    hub = console.core.hub
+    ts = _now_us()
+    ecg = {"type": "ecg", "unit": "CO1", "seq": 1, "ts": ts, "data": ""}
+    older_fix = {"type": "gps", "unit": "CO1", "ts": ts, "lat": 31.0}
+    fix = {"type": "gps", "unit": "CO1", "ts": ts + 1, "lat": 31.2}
+    contact = {"type": "event", "unit": "CO1", "ts": ts, "kind": "patient_contact", "detail": {}}
+    finding = {"type": "event", "unit": "CO1", "ts": ts + 2, "kind": "finding", "detail": {"text": "pale"}}
+    async with _ws(console, http) as ws:
+        connect_time = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "watch", "unit": "CO1"}))
+        await _frame_with(ws, "CO1")  # watched
+        # No await between the offers: all of them are pending when the client's sender next runs.
+        hub.send_ecg("CO1", ecg)
+        hub.broadcast_update(older_fix)
+        hub.broadcast_event(contact)
+        hub.broadcast_update(fix)
+        hub.broadcast_event(finding)
+        frame = await _frame_with(ws, "CO1")
+    assert [m["type"] for m in connect_time] == ["session", "fleet", "care_snapshot"]
+    assert [m for m in frame if m.get("unit") == "CO1"] == [contact, finding, fix, ecg]
+
+
+async def test_a_batch_over_the_frame_bound_is_split_in_order(console: Console, http: aiohttp.ClientSession) -> None:
+    """A batch longer than FRAME_TEXT_MAX goes in several frames, each within the bound, with every message there
+    once and in order."""
+    count, detail = 40, "x" * 20_000  # 800 kB in all: about a dozen messages a frame
+    async with _ws(console, http) as ws:
+        await ws.recv()  # the connect-time frame
+        for seq in range(count):
+            console.core.hub.broadcast_event({"type": "event", "unit": "CB1", "seq": seq, "detail": detail})
+        frames: list[str] = []
+        received: list[int] = []
+        async with asyncio.timeout(10):
+            while len(received) < count:
+                text = await ws.recv()
+                assert isinstance(text, str)
+                frames.append(text)
+                received += [m["seq"] for m in json.loads(text) if m.get("unit") == "CB1"]
+    assert received == list(range(count))
+    assert 1 < len(frames) < count
+    assert all(len(text) <= FRAME_TEXT_MAX for text in frames)
+
+
+def test_frames_are_filled_in_order_and_an_oversized_message_goes_alone() -> None:
+    """Frames are JSON arrays of the batch in its order, as full as the bound allows; a message longer than the
+    bound goes in a frame of its own."""
+    sizes = [10, 300, 50, 2_000, 40, 40, 900, 5]
+    batch = [Outgoing({"seq": seq, "pad": "x" * size}) for seq, size in enumerate(sizes)]
+    frames = [[m["seq"] for m in json.loads(text)] for text in frame_texts(batch, text_max=1_000)]
+    assert frames == [[0, 1, 2], [3], [4, 5], [6, 7]]
+
+
+async def test_a_broadcast_is_encoded_once_for_every_client(
+    console: Console, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broadcast to several clients is turned into JSON once, and every client receives it."""
+    encoded: list[object] = []
+    dumps = json.dumps
+
+    def counting_dumps(obj: Any, **kwargs: Any) -> str:
+        encoded.append(obj)
+        return dumps(obj, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", counting_dumps)
+    event = {"type": "event", "unit": "CE1", "ts": _now_us(), "kind": "finding", "detail": {"text": "pale"}}
+    async with _ws(console, http) as one, _ws(console, http) as two, _ws(console, http) as three:
+        for ws in (one, two, three):
+            await _next(ws, "fleet")  # each client is in the hub
+        console.core.hub.broadcast_event(event)
+        for ws in (one, two, three):
+            assert await _next(ws, "event", "CE1") == event
+    assert sum(obj is event for obj in encoded) == 1
 
 
 async def _frozen_client(console: Console, http: aiohttp.ClientSession, request: dict[str, str]) -> socket.socket:

@@ -75,8 +75,7 @@ async def test_dispatch_to_follow_up_through_the_console(
         arrived = asyncio.Event()
 
         async def read() -> None:
-            async for raw in ws:
-                message = json.loads(raw)
+            async for message in ws.messages():
                 if message["type"] == "care":
                     seen.append(message)
                     arrived.set()
@@ -202,7 +201,7 @@ async def test_simulated_stemi_from_first_contact_to_follow_up(
                     for message in seen:
                         if message["kind"] == kind and predicate(message["record"]):
                             return dict(message["record"])
-                    message = json.loads(await ws.recv())
+                    message = await ws.message()
                     if message["type"] == "care":
                         seen.append(message)
 

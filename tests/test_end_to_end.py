@@ -63,7 +63,7 @@ async def test_fleet_streams_live_to_console_and_every_ack_is_stored_once(
         kinds: dict[str, set[str]] = {}
         async with asyncio.timeout(30):
             while not ({"ecg", "gps", "vitals"} <= kinds.get(watched, set()) and len(kinds) >= 4):
-                message = json.loads(await ws.recv())
+                message = await ws.message()
                 if "unit" in message:
                     kinds.setdefault(message["unit"], set()).add(message["type"])
         assert all("ecg" not in seen for unit, seen in kinds.items() if unit != watched)

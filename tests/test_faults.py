@@ -19,8 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-import websockets
-from conftest import free_port, login_to, ws_connect
+from conftest import ConsoleConnection, free_port, login_to, ws_connect
 from ledger import assert_ledger_matches_store, settle
 
 from ambulance_gateway import Gateway
@@ -53,7 +52,7 @@ def _fleet(broker: Broker, tmp_path: Path, prefix: str) -> Fleet:
 
 
 @contextlib.asynccontextmanager
-async def _watching(console: Console, unit: str) -> AsyncIterator[websockets.ClientConnection]:
+async def _watching(console: Console, unit: str) -> AsyncIterator[ConsoleConnection]:
     """A logged-in websocket watching the unit's ECG (login and watch need the store: open it while it is up)."""
     async with (
         await login_to(console.url, console.core.store, "ed_physician") as http,
@@ -63,11 +62,11 @@ async def _watching(console: Console, unit: str) -> AsyncIterator[websockets.Cli
         yield ws
 
 
-async def _ecg_arrives(ws: websockets.ClientConnection, after_us: int = 0) -> None:
+async def _ecg_arrives(ws: ConsoleConnection, after_us: int = 0) -> None:
     """An ECG frame the console received after `after_us` (its clock) reaches the websocket."""
     async with asyncio.timeout(60):
         while True:
-            message = json.loads(await ws.recv())
+            message = await ws.message()
             if message["type"] == "ecg" and message["rx"] > after_us:
                 return
 
@@ -275,13 +274,13 @@ async def test_sixty_second_outage_shows_stale_catches_up_and_backlog_is_not_liv
             await asyncio.sleep(60)
             async with asyncio.timeout(30):
                 while "silent" not in links:
-                    message = json.loads(await ws.recv())
+                    message = await ws.message()
                     if message["type"] == "link" and message["unit"] == "KOUT60":
                         links.append(message["condition"])
         back = time.time_ns() // 1000
         async with asyncio.timeout(60):
             while links[-1] != "live":
-                message = json.loads(await ws.recv())
+                message = await ws.message()
                 if message["type"] == "link" and message["unit"] == "KOUT60":
                     links.append(message["condition"])
         await _ecg_arrives(ws, after_us=back)  # caught up: live frames again

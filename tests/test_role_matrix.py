@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-import websockets
 
 from console import Console
 from emergency.access import ROLE_PERMISSIONS, Permission, Role
@@ -30,7 +29,7 @@ from emergency.mqtt import mqtt_client
 from emergency.protocol import DeviceEvent, EventKind, GpsFix, Stream, Vitals
 from emergency.settings import ConsoleSettings, MqttEndpoint
 from emergency.store import Store
-from tests.conftest import login_to, ws_connect
+from tests.conftest import ConsoleConnection, login_to, ws_connect
 
 P = Permission
 MISSING = 999_999_999  # an id no record has: an allowed call answers 404, a refused one 403 before looking
@@ -152,9 +151,9 @@ class Inbox:
         self.messages: list[dict[str, Any]] = []
         self.arrived = asyncio.Event()
 
-    async def read(self, ws: websockets.ClientConnection) -> None:
-        async for raw in ws:
-            self.messages.append(json.loads(raw))
+    async def read(self, ws: ConsoleConnection) -> None:
+        async for message in ws.messages():
+            self.messages.append(message)
             self.arrived.set()
 
     def has(self, kind: str, unit: str) -> bool:

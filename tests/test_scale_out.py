@@ -4,7 +4,6 @@ the bus — the same guarantees as one of each."""
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from pathlib import Path
 
@@ -36,7 +35,7 @@ async def _sees_every_unit(url: str, units: set[str], login: aiohttp.ClientSessi
     async with ws_connect(url, login) as ws:
         async with asyncio.timeout(30):
             while not units <= seen:
-                message = json.loads(await ws.recv())
+                message = await ws.message()
                 if message["type"] == "gps":
                     seen.add(message["unit"])
 

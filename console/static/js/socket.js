@@ -1,4 +1,5 @@
-// The console websocket: reconnects with capped backoff and jitter; hands every message to `onMessage`.
+// The console websocket: reconnects with capped backoff and jitter; hands every message to `onMessage`, one at a
+// time (the console sends them in frames that are arrays).
 export class ConsoleSocket {
   constructor(onMessage, onState) {
     this.onMessage = onMessage;
@@ -17,7 +18,8 @@ export class ConsoleSocket {
       this.onState(true);
       for (const unit of this.watching) this.send({ type: "watch", unit });
     };
-    ws.onmessage = (event) => this.onMessage(JSON.parse(event.data));
+    // Each frame is a JSON array of messages, in the order the console sent them (docs/console-api.md).
+    ws.onmessage = (event) => { for (const message of JSON.parse(event.data)) this.onMessage(message); };
     ws.onclose = (event) => {
       this.onState(false);
       // The session ended (logout, revocation, timeout): log in again rather than reconnect.
