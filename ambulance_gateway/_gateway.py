@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
-import aiomqtt
 from aiohttp import web
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ambulance_gateway._acks import AckTracker, Key, Loss, Settlement
@@ -26,7 +23,7 @@ from ambulance_gateway._monitor import LinkChange, SilenceMonitor
 from ambulance_gateway._partition import Partition, unit_filters
 from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
 from emergency.codec import RejectedMessage, decode_device_message, encode_ack
-from emergency.mqtt import backoff_delay, mqtt_client, publish_nowait
+from emergency.mqtt import MqttLink, MqttLinkError, backoff_delay
 from emergency.protocol import (
     DEVICE_STREAMS,
     Ack,
@@ -102,13 +99,13 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self._tracker = AckTracker()
         self._silence = SilenceMonitor(settings.silence_after_s)
-        # Reader → writer hand-off. Bounded: when full, the reader waits, aiomqtt's own bounded queue fills and
-        # then discards — such messages were never acknowledged, so devices retransmit them (docs/protocol.md).
+        # Reader → writer hand-off. Bounded: when full, the reader waits, the link's inbox fills and it stops
+        # reading the socket, so the broker holds the rest in this gateway's persistent session (docs/protocol.md).
         self._queue: asyncio.Queue[_Incoming] = asyncio.Queue(maxsize=settings.queue_max_messages)
         self._link_events: collections.deque[LinkEvent] = collections.deque(maxlen=_LINK_EVENTS_MAX)
         # Committed but not yet announced: at most one ack per (unit, boot, stream), so bounded by the fleet.
         self._outgoing_acks: dict[Key, Ack] = {}
-        self._client: aiomqtt.Client | None = None
+        self._client: MqttLink | None = None
         self._subscribed = asyncio.Event()
         self._store_failing = False
         self._tasks: asyncio.TaskGroup | None = None
@@ -174,25 +171,21 @@ class Gateway:
 
     # -- reading -----------------------------------------------------------------------------------------------
 
-    def _client_for(self) -> aiomqtt.Client:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = _SESSION_EXPIRY_S
-        client = mqtt_client(
+    def _link(self) -> MqttLink:
+        # Not aiomqtt: the ingest path reads and writes in batches (docs/decisions.md, emergency/mqtt/_link.py).
+        return MqttLink(
             self._mqtt,
-            identifier=self._settings.client_id,
+            client_id=self._settings.client_id,
             clean_start=False,  # a persistent session: the broker queues for us while we restart
-            properties=properties,
-            max_queued_incoming_messages=self._settings.queue_max_messages,
+            session_expiry_s=_SESSION_EXPIRY_S,
+            max_pending=self._settings.queue_max_messages,
         )
-        # Acks and live forwards are published concurrently by design; aiomqtt warns past 10 in flight.
-        client.pending_calls_threshold = 4 * self._settings.batch_max_messages
-        return client
 
     async def _read_forever(self) -> None:
         attempt = 0
         while True:
             try:
-                async with self._client_for() as client:
+                async with self._link() as client:
                     if self._partition is None:
                         await client.subscribe([(device_topic("+", s), 1) for s in DEVICE_STREAMS])
                     else:
@@ -202,9 +195,10 @@ class Gateway:
                     self.metrics.mqtt_connected.set(1)
                     self._subscribed.set()
                     log.info("gateway connected to %s:%s", self._mqtt.host, self._mqtt.port)
-                    async for message in client.messages:
-                        await self._take(client, message)
-            except aiomqtt.MqttError as exc:
+                    async for batch in client.batches():
+                        for message in batch:
+                            await self._take(client, message.topic, message.payload)
+            except MqttLinkError as exc:
                 log.warning("broker connection lost (%s); reconnecting", exc)
             finally:
                 self._client = None
@@ -212,7 +206,7 @@ class Gateway:
             await asyncio.sleep(backoff_delay(attempt))
             attempt += 1
 
-    async def _follow_partition(self, client: aiomqtt.Client) -> None:
+    async def _follow_partition(self, client: MqttLink) -> None:
         """Subscribe to the units of this gateway's partition that are not yet subscribed."""
         assert self._partition is not None
         new = self._partition.owned() - self._subscribed_units
@@ -231,13 +225,11 @@ class Gateway:
             if client is not None:
                 try:
                     await self._follow_partition(client)
-                except aiomqtt.MqttError as exc:
+                except MqttLinkError as exc:
                     log.info("partition not refreshed now (%s); the reconnect will", exc)
 
-    async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    async def _take(self, client: MqttLink, topic: str, payload: bytes) -> None:
         rx_us, rx_mono = now_us(), time.monotonic()
-        topic = message.topic.value
-        payload = message.payload if isinstance(message.payload, bytes) else b""
         outcome: Received | RejectedMessage
         try:
             decoded = decode_device_message(topic, payload)
@@ -249,7 +241,7 @@ class Gateway:
             outcome = Received(decoded, rx_us)
             self.metrics.received.labels(decoded.stream.value).inc()
             # Live data reaches consoles now, not after the commit; best effort (QoS 0), never waited on.
-            publish_nowait(client, live_topic(decoded.unit, decoded.stream), payload)
+            client.publish_nowait(live_topic(decoded.unit, decoded.stream), payload)
             self._tell_observer(decoded, rx_us)
             change = self._silence.heard(decoded.unit, rx_mono, rx_us)
             if change is not None:
@@ -283,8 +275,8 @@ class Gateway:
             return  # the retained state is corrected by the next change; the event is recorded regardless
         state = LinkState(change.unit, change.condition, at_us, change.last_rx_us)
         try:
-            await client.publish(link_topic(change.unit), state.encode(), qos=1, retain=True)
-        except aiomqtt.MqttError as exc:
+            await client.publish(link_topic(change.unit), state.encode(), retain=True)
+        except MqttLinkError as exc:
             log.info("link state of %s not published (%s)", change.unit, exc)
 
     # -- writing -----------------------------------------------------------------------------------------------
@@ -478,7 +470,7 @@ class Gateway:
             return  # not connected: devices keep the messages and send them again; nothing is lost
         # Queued, not awaited: a lost ack costs only a retransmission, which is answered again.
         published = sum(
-            publish_nowait(client, device_topic(unit, Stream.ACK), encode_ack(ack), qos=1)
+            client.publish_nowait(device_topic(unit, Stream.ACK), encode_ack(ack), qos=1)
             for (unit, _, _), ack in acks.items()
         )
         self.metrics.acks.inc(published)

@@ -323,7 +323,7 @@ class CareStore:
                 await conn.execute(
                     "INSERT INTO alert_events (alert_id, at, event, actor, detail)"
                     " VALUES ($1, now(), $2, 'center', $3)",
-                    a.id, event, json.dumps({"summary": a.summary, "severity": a.severity.value}),
+                    a.id, event, json.dumps({"summary": a.summary, "severity": a.severity.value, "backlog": a.backlog}),
                 )  # fmt: skip
 
         await self._run(go)

@@ -1,4 +1,4 @@
-"""How every component of ours opens an MQTT connection: MQTT 5, credentials from settings, Nagle off."""
+"""How most components open an MQTT connection: an aiomqtt client, MQTT 5, credentials from settings, no Nagle."""
 
 from __future__ import annotations
 

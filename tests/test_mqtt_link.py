@@ -1,0 +1,148 @@
+"""The ingest path's MQTT link (emergency.mqtt.MqttLink) on the real mosquitto: batches in order, persistent
+sessions, PUBACKs, refusals, broker-initiated disconnects and backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from emergency.mqtt import MqttLink, MqttLinkError, mqtt_client
+from emergency.settings import MqttEndpoint
+
+_ids = iter(range(1, 10_000))
+
+
+def client_id() -> str:
+    return f"test-link-{next(_ids)}"
+
+
+async def take(link: MqttLink, count: int, within_s: float = 10) -> list[tuple[str, bytes]]:
+    """The next `count` messages the link receives, with how they were batched flattened away."""
+    received: list[tuple[str, bytes]] = []
+    async with asyncio.timeout(within_s):
+        async for batch in link.batches():
+            received.extend((m.topic, m.payload) for m in batch)
+            if len(received) >= count:
+                return received
+    return received
+
+
+async def publish_as_unit(endpoint: MqttEndpoint, unit: str, payloads: list[bytes]) -> None:
+    async with mqtt_client(endpoint, identifier=f"{unit}-pub") as device:
+        for payload in payloads:
+            await device.publish(f"ems/v1/{unit}/vitals", payload, qos=1)
+
+
+@contextlib.asynccontextmanager
+async def linked(endpoint: MqttEndpoint, **options: object) -> AsyncIterator[MqttLink]:
+    async with MqttLink(endpoint, **options) as link:  # type: ignore[arg-type]
+        yield link
+
+
+async def test_messages_arrive_complete_in_order_and_in_batches(gateway_endpoint, make_unit) -> None:
+    """Messages published at QoS 1 reach the link complete and in order, several to a batch when they come in a
+    burst (here: what the broker kept for the session while the link was away)."""
+    unit, endpoint = await make_unit()
+    payloads = [f"m{i}".encode() for i in range(500)]
+    session = {"client_id": client_id(), "clean_start": False, "session_expiry_s": 600}
+    async with linked(gateway_endpoint, **session) as link:
+        await link.subscribe([(f"ems/v1/{unit}/vitals", 1)])
+    await publish_as_unit(endpoint, unit, payloads)
+    batches: list[int] = []
+    received: list[bytes] = []
+    async with linked(gateway_endpoint, **session) as link:
+        async with asyncio.timeout(10):
+            async for batch in link.batches():
+                batches.append(len(batch))
+                received.extend(m.payload for m in batch)
+                if len(received) >= len(payloads):
+                    break
+    assert received == payloads
+    assert len(batches) < len(payloads) / 5
+
+
+async def test_a_persistent_session_keeps_messages_and_does_not_redeliver_acknowledged_ones(
+    gateway_endpoint, make_unit
+) -> None:
+    """With a persistent session the broker keeps what arrives while the link is away; what the link received
+    was acknowledged, so the next connection gets only the new messages."""
+    unit, endpoint = await make_unit()
+    name = client_id()
+    session = {"client_id": name, "clean_start": False, "session_expiry_s": 600}
+    async with linked(gateway_endpoint, **session) as link:
+        assert not link.session_present
+        await link.subscribe([(f"ems/v1/{unit}/vitals", 1)])
+    await publish_as_unit(endpoint, unit, [b"while-away-1", b"while-away-2"])
+    async with linked(gateway_endpoint, **session) as link:
+        assert link.session_present
+        assert [p for _, p in await take(link, 2)] == [b"while-away-1", b"while-away-2"]
+    await publish_as_unit(endpoint, unit, [b"later"])
+    async with linked(gateway_endpoint, **session) as link:
+        assert [p for _, p in await take(link, 1)] == [b"later"]
+        with pytest.raises(TimeoutError):
+            await take(link, 1, within_s=1)
+
+
+async def test_qos1_publish_waits_for_the_broker_and_reaches_subscribers(gateway_endpoint, console_endpoint) -> None:
+    """`publish` returns once the broker acknowledged; `publish_nowait` messages leave in the same order."""
+    async with mqtt_client(console_endpoint, identifier=client_id()) as console:
+        await console.subscribe("center/v1/live/LINKTEST/#", qos=1)
+        async with linked(gateway_endpoint, client_id=client_id()) as link:
+            for i in range(3):
+                assert link.publish_nowait(f"center/v1/live/LINKTEST/n{i}", b"%d" % i, qos=i % 2)
+            await link.publish("center/v1/live/LINKTEST/last", b"last", retain=False)
+        topics: list[str] = []
+        async with asyncio.timeout(5):
+            async for message in console.messages:
+                topics.append(message.topic.value)
+                if len(topics) == 4:
+                    break
+    assert topics == [f"center/v1/live/LINKTEST/{t}" for t in ("n0", "n1", "n2", "last")]
+
+
+async def test_refusals_are_errors_with_the_brokers_reason(broker, console_endpoint, gateway_endpoint) -> None:
+    """A wrong password and a forbidden QoS 1 publish each raise MqttLinkError. (mosquitto grants a forbidden
+    subscription and filters on delivery, so there is no refused SUBACK to provoke here.)"""
+    wrong = gateway_endpoint.model_copy(update={"password": None})
+    with pytest.raises(MqttLinkError, match=r"refused|lost|closed"):
+        async with linked(wrong, client_id=client_id()):
+            pass
+    async with linked(console_endpoint, client_id=client_id()) as link:
+        with pytest.raises(MqttLinkError, match="NOT_AUTHORIZED"):
+            await link.publish("center/v1/live/LINKTEST/ecg", b"forged")
+
+
+async def test_a_session_taken_over_ends_the_old_link_with_the_reason(gateway_endpoint) -> None:
+    """When the broker disconnects the link (here: the same client id connects again), the reader's iteration
+    ends with MqttLinkError saying so, and publishing on the dead link is refused."""
+    name = client_id()
+    async with linked(gateway_endpoint, client_id=name) as first:
+        async with linked(gateway_endpoint, client_id=name):
+            # MQTT 5 lets the broker say why (SESSION_TAKEN_OVER); this mosquitto just closes the socket.
+            with pytest.raises(MqttLinkError, match=r"SESSION_TAKEN_OVER|closed by the broker"):
+                await take(first, 1)
+            assert not first.publish_nowait("center/v1/live/LINKTEST/x", b"x")
+
+
+async def test_a_slow_reader_pauses_the_socket_and_loses_nothing(gateway_endpoint, make_unit) -> None:
+    """While the reader does not take messages the link stops reading at `max_pending` (the broker holds the rest);
+    once it reads again every message arrives, in order."""
+    unit, endpoint = await make_unit()
+    payloads = [bytes(200) + b"%d" % i for i in range(600)]
+    async with linked(gateway_endpoint, client_id=client_id(), max_pending=50, receive_max=20) as link:
+        await link.subscribe([(f"ems/v1/{unit}/vitals", 1)])
+        await publish_as_unit(endpoint, unit, payloads)
+        await asyncio.sleep(1)  # the reader is away
+        assert link.pending < 50 + 20 + 1
+        received = [p for _, p in await take(link, len(payloads))]
+    assert received == payloads
+
+
+async def test_keep_alive_holds_an_idle_link_open(gateway_endpoint) -> None:
+    """An idle link pings the broker, so neither side drops it after the keep-alive."""
+    async with linked(gateway_endpoint, client_id=client_id(), keep_alive_s=1) as link:
+        await asyncio.sleep(3.5)
+        await link.publish("center/v1/live/LINKTEST/alive", b"1")
