@@ -385,7 +385,7 @@ class Store:
         rows = await self._read(
             self.pool.fetch,
             "SELECT DISTINCT ON (unit) unit, boot, seq, ts, lat, lon, speed, heading, acc "
-            "FROM gps_fixes WHERE ts > now() - interval '1 day' ORDER BY unit, ts DESC"
+            "FROM gps_fixes WHERE ts > now() - interval '1 day' ORDER BY unit, ts DESC",
         )
         return [
             GpsFix(
