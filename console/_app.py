@@ -14,7 +14,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import aiomqtt
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from console._auth import AUTH, Auth, Principal, audit, principal_of, require, setup_auth
@@ -28,7 +27,7 @@ from emergency.care._model import Alert, AlertState
 from emergency.care._wire import CareRecord, encode_record
 from emergency.codec import RejectedMessage, decode_device_message
 from emergency.geo import haversine_m
-from emergency.mqtt import backoff_delay, mqtt_client
+from emergency.mqtt import MqttLink, MqttLinkError, backoff_delay
 from emergency.protocol import UNIT_PATTERN, EcgFrame, Stream, device_topic
 from emergency.settings import ConsoleSettings, MqttEndpoint
 from emergency.sites import Sites, load_sites
@@ -60,7 +59,7 @@ class ConsoleCore:
         self.fleet = FleetState()
         self.care = CareView()
         self.hub = Hub()
-        self.bus_client: aiomqtt.Client | None = None
+        self.bus_client: MqttLink | None = None
         self.bus_ready = asyncio.Event()
         self._deliveries: set[asyncio.Task[None]] = set()  # at most one per raised alert, each short-lived
 
@@ -118,28 +117,28 @@ class ConsoleCore:
                         type(record).__name__, record.id)  # fmt: skip
             return
         try:
-            await client.publish(care_topic_of(record), encode_record(record), qos=1)
-        except aiomqtt.MqttError as exc:
+            await client.publish(care_topic_of(record), encode_record(record))
+        except MqttLinkError as exc:
             log.warning("%s %s not published (%s)", type(record).__name__, record.id, exc)
 
     async def run_bus(self) -> None:
         attempt = 0
         while True:
             try:
-                async with mqtt_client(
-                    self.mqtt, identifier=f"{self.settings.client_id}-{random.randrange(16**8):08x}"
+                # The bus carries every unit's live data: read it as the gateway reads devices, a socket read's
+                # messages at a time, so that each client's next frame carries all of them (decision 24).
+                async with MqttLink(
+                    self.mqtt, client_id=f"{self.settings.client_id}-{random.randrange(16**8):08x}"
                 ) as client:
-                    await client.subscribe([(topic, 0) for topic in _ALWAYS])
-                    await client.subscribe(CARE_FILTER, qos=1)
-                    for unit in self.hub.watched_units():
-                        await client.subscribe(live_topic(unit, Stream.ECG), qos=0)
+                    watched = [(live_topic(unit, Stream.ECG), 0) for unit in self.hub.watched_units()]
+                    await client.subscribe([*((topic, 0) for topic in _ALWAYS), (CARE_FILTER, 1), *watched])
                     self.bus_client, attempt = client, 0
                     self.bus_ready.set()
                     log.info("console connected to the bus at %s:%s", self.mqtt.host, self.mqtt.port)
-                    async for message in client.messages:
-                        payload = message.payload if isinstance(message.payload, bytes) else b""
-                        self.on_bus_message(message.topic.value, payload)
-            except aiomqtt.MqttError as exc:
+                    async for batch in client.batches():
+                        for message in batch:
+                            self.on_bus_message(message.topic, message.payload)
+            except MqttLinkError as exc:
                 log.warning("bus connection lost (%s); reconnecting", exc)
             finally:
                 self.bus_client = None
@@ -185,10 +184,10 @@ class ConsoleCore:
             return  # subscribed on (re)connect from hub.watched_units()
         try:
             if on:
-                await client.subscribe(live_topic(unit, Stream.ECG), qos=0)
+                await client.subscribe([(live_topic(unit, Stream.ECG), 0)])
             else:
-                await client.unsubscribe(live_topic(unit, Stream.ECG))
-        except aiomqtt.MqttError as exc:
+                await client.unsubscribe([live_topic(unit, Stream.ECG)])
+        except MqttLinkError as exc:
             log.info("ECG subscription for %s not changed now (%s); the reconnect will", unit, exc)
 
 

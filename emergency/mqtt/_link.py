@@ -22,7 +22,7 @@ import asyncio
 import collections
 import logging
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Self
 
@@ -139,7 +139,8 @@ class MqttLink:
         self._send_max = 65535  # the broker's receive maximum, from its CONNACK
         self._inflight: dict[int, asyncio.Future[int] | None] = {}  # our QoS 1 packet id → who waits for PUBACK
         self._outbox: collections.deque[tuple[str, bytes, bool, asyncio.Future[int] | None]] = collections.deque()
-        self._subacks: dict[int, asyncio.Future[list[mqtt5.SubAckReasonCode]]] = {}
+        # SUBACK / UNSUBACK waiters by packet id: the reason code of each filter.
+        self._subacks: dict[int, asyncio.Future[list[int]]] = {}
         self._heard = 0.0  # loop time of the last packet from the broker
         self._keeper: asyncio.Task[None] | None = None
         self.session_present = False
@@ -240,10 +241,10 @@ class MqttLink:
                 messages.append(packet)
             elif isinstance(packet, mqtt5.PubAckPacket):
                 self._acknowledged(packet.packet_id, int(packet.reason_code))
-            elif isinstance(packet, mqtt5.SubAckPacket):
+            elif isinstance(packet, mqtt5.SubAckPacket | mqtt5.UnsubAckPacket):
                 waiter = self._subacks.pop(packet.packet_id, None)
                 if waiter is not None and not waiter.done():
-                    waiter.set_result(packet.reason_codes)
+                    waiter.set_result([int(code) for code in packet.reason_codes])
             elif isinstance(packet, mqtt5.ConnAckPacket):
                 if self._connack is not None and not self._connack.done():
                     self._connack.set_result(packet)
@@ -264,23 +265,36 @@ class MqttLink:
 
     async def subscribe(self, filters: Sequence[tuple[str, int]]) -> None:
         """Subscribe to (topic filter, max QoS) pairs; raises MqttLinkError if the broker refuses any of them."""
+        topic_filters = [mqtt5.TopicFilter(pattern, max_qos=mqtt5.QoS(qos)) for pattern, qos in filters]
+        codes = await self._request(lambda packet_id: mqtt5.SubscribePacket(packet_id, topic_filters).write())
+        self._check_codes("subscription", [pattern for pattern, _ in filters], codes)
+
+    async def unsubscribe(self, patterns: Sequence[str]) -> None:
+        """Unsubscribe from topic filters (one not subscribed is no error)."""
+        codes = await self._request(lambda packet_id: mqtt5.UnsubscribePacket(packet_id, list(patterns)).write())
+        self._check_codes("unsubscription", patterns, codes)
+
+    async def _request(self, packet_for: Callable[[int], bytes]) -> list[int]:
+        """Send a SUBSCRIBE or UNSUBSCRIBE and wait for its reason codes."""
         self._check_open()
         packet_id = self._packet_id()
-        waiter: asyncio.Future[list[mqtt5.SubAckReasonCode]] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._subacks[packet_id] = waiter
-        topic_filters = [mqtt5.TopicFilter(pattern, max_qos=mqtt5.QoS(qos)) for pattern, qos in filters]
-        self._write(mqtt5.SubscribePacket(packet_id, topic_filters).write())
+        self._write(packet_for(packet_id))
         try:
             async with asyncio.timeout(self._timeout_s):
-                codes = await waiter
+                return await waiter
         except TimeoutError:
-            raise MqttLinkError("no SUBACK in time") from None
+            raise MqttLinkError("no SUBACK/UNSUBACK in time") from None
         finally:
             self._subacks.pop(packet_id, None)
-        refused = [(f, code) for (f, _), code in zip(filters, codes, strict=False) if int(code) >= _SUCCESS_BELOW]
+
+    @staticmethod
+    def _check_codes(what: str, patterns: Sequence[str], codes: list[int]) -> None:
+        refused = [(p, code) for p, code in zip(patterns, codes, strict=False) if code >= _SUCCESS_BELOW]
         if refused:
             pattern, code = refused[0]
-            raise MqttLinkError(f"subscription to {pattern} refused: {code.name} ({len(refused)} refused)")
+            raise MqttLinkError(f"{what} of {pattern} refused: reason code {code:#x} ({len(refused)} refused)")
 
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
         """Queue a publish; it leaves at the end of this event-loop iteration. False when it cannot be queued (not
