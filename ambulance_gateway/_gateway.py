@@ -97,6 +97,7 @@ class Gateway:
         self._mqtt = mqtt
         self._store = store
         self.metrics = GatewayMetrics()
+        self._received = {stream: self.metrics.received.labels(stream.value) for stream in Stream}  # per message
         self._tracker = AckTracker()
         self._silence = SilenceMonitor(settings.silence_after_s)
         # Reader → writer hand-off. Bounded: when full, the reader waits, the link's inbox fills and it stops
@@ -239,7 +240,7 @@ class Gateway:
             log.debug("rejected %s: %s", topic, rejection.reason)
         else:
             outcome = Received(decoded, rx_us)
-            self.metrics.received.labels(decoded.stream.value).inc()
+            self._received[decoded.stream].inc()
             # Live data reaches consoles now, not after the commit; best effort (QoS 0), never waited on.
             client.publish_nowait(live_topic(decoded.unit, decoded.stream), payload)
             self._tell_observer(decoded, rx_us)
@@ -247,7 +248,6 @@ class Gateway:
             if change is not None:
                 await self._announce(change, rx_us)
         await self._queue.put(_Incoming(topic, payload, rx_us, rx_mono, outcome))
-        self.metrics.pending.set(self._queue.qsize())
 
     def _tell_observer(self, item: DeviceMessage | LinkEvent, rx_us: int = 0) -> None:
         if self._observer is None:
