@@ -144,6 +144,8 @@ class Client:
     ) -> None:
         self.ws = ws
         self.principal = principal
+        # Looked up once: `may` runs for every broadcast and every client (a role is fixed for a session's life).
+        self._permissions = principal.permissions
         self.transport = transport
         self.name = name
         self.watching: set[str] = set()
@@ -155,15 +157,16 @@ class Client:
         self.closing: tuple[int, str] | None = None
 
     def may(self, permission: Permission) -> bool:
-        return permission in self.principal.permissions
+        return permission in self._permissions
 
     def end_session(self, reason: str) -> None:
         """Disconnect this client (SESSION_ENDED) once what is queued for it is abandoned."""
         self._close_soon(SESSION_ENDED, reason)
 
-    def offer_update(self, message: Json | Outgoing) -> None:
+    def offer_update(self, message: Json | Outgoing, key: tuple[str, str] | None = None) -> None:
+        """`key` is (type, unit), which a broadcast works out once for all clients."""
         out = Outgoing.of(message)
-        self._updates[(out.message["type"], out.message["unit"])] = out
+        self._updates[key or (out.message["type"], out.message["unit"])] = out
         self._wake.set()
 
     def offer_event(self, message: Json | Outgoing) -> None:
@@ -259,9 +262,10 @@ class Hub:
     def broadcast_update(self, message: Json, needs: Permission = Permission.VIEW_PATIENT_LIVE) -> None:
         """A coalescable unit update, to every client whose role holds `needs`."""
         out = Outgoing(message)  # encoded once, however many clients receive it
+        key = (message["type"], message["unit"])
         for client in self.clients:
             if client.may(needs):
-                client.offer_update(out)
+                client.offer_update(out, key)
 
     def broadcast_event(self, message: Json, needs: Permission = Permission.VIEW_PATIENT_LIVE) -> None:
         """An event (never dropped), to every client whose role holds `needs`."""
