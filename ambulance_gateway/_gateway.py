@@ -21,7 +21,15 @@ from ambulance_gateway._acks import AckTracker, Key, Loss, Settlement
 from ambulance_gateway._metrics import GatewayMetrics
 from ambulance_gateway._monitor import LinkChange, SilenceMonitor
 from ambulance_gateway._partition import Partition, unit_filters
-from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
+from emergency.bus import (
+    WATCH_FILTER,
+    LinkCondition,
+    LinkState,
+    decode_watch,
+    is_watch_topic,
+    link_topic,
+    live_topic,
+)
 from emergency.codec import RejectedMessage, decode_device_message, encode_ack
 from emergency.mqtt import MqttLink, MqttLinkError, backoff_delay
 from emergency.protocol import (
@@ -94,6 +102,9 @@ class Gateway:
         # None: this gateway takes every unit. Otherwise only the units of its partition, subscribed by name.
         self._partition = partition if partition is not None and partition.count > 1 else None
         self._subscribed_units: set[str] = set()
+        # Each console's watch list (center/v1/watch/{console}); a unit's ECG is forwarded only while watched.
+        self._watch_lists: dict[str, frozenset[str]] = {}
+        self._watched: frozenset[str] = frozenset()
         self._mqtt = mqtt
         self._store = store
         self.metrics = GatewayMetrics()
@@ -187,6 +198,7 @@ class Gateway:
         while True:
             try:
                 async with self._link() as client:
+                    await client.subscribe([(WATCH_FILTER, 1)])  # retained: every console's list, now
                     if self._partition is None:
                         await client.subscribe([(device_topic("+", s), 1) for s in DEVICE_STREAMS])
                     else:
@@ -198,7 +210,10 @@ class Gateway:
                     log.info("gateway connected to %s:%s", self._mqtt.host, self._mqtt.port)
                     async for batch in client.batches():
                         for message in batch:
-                            await self._take(client, message.topic, message.payload)
+                            if is_watch_topic(message.topic):
+                                self._note_watch(message.topic, message.payload)
+                            else:
+                                await self._take(client, message.topic, message.payload)
             except MqttLinkError as exc:
                 log.warning("broker connection lost (%s); reconnecting", exc)
             finally:
@@ -241,13 +256,30 @@ class Gateway:
         else:
             outcome = Received(decoded, rx_us)
             self._received[decoded.stream].inc()
-            # Live data reaches consoles now, not after the commit; best effort (QoS 0), never waited on.
-            client.publish_nowait(live_topic(decoded.unit, decoded.stream), payload)
+            # Live data reaches consoles now, not after the commit; best effort (QoS 0), never waited on. A 12-lead
+            # only while a console shows it (emergency/bus.py).
+            if decoded.stream is not Stream.ECG or decoded.unit in self._watched:
+                client.publish_nowait(live_topic(decoded.unit, decoded.stream), payload)
             self._tell_observer(decoded, rx_us)
             change = self._silence.heard(decoded.unit, rx_mono, rx_us)
             if change is not None:
                 await self._announce(change, rx_us)
         await self._queue.put(_Incoming(topic, payload, rx_us, rx_mono, outcome))
+
+    def _note_watch(self, topic: str, payload: bytes) -> None:
+        console = topic.rsplit("/", 1)[-1]
+        try:
+            units = decode_watch(payload)
+        except ValueError as exc:
+            # Only consoles write these: a bug, not bad input. Keep forwarding what was forwarded.
+            log.error("malformed watch list from %s: %s", console, exc)
+            return
+        if units:
+            self._watch_lists[console] = units
+        else:
+            self._watch_lists.pop(console, None)
+        self._watched = frozenset().union(*self._watch_lists.values())
+        log.debug("console %s watches %d units; %d watched in all", console, len(units), len(self._watched))
 
     def _tell_observer(self, item: DeviceMessage | LinkEvent, rx_us: int = 0) -> None:
         if self._observer is None:

@@ -22,7 +22,16 @@ from console._hub import Client, ClientDropped, Hub, needs_of, visible_care, vis
 from console._state import FleetState, ecg_json
 from console._streets import STREET_LAYER, setup_streets
 from emergency.access import Permission
-from emergency.bus import BUS_ROOT, CARE_FILTER, LINK_FILTER, LinkState, live_topic, parse_bus_topic
+from emergency.bus import (
+    BUS_ROOT,
+    CARE_FILTER,
+    LINK_FILTER,
+    LinkState,
+    encode_watch,
+    live_topic,
+    parse_bus_topic,
+    watch_topic,
+)
 from emergency.care._model import Alert, AlertState
 from emergency.care._wire import CareRecord, encode_record
 from emergency.codec import RejectedMessage, decode_device_message
@@ -60,6 +69,8 @@ class ConsoleCore:
         self.care = CareView()
         self.hub = Hub()
         self.bus_client: MqttLink | None = None
+        # This process's name on the bus, kept across reconnects: its watch list is one retained topic.
+        self.bus_id = f"{settings.client_id}-{random.randrange(16**8):08x}"
         self.bus_ready = asyncio.Event()
         self._deliveries: set[asyncio.Task[None]] = set()  # at most one per raised alert, each short-lived
 
@@ -127,11 +138,11 @@ class ConsoleCore:
             try:
                 # The bus carries every unit's live data: read it as the gateway reads devices, a socket read's
                 # messages at a time, so that each client's next frame carries all of them (decision 24).
-                async with MqttLink(
-                    self.mqtt, client_id=f"{self.settings.client_id}-{random.randrange(16**8):08x}"
-                ) as client:
+                # The will clears this console's watch list when it goes, however it goes.
+                async with MqttLink(self.mqtt, client_id=self.bus_id, will=(watch_topic(self.bus_id), b"")) as client:
                     watched = [(live_topic(unit, Stream.ECG), 0) for unit in self.hub.watched_units()]
                     await client.subscribe([*((topic, 0) for topic in _ALWAYS), (CARE_FILTER, 1), *watched])
+                    await self._announce_watch(client)
                     self.bus_client, attempt = client, 0
                     self.bus_ready.set()
                     log.info("console connected to the bus at %s:%s", self.mqtt.host, self.mqtt.port)
@@ -178,6 +189,10 @@ class ConsoleCore:
         else:
             self.hub.broadcast_update(update, needs=needs_of(update))
 
+    async def _announce_watch(self, client: MqttLink) -> None:
+        """Tell the gateways which units' 12-lead this console shows: they forward only those (emergency/bus.py)."""
+        await client.publish(watch_topic(self.bus_id), encode_watch(self.hub.watched_units()), retain=True)
+
     async def follow_ecg(self, unit: str, on: bool) -> None:
         client = self.bus_client
         if client is None:
@@ -187,6 +202,7 @@ class ConsoleCore:
                 await client.subscribe([(live_topic(unit, Stream.ECG), 0)])
             else:
                 await client.unsubscribe([live_topic(unit, Stream.ECG)])
+            await self._announce_watch(client)
         except MqttLinkError as exc:
             log.info("ECG subscription for %s not changed now (%s); the reconnect will", unit, exc)
 

@@ -9,11 +9,15 @@ several gateway and console processes share it without either knowing the other.
   live frame shows the next one; nothing durable depends on it.
 - `center/v1/link/{unit}`: msgpack `LinkState` when a unit goes silent or resumes (QoS 1, retained, so a console
   that starts later still knows).
+- `center/v1/watch/{console}`: the units whose 12-lead a console process shows (msgpack list; QoS 1, retained,
+  written by that console, cleared by its will when it goes). The gateway forwards a unit's ECG only while some
+  console watches it: ECG is ~97 % of the live bytes, and a waveform nobody shows need not cross the bus.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import msgpack
@@ -23,6 +27,8 @@ from emergency.protocol import Stream
 BUS_ROOT = "center/v1"
 LIVE_FILTER = f"{BUS_ROOT}/live/+/+"
 LINK_FILTER = f"{BUS_ROOT}/link/+"
+WATCH_FILTER = f"{BUS_ROOT}/watch/+"
+_WATCH_PREFIX = f"{BUS_ROOT}/watch/"
 
 
 def live_topic(unit: str, stream: Stream) -> str:
@@ -31,6 +37,33 @@ def live_topic(unit: str, stream: Stream) -> str:
 
 def link_topic(unit: str) -> str:
     return f"{BUS_ROOT}/link/{unit}"
+
+
+def watch_topic(console: str) -> str:
+    return f"{_WATCH_PREFIX}{console}"
+
+
+def is_watch_topic(topic: str) -> bool:
+    return topic.startswith(_WATCH_PREFIX)
+
+
+def encode_watch(units: Iterable[str]) -> bytes:
+    packed: bytes = msgpack.packb(sorted(units))
+    return packed
+
+
+def decode_watch(payload: bytes) -> frozenset[str]:
+    """The units a console watches; an empty payload (the retained message cleared) watches none. Raises ValueError
+    on anything else than a msgpack list of strings."""
+    if not payload:
+        return frozenset()
+    try:
+        units = msgpack.unpackb(payload, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ValueError(f"watch list is not msgpack: {exc}") from exc
+    if not isinstance(units, list) or not all(isinstance(u, str) for u in units):
+        raise ValueError("watch list is not a list of unit ids")
+    return frozenset(units)
 
 
 class LinkCondition(enum.StrEnum):

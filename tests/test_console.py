@@ -19,7 +19,7 @@ import pytest_asyncio
 
 from console import Console
 from console._hub import FRAME_TEXT_MAX, Outgoing, frame_texts
-from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
+from emergency.bus import LinkCondition, LinkState, decode_watch, link_topic, live_topic, watch_topic
 from emergency.codec import encode_device_message
 from emergency.mqtt import mqtt_client
 from emergency.protocol import EcgFrame, GpsFix, Stream, Vitals
@@ -80,6 +80,39 @@ async def _publish_until(bus: aiomqtt.Client, topic: str, payload: bytes, done: 
     while not done.done():
         await bus.publish(topic, payload, qos=0)
         await asyncio.sleep(0.1)
+
+
+async def test_the_console_announces_its_watch_list_and_its_will_clears_it(
+    console_endpoint: MqttEndpoint, gateway_endpoint: MqttEndpoint, shared_store: Store, logged_in: LoggedIn
+) -> None:
+    """The units a console's clients watch are on its retained watch topic (what the gateways forward ECG for);
+    when the console stops, its will empties the topic."""
+    lists: list[frozenset[str]] = []
+
+    async def next_list(within_s: float = 10) -> frozenset[str]:
+        async with asyncio.timeout(within_s):
+            async for message in reader.messages:
+                assert isinstance(message.payload, bytes)
+                lists.append(decode_watch(message.payload))
+                return lists[-1]
+        raise AssertionError("no watch list")
+
+    async with mqtt_client(gateway_endpoint) as reader:
+        async with Console(ConsoleSettings(), 0, console_endpoint, shared_store) as running:
+            await reader.subscribe(watch_topic(running.core.bus_id), qos=1)
+            assert await next_list() == frozenset()
+            http = await logged_in(running.url, "ed_physician")
+            async with ws_connect(running.url, http) as ws:
+                await _next(ws, "fleet")
+                await ws.send(json.dumps({"type": "watch", "unit": "CWL1"}))
+                assert await next_list() == {"CWL1"}
+            assert await next_list() == frozenset()  # the client left: nobody watches
+            async with ws_connect(running.url, http) as ws:
+                await _next(ws, "fleet")
+                await ws.send(json.dumps({"type": "watch", "unit": "CWL2"}))
+                assert await next_list() == {"CWL2"}
+                # The console stops with the client still watching: its will clears the list.
+        assert await next_list() == frozenset()
 
 
 async def test_watched_unit_receives_ecg_bytes_unchanged(

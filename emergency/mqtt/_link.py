@@ -111,8 +111,12 @@ class MqttLink:
         receive_max: int = 1000,
         max_pending: int = 20_000,
         timeout_s: float = 10.0,
+        will: tuple[str, bytes] | None = None,
     ) -> None:
+        """`will`: (topic, payload) the broker publishes, QoS 1 and retained, when this link ends — lost, or closed
+        by us (the DISCONNECT asks for it): the owner's way to clear what it announced while connected."""
         self._endpoint = endpoint
+        self._will = will
         self._connect = mqtt5.ConnectPacket(
             client_id,
             username=endpoint.username,
@@ -121,6 +125,9 @@ class MqttLink:
             keep_alive=keep_alive_s,
             session_expiry_interval=session_expiry_s,
             receive_max=receive_max,
+            will=None
+            if will is None
+            else mqtt5.Will(will[0], payload=will[1], qos=mqtt5.QoS.AT_LEAST_ONCE, retain=True),
         )
         self._keep_alive_s = keep_alive_s
         self._max_pending = max_pending
@@ -184,8 +191,13 @@ class MqttLink:
             await asyncio.gather(self._keeper, return_exceptions=True)
             self._keeper = None
         if self._closed is None and self._transport is not None:
-            # A normal DISCONNECT keeps a persistent session (and drops a will, had there been one).
-            self._write(mqtt5.DisconnectPacket().write())
+            # A DISCONNECT keeps a persistent session; a normal one drops the will, so ask for it when there is one.
+            reason = (
+                mqtt5.DisconnectReasonCode.NORMAL_DISCONNECTION
+                if self._will is None
+                else mqtt5.DisconnectReasonCode.DISCONNECT_WITH_WILL_MESSAGE
+            )
+            self._write(mqtt5.DisconnectPacket(reason_code=reason).write())
             self._flush()
         self._fail("closed by us")
 

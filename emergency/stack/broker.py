@@ -33,6 +33,7 @@ topic readwrite center/v1/#
 user center.console
 topic read center/v1/#
 topic write center/v1/care/#
+topic write center/v1/watch/#
 
 pattern write ems/v1/%u/ecg
 pattern write ems/v1/%u/vitals
