@@ -139,7 +139,8 @@ def parse_properties(buf: bytes, at: int) -> tuple[dict[int, int | bytes], int]:
     decoded = read_varint(buf, at)
     assert decoded is not None
     length, at = decoded
-    end, props = at + length, {}
+    end = at + length
+    props: dict[int, int | bytes] = {}
     while at < end:
         pid, at = buf[at], at + 1
         size = _PROPERTY_SIZES[pid]
@@ -301,6 +302,11 @@ class PayloadTemplate:
 
     def fill(self, seq: int, ts: int) -> bytes:
         return b"".join((self.prefix, b"\xa3seq", msgpack.packb(seq), b"\xa2ts", msgpack.packb(ts), self.suffix))
+
+    def for_unit(self, unit: str, boot: int) -> PayloadTemplate:
+        """The same message from another unit (or boot); the suffix, which may hold kilobytes of samples, is shared."""
+        prefix = bytes([self.prefix[0]]) + _packed_pairs({"v": 1, "unit": unit, "boot": boot})
+        return PayloadTemplate(prefix, self.suffix)
 
 
 def ecg_rest(data: bytes) -> dict[str, object]:

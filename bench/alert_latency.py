@@ -16,8 +16,15 @@ raised at that `ts` arriving on the websocket.
 Options reduce the load when the machine cannot carry it (`--ecg-every 4`: one 12-lead frame of 1 s per second
 instead of four of 250 ms, same samples and bytes; `--no-ecg`: no 12-lead from background units; `--vitals-every N`:
 background vitals and GPS every N s); probe units always send the full standard load, and the output says which
-reductions were used. The devices are a lean MQTT 5 client written here (pre-encoded packets on raw asyncio sockets,
-QoS 1, acks read and acknowledged), so that the load generator costs little beside the stack it measures.
+reductions were used.
+
+How the load is made, so that the generator costs little beside the stack it measures: each unit has its own MQTT 5
+connection and account (bench/_loadgen.py's `MqttConnection`: packets framed by hand on a raw asyncio socket, QoS 1,
+PUBACKs counted, the gateway's acks read and acknowledged). Every payload sent under load is a `PayloadTemplate` —
+the codec's encoding of the message with only seq and ts filled in per message — made at start and checked byte for
+byte against `encode_device_message`, each kind for every unit: the 12-lead frames (their samples shared by all
+units), normal vitals, the probes' violating vitals, the GPS fix. Units are spread over 25 slots of 10 ms; a unit's
+messages of a tick leave in one write, and a unit with 80 publishes in flight skips its tick (the broker admits 100).
 """
 
 from __future__ import annotations
@@ -28,20 +35,21 @@ import contextlib
 import dataclasses
 import json
 import shutil
-import socket
 import sys
 import tempfile
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
+import msgpack
 import psutil
 import websockets
 
-from emergency.codec import decode_ack, encode_device_message
+from emergency.codec import encode_device_message
 from emergency.protocol import (
     STANDARD_LEADS,
     DeviceEvent,
@@ -57,149 +65,165 @@ from emergency.stack import provision_units
 from firmware_sim import EcgSynth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _loadgen import MqttConnection, PayloadTemplate, mqtt_str
 from telemetry import ProcessSampler, now_us, pct, running_stack
 
 FS = 500.0
 FRAME_S = 0.25
+TICK_US = 250_000  # FRAME_S in µs: a unit's tick, and the time one 12-lead frame of the standard load spans
 SLOTS = 25  # units are spread over the 250 ms tick in this many slots, as unsynchronised devices would be
-NORMAL = {"hr": 80.0, "sbp": 122.0, "dbp": 76.0, "spo2": 97.0, "rr": 16.0}
-VIOLATING = {"hr": 120.0, "sbp": 70.0, "dbp": 40.0, "spo2": 97.0, "rr": 16.0}  # SBP < 80, shock index 1.71
+NORMAL_VITALS = Vitals("-", 0, 0, 0, hr=80.0, sbp=122.0, dbp=76.0, spo2=97.0, rr=16.0)
+VIOLATING_VITALS = Vitals("-", 0, 0, 0, hr=120.0, sbp=70.0, dbp=40.0, spo2=97.0, rr=16.0)  # SBP < 80, shock index 1.71
+GPS_FIX = GpsFix("-", 0, 0, 0, 31.23, 121.47, speed=10.0)
+STREAMS = (Stream.ECG, Stream.VITALS, Stream.GPS, Stream.EVENT)
+ECG, VITALS, GPS, EVENT = range(4)  # a stream's index in STREAMS and in a device's `topics`, `seq`, `sent`, `acked`
+STREAM_INDEX = {s.value: i for i, s in enumerate(STREAMS)}  # by the name an ack gives
+
+
+# -- payloads from templates ---------------------------------------------------------------------------------------
+
+
+def checked(template: PayloadTemplate, message: DeviceMessage) -> PayloadTemplate:
+    """`template`, once its payload is found byte for byte equal to the codec's encoding of `message` (any seq
+    and ts), so that the gateway receives exactly what a device would send."""
+    seq, ts = 41, 1_700_000_000_123_456
+    if template.fill(seq, ts) != encode_device_message(dataclasses.replace(message, seq=seq, ts=ts)):
+        raise AssertionError(f"the {message.stream} template of {message.unit} differs from the codec's encoding")
+    return template
+
+
+def template_of(message: DeviceMessage) -> PayloadTemplate:
+    """`message`'s payload with seq and ts left open: the codec's own fields, in its order, checked against it."""
+    fields = msgpack.unpackb(encode_device_message(message))
+    rest = {k: v for k, v in fields.items() if k not in ("v", "unit", "boot", "seq", "ts")}
+    return checked(PayloadTemplate.of(message.unit, message.boot, rest), message)
+
+
+@dataclass(frozen=True, slots=True)
+class Payloads:
+    """Every payload a unit sends once the load runs, as templates: the 12-lead frames replayed in a loop, normal
+    vitals, the probe's violating vitals, and the GPS fix."""
+
+    ecg: list[PayloadTemplate]
+    vitals: PayloadTemplate
+    violating: PayloadTemplate
+    gps: PayloadTemplate
+
+    @classmethod
+    def of(cls, unit: str, boot: int, frames: list[EcgFrame]) -> Payloads:
+        """The payloads of `unit`; `frames` (any unit, any seq and ts) give the 12-lead's samples."""
+        return cls(
+            [template_of(dataclasses.replace(f, unit=unit, boot=boot)) for f in frames],
+            template_of(dataclasses.replace(NORMAL_VITALS, unit=unit, boot=boot)),
+            template_of(dataclasses.replace(VIOLATING_VITALS, unit=unit, boot=boot)),
+            template_of(dataclasses.replace(GPS_FIX, unit=unit, boot=boot)),
+        )
+
+    def for_unit(self, unit: str, boot: int, frame: EcgFrame) -> Payloads:
+        """The same payloads from another unit, sharing their bytes of samples; each kind is checked against the
+        codec (of the 12-lead, the first frame, `frame`: the other frames differ from it only in shared bytes)."""
+
+        def of(template: PayloadTemplate, message: DeviceMessage) -> PayloadTemplate:
+            return checked(template.for_unit(unit, boot), dataclasses.replace(message, unit=unit, boot=boot))
+
+        return Payloads(
+            [of(self.ecg[0], frame)] + [t.for_unit(unit, boot) for t in self.ecg[1:]],
+            of(self.vitals, NORMAL_VITALS),
+            of(self.violating, VIOLATING_VITALS),
+            of(self.gps, GPS_FIX),
+        )
 
 
 # -- a lean MQTT 5 device ----------------------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+@dataclass(eq=False, slots=True)
+class LeanDevice:
+    """One unit on its own MQTT 5 connection (bench/_loadgen.py's `MqttConnection`: packets framed by hand, QoS 1,
+    PUBACKs counted, the gateway's acks acknowledged and handed to `on_ack`), publishing payloads from templates.
 
-
-def _str(s: bytes) -> bytes:
-    return len(s).to_bytes(2, "big") + s
-
-
-def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
-
-
-class LeanDevice(asyncio.Protocol):
-    """One unit's MQTT 5 connection: QoS 1 publishes written as bytes, the gateway's acks read and acknowledged.
-
-    In-flight publishes are capped below the broker's receive maximum (mosquitto here: 100); a unit at the cap
-    skips its tick (counted in `skipped`) rather than queueing without bound.
+    A tick's messages leave in one write. In-flight publishes are capped below the broker's receive maximum
+    (mosquitto here: 100); a unit at the cap skips its tick (counted in `skipped`) rather than queueing without
+    bound. A seq is taken only by a message that is written, so each stream's seqs run from 0 without a gap, as the
+    gateway's watermark acks expect.
     """
 
-    INFLIGHT_MAX = 80
+    INFLIGHT_MAX: ClassVar[int] = 80
 
-    def __init__(self, unit: str, password: str, boot: int, on_ack: Callable[[LeanDevice, bytes], None]) -> None:
-        self.unit, self.password, self.boot = unit, password, boot
-        self.on_ack = on_ack
-        self.transport: asyncio.Transport | None = None
-        self.ready = asyncio.get_running_loop().create_future()
-        self.closed = asyncio.get_running_loop().create_future()
-        self._buffer = bytearray()
-        self._pid = 0
-        self.inflight: set[int] = set()
-        self.seq = {Stream.ECG: 0, Stream.VITALS: 0, Stream.GPS: 0, Stream.EVENT: 0}
-        self.topics = {s: device_topic(unit, s).encode() for s in self.seq}
-        self.sent: dict[Stream, dict[int, int]] = {s: {} for s in self.seq}
-        self.acked: dict[Stream, int] = {s: -1 for s in self.seq}
-        self.tick = 0
-        self.skipped = 0
-        self.ecg_t0 = 0  # device time of the first 12-lead sample: frame ts follow the sample clock from it
+    unit: str
+    payloads: Payloads
+    ecg_every: int  # ticks from one 12-lead frame to the next; 0: none
+    vitals_every: int  # ticks from one vitals message (and GPS fix) to the next
+    topics: tuple[bytes, ...] = field(init=False)  # length-prefixed, by stream index
+    seq: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # the next seq, by stream index
+    sent: tuple[array[int], ...] = field(default_factory=lambda: tuple(array("q") for _ in STREAMS))  # ts by seq
+    acked: list[int] = field(default_factory=lambda: [-1, -1, -1, -1])
+    tick: int = 0
+    skipped: int = 0
+    ecg_t0: int = 0  # device time of the first 12-lead sample: frame ts follow the sample clock from it
+    connection: MqttConnection = field(init=False)
 
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        sock = transport.get_extra_info("socket")
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        header = _str(b"MQTT") + bytes([5, 0xC2]) + (60).to_bytes(2, "big") + b"\x00"
-        payload = _str(f"bench-{self.unit}".encode()) + _str(self.unit.encode()) + _str(self.password.encode())
-        ack_topic = device_topic(self.unit, Stream.ACK).encode()
-        subscribe = (1).to_bytes(2, "big") + b"\x00" + _str(ack_topic) + b"\x01"  # packet id 1, QoS 1
-        transport.write(_packet(0x10, header + payload) + _packet(0x82, subscribe))
+    def __post_init__(self) -> None:
+        self.topics = tuple(mqtt_str(device_topic(self.unit, s)) for s in STREAMS)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError(f"{self.unit}: connection lost ({exc})"))
-        if not self.closed.done():
-            self.closed.set_result(None)
+    async def connect(self, host: str, port: int, password: str, on_ack: Callable[[LeanDevice, bytes], None]) -> None:
+        """Connect as the unit and subscribe to its acks."""
+        self.connection = await MqttConnection.open(
+            host, port, f"bench-{self.unit}", self.unit, password, on_message=lambda _topic, ack: on_ack(self, ack)
+        )
+        await self.connection.subscribe([device_topic(self.unit, Stream.ACK)], qos=1)
 
-    def data_received(self, data: bytes) -> None:
-        buf = self._buffer
-        buf += data
-        while len(buf) >= 2:
-            length, shift, i = 0, 0, 1
-            while True:
-                if i >= len(buf):
-                    return
-                byte = buf[i]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                i += 1
-                if not byte & 0x80:
-                    break
-            if len(buf) < i + length:
-                return
-            first, body = buf[0], bytes(buf[i : i + length])
-            del buf[: i + length]
-            self._packet_received(first, body)
+    def publish_event(self, event: DeviceEvent) -> None:
+        """An event (rare, so encoded by the codec) with the next event seq and the publish time as ts."""
+        ts = now_us()
+        seq = self.seq[EVENT]
+        self.seq[EVENT] += 1
+        self.sent[EVENT].append(ts)
+        self.connection.publish(self.topics[EVENT], encode_device_message(dataclasses.replace(event, seq=seq, ts=ts)))
+        self.connection.flush()
 
-    def _packet_received(self, first: int, body: bytes) -> None:
-        kind = first >> 4
-        if kind == 4:  # PUBACK
-            self.inflight.discard(int.from_bytes(body[:2], "big"))
-        elif kind == 3:  # PUBLISH (an ack from the gateway)
-            qos = (first >> 1) & 3
-            n = int.from_bytes(body[:2], "big")
-            pos = 2 + n
-            if qos:
-                pid = body[pos : pos + 2]
-                pos += 2
-                assert self.transport is not None
-                self.transport.write(b"\x40\x02" + pid)
-            props, shift = 0, 0
-            while True:
-                byte = body[pos]
-                pos += 1
-                props |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            self.on_ack(self, body[pos + props :])
-        elif kind == 2:  # CONNACK
-            if body[1] != 0:
-                self.ready.set_exception(ConnectionError(f"{self.unit}: CONNACK reason {body[1]:#x}"))
-        elif kind == 9 and not self.ready.done():  # SUBACK
-            self.ready.set_result(None)
+    def vitals_due(self) -> bool:
+        """Whether the next tick sends vitals (and a GPS fix)."""
+        return self.tick % self.vitals_every == 0
 
-    def publish(self, messages: list[DeviceMessage]) -> int:
-        """Write these messages (one write); returns the device ts they carry, or 0 when the tick was skipped."""
-        if self.transport is None or self.transport.is_closing() or len(self.inflight) >= self.INFLIGHT_MAX:
+    def publish_tick(self, violating: bool) -> int:
+        """Write this tick's messages (the 12-lead frame, vitals and GPS, whichever are due; the violating vitals if
+        `violating`) in one write; returns the publish ts they carry, or 0 when the tick was skipped."""
+        tick = self.tick
+        self.tick += 1
+        ecg = self.ecg_every > 0 and tick % self.ecg_every == 0
+        vitals = tick % self.vitals_every == 0
+        conn = self.connection
+        transport = conn.transport
+        if transport is None or transport.is_closing() or conn.inflight + len(conn.waiting) >= self.INFLIGHT_MAX:
             self.skipped += 1
             return 0
         ts = now_us()
-        out = []
-        for m in messages:
-            # A message built with ts 0 carries the publish time; the 12-lead carries its sample clock.
-            m = dataclasses.replace(m, seq=self.seq[m.stream], ts=m.ts or ts)
-            self.seq[m.stream] += 1
-            self.sent[m.stream][m.seq] = ts
-            self._pid = self._pid % 65535 + 1
-            self.inflight.add(self._pid)
-            body = _str(self.topics[m.stream]) + self._pid.to_bytes(2, "big") + b"\x00" + encode_device_message(m)
-            out.append(_packet(0x32, body))
-        self.transport.write(b"".join(out))
+        seq, sent, topics, payloads = self.seq, self.sent, self.topics, self.payloads
+        if ecg:
+            # The 12-lead carries its sample clock (frames back to back from the first); the rest the publish time.
+            self.ecg_t0 = self.ecg_t0 or ts - tick * TICK_US
+            frame = payloads.ecg[(tick // self.ecg_every) % len(payloads.ecg)]
+            conn.publish(topics[ECG], frame.fill(seq[ECG], self.ecg_t0 + tick * TICK_US))
+            seq[ECG] += 1
+            sent[ECG].append(ts)
+        if vitals:
+            conn.publish(topics[VITALS], (payloads.violating if violating else payloads.vitals).fill(seq[VITALS], ts))
+            conn.publish(topics[GPS], payloads.gps.fill(seq[GPS], ts))
+            seq[VITALS] += 1
+            seq[GPS] += 1
+            sent[VITALS].append(ts)
+            sent[GPS].append(ts)
+        conn.flush()
         return ts
 
     def ping(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"\xc0\x00")
+        self.connection.ping()
+
+    def close(self) -> None:
+        if self.connection.transport is not None:
+            self.connection.transport.write(b"\xe0\x00")  # DISCONNECT
+            self.connection.transport.close()
 
 
 # -- the measured run --------------------------------------------------------------------------------------------
@@ -332,7 +356,6 @@ async def _measure(
     warmup: float,
     login_path: str,
 ) -> dict[str, object]:
-    loop = asyncio.get_running_loop()
     names = [(f"B{i:04d}", f"pw-{i}-bench") for i in range(units)] + [
         (f"P{i:04d}", f"pw-{i}-probe") for i in range(probes_n)
     ]
@@ -342,30 +365,41 @@ async def _measure(
     stats = Stats()
 
     def on_ack(device: LeanDevice, payload: bytes) -> None:
-        ack = decode_ack(payload)
+        # Read with msgpack alone, not the codec's validating decode_ack: the gateway sends each unit about six acks
+        # a second, and at 10 µs each the codec would cost this process more than making the messages does.
         t = now_us()
-        sent = device.sent[ack.stream]
-        for seq in range(device.acked[ack.stream] + 1, ack.upto + 1):
-            if seq in sent:
-                stats.ack_ms.append((t - sent.pop(seq)) / 1000)
-        device.acked[ack.stream] = max(device.acked[ack.stream], ack.upto)
-        stats.rejected += len(ack.rejected)
+        ack = msgpack.unpackb(payload)
+        stream = STREAM_INDEX.get(ack["stream"])
+        if stream is None:
+            return
+        sent = device.sent[stream]
+        upto = min(ack["upto"], len(sent) - 1)
+        for seq in range(device.acked[stream] + 1, upto + 1):
+            stats.ack_ms.append((t - sent[seq]) / 1000)
+        device.acked[stream] = max(device.acked[stream], upto)
+        stats.rejected += len(ack.get("rejected", ()))
+
+    # A continuous 10 s of synthetic 12-lead, cut into frames, replayed in a loop; every payload of the load is a
+    # template made (and checked) with the codec here, so that publishing only fills in seq and ts.
+    n = round(FS * FRAME_S * ecg_every)
+    synth = EcgSynth(seed=1)
+    frames = [
+        EcgFrame("-", boot, 0, 0, FS, STANDARD_LEADS, 2.5, n, synth.frame_bytes(n))
+        for _ in range(max(1, round(10 / (FRAME_S * ecg_every))))
+    ]
+    payloads = Payloads.of(names[0][0], boot, frames)
 
     devices: list[LeanDevice] = []
     for unit, password in names:
-        _, device = await loop.create_connection(
-            lambda u=unit, p=password: LeanDevice(u, p, boot, on_ack),  # type: ignore[misc]
-            info["mqtt"]["host"],
-            info["mqtt"]["port"],
+        is_probe = unit.startswith("P")  # probe units always send the full standard load
+        device = LeanDevice(
+            unit,
+            payloads.for_unit(unit, boot, frames[0]),
+            ecg_every=ecg_every if background_ecg or is_probe else 0,
+            vitals_every=4 * (1 if is_probe else vitals_every),
         )
-        await asyncio.wait_for(device.ready, 10)
+        await device.connect(info["mqtt"]["host"], info["mqtt"]["port"], password, on_ack)
         devices.append(device)
-    by_unit = {d.unit: d for d in devices}
-
-    # A continuous 10 s of synthetic 12-lead, cut into frames, replayed in a loop.
-    n = round(FS * FRAME_S * ecg_every)
-    synth = EcgSynth(seed=1)
-    frames = [synth.frame_bytes(n) for _ in range(max(1, round(10 / (FRAME_S * ecg_every))))]
 
     probes = {d.unit: Probe(d, fire_at=float("inf")) for d in devices if d.unit.startswith("P")}
     headers = await console_headers(info, login_path)
@@ -375,38 +409,23 @@ async def _measure(
 
     # Every crew makes patient contact before the load starts: an encounter per unit in the clinical loop.
     for i, device in enumerate(devices):
-        device.publish([DeviceEvent(device.unit, boot, 0, 0, EventKind.PATIENT_CONTACT, {"age": 60 + i % 30})])
+        device.publish_event(DeviceEvent(device.unit, boot, 0, 0, EventKind.PATIENT_CONTACT, {"age": 60 + i % 30}))
         await asyncio.sleep(0.002)
 
-    def tick_messages(device: LeanDevice, probe: Probe | None, now: float) -> tuple[list[DeviceMessage], bool]:
-        """This tick's messages for a unit, and whether its vitals are the probe's violating ones."""
-        tick, out, firing = device.tick, [], False
-        if (background_ecg or probe is not None) and tick % ecg_every == 0:
-            data = frames[(tick // ecg_every) % len(frames)]
-            device.ecg_t0 = device.ecg_t0 or now_us()
-            ts = device.ecg_t0 + round(tick * FRAME_S * 1e6)
-            out.append(EcgFrame(device.unit, boot, 0, ts, FS, STANDARD_LEADS, 2.5, n, data))
-        if tick % (4 * (1 if probe is not None else vitals_every)) == 0:
-            firing = probe is not None and not probe.fired_ts and now >= probe.fire_at
-            out.append(Vitals(device.unit, boot, 0, 0, **(VIOLATING if firing else NORMAL)))
-            out.append(GpsFix(device.unit, boot, 0, 0, 31.23, 121.47, speed=10.0))
-        device.tick += 1
-        return out, firing
-
     async def drive() -> None:
-        slots = [devices[i::SLOTS] for i in range(SLOTS)]
+        slots = [[(d, probes.get(d.unit)) for d in devices[i::SLOTS]] for i in range(SLOTS)]
         next_at, k = time.monotonic(), 0
         while not stop.is_set():
             now = time.monotonic()
-            for device in slots[k % SLOTS]:
-                probe = probes.get(device.unit)
-                messages, firing = tick_messages(device, probe, now)
-                ts = device.publish(messages)
+            for device, probe in slots[k % SLOTS]:
+                # A probe's vitals violate once, at the first vitals tick from its fire_at.
+                firing = probe is not None and not probe.fired_ts and now >= probe.fire_at and device.vitals_due()
+                ts = device.publish_tick(firing)
                 if probe is not None and firing and ts:
                     probe.fired_ts = ts
             if k % (SLOTS * 4 * 30) == 0:
-                for device in devices:
-                    device.ping()
+                for each in devices:
+                    each.ping()
             k += 1
             next_at += FRAME_S / SLOTS
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -422,22 +441,23 @@ async def _measure(
     started = time.monotonic()
     for i, probe in enumerate(probes.values()):
         probe.fire_at = started + (i + 0.5) * seconds / max(1, probes_n)
-    sent_before = sum(sum(d.seq.values()) for d in devices)
+    sent_before = sum(sum(d.seq) for d in devices)
     skipped_before = sum(d.skipped for d in devices)
     while time.monotonic() - started < seconds:
         await asyncio.sleep(1)
         sampler.sample()
     elapsed = time.monotonic() - started
-    sent_during = sum(sum(d.seq.values()) for d in devices) - sent_before
+    sent_during = sum(sum(d.seq) for d in devices) - sent_before
     sampler.sample()
     cpu = sampler.cpu_cores(elapsed)
     cpu["load generator (this process)"] = (sum(me.cpu_times()[:2]) - loadgen_cpu) / elapsed
     # The machine is shared: what other processes took in the window says how much of it this run had.
     cpu["other processes on the machine"] = max(0.0, (_busy_s() - machine_busy) / elapsed - sum(cpu.values()))
-    # Alerts of the last probes are given up to 10 s to arrive.
+    # The last probes are given up to 10 s to fire and for their alerts to arrive: the last one's fire_at is within
+    # half a probe interval of the window's end, and it fires at its next vitals tick, up to a second later.
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(10):
-            while any(p.fired_ts and p.alert_ms is None for p in probes.values()):
+            while any(p.alert_ms is None for p in probes.values()):
                 stats.probe_alert.clear()
                 await stats.probe_alert.wait()
     stop.set()
@@ -445,10 +465,7 @@ async def _measure(
     ws_stop.set()
     await watcher
     for device in devices:
-        if device.transport is not None:
-            device.transport.write(b"\xe0\x00")
-            device.transport.close()
-    del by_unit
+        device.close()
 
     latencies = [p.alert_ms for p in probes.values() if p.alert_ms is not None]
     fired = [p for p in probes.values() if p.fired_ts]

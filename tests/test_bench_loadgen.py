@@ -129,3 +129,13 @@ async def test_shared_account_publishes_for_many_units_and_reads_their_acks(tmp_
         for conn in (gateway, fleet):
             assert conn.transport is not None
             conn.transport.close()
+
+
+def test_a_template_for_another_unit_decodes_to_that_units_message_and_shares_its_samples() -> None:
+    """`PayloadTemplate.for_unit` gives the same message from another unit and boot, without copying the samples."""
+    frame = ecg_frames(1)[0]
+    template = PayloadTemplate.of("B00001", 7, ecg_rest(frame))
+    other = template.for_unit("P0042", 9)
+    expected = EcgFrame("P0042", 9, 3, 1_700_000_000_123_456, 500.0, STANDARD_LEADS, 2.5, 125, frame)
+    assert decode_device_message(device_topic("P0042", Stream.ECG), other.fill(3, 1_700_000_000_123_456)) == expected
+    assert other.suffix is template.suffix
