@@ -1,6 +1,6 @@
 """MQTT connections of our components: aiomqtt clients for the light paths, `MqttLink` for the ingest path."""
 
-from emergency.mqtt._aiomqtt import NO_DELAY, RECONNECT_CAP_S, backoff_delay, mqtt_client, publish_nowait
+from emergency.mqtt._aiomqtt import NO_DELAY, RECONNECT_CAP_S, backoff_delay, mqtt_client
 from emergency.mqtt._link import MqttLink, MqttLinkError
 
 __all__ = [
@@ -10,5 +10,4 @@ __all__ = [
     "MqttLinkError",
     "backoff_delay",
     "mqtt_client",
-    "publish_nowait",
 ]

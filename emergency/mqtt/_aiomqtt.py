@@ -37,17 +37,6 @@ def mqtt_client(endpoint: MqttEndpoint, **options: Any) -> aiomqtt.Client:
     )
 
 
-def publish_nowait(client: aiomqtt.Client, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
-    """Queue a publish without waiting for it to be written (QoS 0) or acknowledged (QoS 1).
-
-    aiomqtt's `publish` awaits that, which costs at least one event-loop round trip per message: on the ingest
-    path that caps throughput at the loop's iteration rate. paho queues the message and writes it when the socket
-    is writable. Returns False when it could not be queued (not connected); callers treat that as best effort.
-    """
-    info = client._client.publish(topic, payload, qos, retain)
-    return info.rc == 0
-
-
 # The center's own links reconnect quickly: a minute without the gateway is a minute without live patient data.
 RECONNECT_CAP_S = 10.0
 
