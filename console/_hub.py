@@ -4,7 +4,8 @@ Overflow policy, per client (docs/console-api.md):
 - ECG frames: a bounded deque; when full the oldest frame is dropped (a late waveform frame is worthless).
 - Unit updates (gps, vitals, status, link): coalesced per (type, unit); the latest replaces an unsent older one.
 - Events: a bounded deque; events are never dropped, so a client that lets it fill is disconnected (1013).
-- A client whose socket accepts nothing for `SEND_STALL_S` is disconnected (1008) and logged at INFO.
+- A client whose socket accepts nothing for `SEND_STALL_S` is cut (the connection aborted: a socket that takes
+  nothing cannot take a close frame either) and logged at INFO.
 
 What is pending for a client when its sender wakes goes in as few frames as possible: each frame is a JSON array of
 messages (`frame_texts`), so a busy console pays the websocket's per-frame work once per batch, not once per message.

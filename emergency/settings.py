@@ -78,8 +78,6 @@ class AuthSettings(_Section):
 class ConsoleSettings(_Section):
     client_id: str = "emergency-console"
     host: str = "127.0.0.1"  # the port is Settings.http_port
-    # Per websocket client: frames waiting to be sent. Overflow policy in console/hub.py.
-    client_queue_max: int = Field(default=256, ge=8)
     stale_after_s: float = Field(default=10.0, gt=0)
     # HTTPS: both or neither. A hospital network terminates TLS here or at a reverse proxy in front.
     tls_cert: Path | None = None
