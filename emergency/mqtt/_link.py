@@ -39,6 +39,8 @@ OUTBOX_MAX = 100_000
 # QoS 0 messages are dropped (and counted) while the socket's write buffer is over its high-water mark: a live
 # forward that cannot leave now is worthless later, and the buffer must stay bounded.
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
+# Packet ids kept free of QoS 1 publishes, for SUBSCRIBE/UNSUBSCRIBE, however large the broker's receive maximum.
+_IDS_KEPT_FOR_REQUESTS = 1_000
 # MQTT 5 reason codes below this are successes (0x10: no matching subscribers). mqtt5's reason codes are compared
 # as int(): at run time they are not IntEnums, whatever its stub says.
 _SUCCESS_BELOW = 0x80
@@ -178,7 +180,7 @@ class MqttLink:
             self._close_transport()
             raise MqttLinkError(f"broker refused the connection: {connack.reason_code.name}")
         self.session_present = connack.session_present
-        self._send_max = connack.receive_max
+        self._send_max = min(connack.receive_max, 65_535 - _IDS_KEPT_FOR_REQUESTS)
         self._heard = loop.time()
         self._keeper = asyncio.create_task(self._keep_alive(), name=f"mqtt.keepalive[{self._connect.client_id}]")
         return self
