@@ -332,7 +332,7 @@ class Auth(_care.Guard):
     async def end_websockets(self, session_ids: set[int], reason: str) -> None:
         """Disconnect the websockets of these sessions and audit each."""
         for client in [c for c in self.hub.clients if c.principal.session_id in session_ids]:
-            client.end_session(reason)
+            # Audited before the close is sent: whoever sees the socket close finds the entry already there.
             try:
                 await self.records.append_audit(
                     AuditEntry(action="ws_closed", username=client.principal.username,
@@ -340,6 +340,7 @@ class Auth(_care.Guard):
                 )  # fmt: skip
             except StoreError as exc:
                 log.warning("websocket close of %s not audited: %s", client.principal.username, exc)
+            client.end_session(reason)
 
     # -- login and logout ------------------------------------------------------------------------------------
 
