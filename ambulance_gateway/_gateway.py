@@ -263,7 +263,7 @@ class Gateway:
             self._tell_observer(decoded, rx_us)
             change = self._silence.heard(decoded.unit, rx_mono, rx_us)
             if change is not None:
-                await self._announce(change, rx_us)
+                self._announce(change, rx_us)
         await self._queue.put(_Incoming(topic, payload, rx_us, rx_mono, outcome))
 
     def _note_watch(self, topic: str, payload: bytes) -> None:
@@ -297,8 +297,9 @@ class Gateway:
         self._link_events.append(event)
         self._tell_observer(event)
 
-    async def _announce(self, change: LinkChange, at_us: int) -> None:
-        """Record a link change and tell the consoles (retained, so a console started later knows too)."""
+    def _announce(self, change: LinkChange, at_us: int) -> None:
+        """Record a link change and tell the consoles (retained, so a console started later knows too). Queued, not
+        awaited: ingest never waits on the broker for it."""
         kind = "silent" if change.condition is LinkCondition.SILENT else "live"
         self._link_event(LinkEvent(at=at_us, unit=change.unit, kind=kind, detail={"last_rx_us": change.last_rx_us}))
         self.metrics.link_events.labels(kind).inc()
@@ -306,10 +307,8 @@ class Gateway:
         if client is None:
             return  # the retained state is corrected by the next change; the event is recorded regardless
         state = LinkState(change.unit, change.condition, at_us, change.last_rx_us)
-        try:
-            await client.publish(link_topic(change.unit), state.encode(), retain=True)
-        except MqttLinkError as exc:
-            log.info("link state of %s not published (%s)", change.unit, exc)
+        if not client.publish_nowait(link_topic(change.unit), state.encode(), qos=1, retain=True):
+            log.info("link state of %s not published (connection lost or outbox full)", change.unit)
 
     # -- writing -----------------------------------------------------------------------------------------------
 
@@ -524,7 +523,7 @@ class Gateway:
             now_mono, at = time.monotonic(), now_us()
             for change in self._silence.sweep(now_mono):
                 log.info("unit %s silent since %s", change.unit, change.last_rx_us)
-                await self._announce(change, at)
+                self._announce(change, at)
             for gap in self._tracker.open_gaps(now_mono, self._settings.gap_open_after_s):
                 unit, boot, stream = gap.key
                 log.info(
