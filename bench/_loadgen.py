@@ -76,6 +76,26 @@ def percentile(values: array[float] | list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
+def timeline(latencies: array[float], sent_at: array[int], window: Window, bucket_s: float) -> list[dict[str, float]]:
+    """Latency per `bucket_s` of the window, by when the message was made: when, in a long run, it was slow."""
+    if bucket_s <= 0:
+        return []
+    bucket_us = round(bucket_s * 1e6)
+    buckets: dict[int, array[float]] = collections.defaultdict(lambda: array("d"))
+    for ms, ts in zip(latencies, sent_at, strict=True):
+        buckets[(ts - window.start_us) // bucket_us].append(ms)
+    return [
+        {
+            "t_s": round(b * bucket_s, 1),
+            "n": len(v),
+            "p50": percentile(v, 0.5),
+            "p99": percentile(v, 0.99),
+            "max": round(max(v), 1),
+        }
+        for b, v in sorted(buckets.items())
+    ]
+
+
 # -- MQTT 5 framing (only what the benchmark needs: CONNECT, SUBSCRIBE, PUBLISH QoS 0/1, PUBACK, PINGREQ) --------
 
 
@@ -374,6 +394,7 @@ class Fleet:
         self.units: list[Unit] = []
         self.by_topic: dict[bytes, Unit] = {}
         self.ack_ms: array[float] = array("d")
+        self.ack_sent_at: array[int] = array("q")  # when each message of ack_ms was made
         self.offered_in_window = 0
         self.late_slots = 0
 
@@ -417,6 +438,7 @@ class Fleet:
             ts = sent[seq]
             if window.holds(ts):
                 self.ack_ms.append((t - ts) / 1000)
+                self.ack_sent_at.append(ts)
         unit.acked[stream] = max(unit.acked[stream], upto)
         unit.rejected += len(ack.get("rejected", ()))
 
@@ -513,6 +535,7 @@ async def run_fleet(args: argparse.Namespace) -> dict[str, object]:
             "p99": percentile(fleet.ack_ms, 0.99),
             "n": len(fleet.ack_ms),
         },
+        "publish_to_ack_timeline": timeline(fleet.ack_ms, fleet.ack_sent_at, window, args.timeline),
         "refused_by_broker": sum(c.refused for c in conns),
         "outbox_left": sum(len(c.waiting) for c in conns),
         "late_slots": fleet.late_slots,
@@ -634,6 +657,7 @@ async def run_consoles(args: argparse.Namespace) -> dict[str, object]:
 
     window = Window(round(args.from_ * 1e6), round(args.until * 1e6))
     latencies: dict[str, array[float]] = {"ecg": array("d"), "update": array("d")}
+    sent_at: dict[str, array[int]] = {"ecg": array("q"), "update": array("q")}
     received = collections.Counter[str]()
     names = [f"{args.prefix}{i:05d}" for i in range(args.units)]
     headers = (
@@ -660,6 +684,7 @@ async def run_consoles(args: argparse.Namespace) -> dict[str, object]:
                         key = "ecg" if kind == "ecg" else "update" if kind in ("gps", "vitals") else ""
                         if key:
                             latencies[key].append((t - ts) / 1000)
+                            sent_at[key].append(ts)
                             received[key] += 1
         except websockets.ConnectionClosed as exc:
             closes.append(f"client {index}: {exc}")
@@ -684,6 +709,7 @@ async def run_consoles(args: argparse.Namespace) -> dict[str, object]:
             "p99": percentile(latencies["update"], 0.99),
             "n": len(latencies["update"]),
         },
+        "publish_to_console_update_timeline": timeline(latencies["update"], sent_at["update"], window, args.timeline),
         "closed_by_console": closes[:5],
         "closed_count": len(closes),
         "cpu_cores": round(cpu, 3),
@@ -710,6 +736,7 @@ def main() -> None:
         p.add_argument("--cookie", default="")
         p.add_argument("--clients", type=int, default=50)
         p.add_argument("--watch", type=int, default=2, help="units whose ECG each console client watches")
+        p.add_argument("--timeline", type=float, default=0.0, help="seconds per bucket of a latency timeline (0: none)")
     args = parser.parse_args()
     runner = {"fleet": run_fleet, "flood": run_flood, "sink": run_sink, "consoles": run_consoles}[args.mode]
     # SIGTERM from the benchmark ends the process like Ctrl-C would.

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
+import asyncpg
 import msgpack
 import psutil
 import websockets
@@ -469,6 +470,7 @@ async def _measure(
 
     latencies = [p.alert_ms for p in probes.values() if p.alert_ms is not None]
     fired = [p for p in probes.values() if p.fired_ts]
+    split = await latency_split(info["postgres_dsn"], probes)
     return {
         "units": units,
         "probes": probes_n,
@@ -489,6 +491,16 @@ async def _measure(
             "p99": round(pct(latencies, 0.99), 1),
             "max": round(max(latencies, default=float("nan")), 1),
         },
+        # Where each probe's time went: publish → the gateway read it (broker, socket, the gateway's loop), and the
+        # gateway read it → the alert on the websocket (clinical loop, care bus, broker, console).
+        "alert_latency_split_ms": {
+            part: {
+                "p50": round(pct(v, 0.5), 1),
+                "p99": round(pct(v, 0.99), 1),
+                "max": round(max(v, default=float("nan")), 1),
+            }
+            for part, v in split.items()
+        },
         "first_alert_kinds": sorted({p.alert_kind for p in probes.values() if p.alert_kind}),
         "background_alerts_raised": stats.background_alerts,
         "console_messages": {"care": stats.care_messages, "updates": stats.updates},
@@ -500,6 +512,30 @@ async def _measure(
         "cpu_cores": {k: round(v, 2) for k, v in cpu.items()},
         "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.peak_rss.items()},
     }
+
+
+async def latency_split(dsn: str, probes: dict[str, Probe]) -> dict[str, list[float]]:
+    """Each alerted probe's latency in two: to the gateway's receipt of the violating vitals (its stored rx_ts, on
+    this machine's clock), and from there to the console."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT unit, (extract(epoch FROM ts) * 1e6)::bigint AS ts, "
+            "(extract(epoch FROM rx_ts) * 1e6)::bigint AS rx FROM vitals WHERE unit = ANY($1::text[])",
+            list(probes),
+        )
+    finally:
+        await conn.close()
+    received = {(r["unit"], r["ts"]): r["rx"] for r in rows}
+    split: dict[str, list[float]] = {"publish_to_gateway": [], "gateway_to_console": []}
+    for unit, probe in probes.items():
+        rx = received.get((unit, probe.fired_ts))
+        if probe.alert_ms is None or rx is None:
+            continue
+        to_gateway = (rx - probe.fired_ts) / 1000
+        split["publish_to_gateway"].append(to_gateway)
+        split["gateway_to_console"].append(probe.alert_ms - to_gateway)
+    return split
 
 
 def _busy_s() -> float:

@@ -234,6 +234,96 @@ async def sample_window(sampler: Sampler, until: float) -> tuple[float, dict[str
     return elapsed, first, last, round(other, 2)
 
 
+def histogram_mean_ms(now: dict[str, float], then: dict[str, float], metric: str) -> float | None:
+    """The mean of a Prometheus histogram between two readings, in ms."""
+    count = now.get(f"{metric}_count", 0.0) - then.get(f"{metric}_count", 0.0)
+    total = now.get(f"{metric}_sum", 0.0) - then.get(f"{metric}_sum", 0.0)
+    return round(1000 * total / count) if count else None
+
+
+async def track(
+    sampler: Sampler, info: dict[str, Any], timescaledb: bool, until: float, every: float
+) -> list[dict[str, Any]]:
+    """Every `every` s until `until`: what each process used, the gateway's backlog and commit time, and what
+    PostgreSQL did meanwhile (checkpoints, WAL written, autovacuum, TimescaleDB jobs), to place a slow minute of a
+    long run beside its cause. Reads what `sample_window` samples; adds one database connection and two HTTP GETs."""
+    conn = await asyncpg.connect(info["postgres_dsn"])
+    rows: list[dict[str, Any]] = []
+    try:
+
+        async def database() -> dict[str, Any]:
+            stats = await conn.fetchrow(
+                "SELECT checkpoints_timed + checkpoints_req AS checkpoints, checkpoints_req, buffers_checkpoint, "
+                "buffers_backend, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal FROM pg_stat_bgwriter"
+            )
+            vacuums = await conn.fetch(
+                "SELECT query FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' AND query <> ''"
+            )
+            jobs: list[str] = []
+            if timescaledb:
+                jobs = [
+                    f"{r['proc_name']} {r['hypertable_name'] or ''}".strip()
+                    for r in await conn.fetch(
+                        "SELECT j.proc_name, j.hypertable_name FROM timescaledb_information.jobs j "
+                        "JOIN timescaledb_information.job_stats s USING (job_id) WHERE s.job_status = 'Running'"
+                    )
+                ]
+            return {
+                **dict(stats),
+                "autovacuum": [r["query"].removeprefix("autovacuum: ") for r in vacuums],
+                "jobs": jobs,
+            }
+
+        async def gateway() -> dict[str, float]:
+            try:
+                async with aiohttp.ClientSession() as http, http.get(info["gateway_metrics_url"]) as response:
+                    text = await response.text()
+            except aiohttp.ClientError:
+                return {}
+            wanted = ("emergency_gateway_pending_messages", "emergency_gateway_commit_seconds_sum",
+                      "emergency_gateway_commit_seconds_count", "emergency_gateway_receive_to_commit_seconds_sum",
+                      "emergency_gateway_receive_to_commit_seconds_count")  # fmt: skip
+            values = {}
+            for line in text.splitlines():
+                name, _, value = line.partition(" ")
+                if name in wanted:
+                    values[name.removeprefix("emergency_gateway_")] = float(value)
+            return values
+
+        started = time.time()
+        before_db, before_gw, before_cpu = await database(), await gateway(), dict(sampler.cpu_end)
+        before_busy = busy_cpu_seconds()
+        while time.time() + every <= until + 0.5:
+            await asyncio.sleep(every)
+            db, gw, cpu, busy = await database(), await gateway(), dict(sampler.cpu_end), busy_cpu_seconds()
+            cores: dict[str, float] = {}
+            for pid, end in cpu.items():
+                role = sampler.roles[pid]
+                cores[role] = (
+                    cores.get(role, 0.0) + (end - before_cpu.get(pid, sampler.cpu_start.get(pid, end))) / every
+                )
+
+            rows.append({
+                "t_s": round(time.time() - started),
+                "machine_cores": round((busy - before_busy) / every, 2),
+                "cores": {k: round(v, 2) for k, v in cores.items()},
+                "rss_mib": {k: round(v[-1] / 2**20) for k, v in sampler.memory.items()},
+                "gateway_pending": gw.get("pending_messages"),
+                "commit_ms_mean": histogram_mean_ms(gw, before_gw, "commit_seconds"),
+                "receive_to_commit_ms_mean": histogram_mean_ms(gw, before_gw, "receive_to_commit_seconds"),
+                "checkpoints": db["checkpoints"] - before_db["checkpoints"],
+                "checkpoints_requested": db["checkpoints_req"] - before_db["checkpoints_req"],
+                "wal_mib": round((db["wal"] - before_db["wal"]) / 2**20),
+                "buffers_written_by_backends": db["buffers_backend"] - before_db["buffers_backend"],
+                "autovacuum": db["autovacuum"],
+                "timescaledb_jobs": db["jobs"],
+            })  # fmt: skip
+            before_db, before_gw, before_cpu, before_busy = db, gw, cpu, busy
+    finally:
+        await conn.close()
+    return rows
+
+
 # -- baselines -------------------------------------------------------------------------------------------------
 
 
@@ -517,6 +607,7 @@ async def system_run(
     warmup: float,
     profile_dir: Path | None,
     keep_logs: Path | None,
+    timeline_s: float = 0.0,
 ) -> dict[str, Any]:
     root = private_root()
     prefix = "S"
@@ -534,7 +625,7 @@ async def system_run(
             idle = sampler.sample()
             start = time.time() + 3
             window = (start + warmup, start + warmup + seconds)
-            timing = ["--from", str(window[0]), "--until", str(window[1])]
+            timing = ["--from", str(window[0]), "--until", str(window[1]), "--timeline", str(timeline_s)]
             ws_url = info["console_url"].replace("http", "ws", 1) + "ws"
             consoles = Child(
                 "consoles", *timing, "--url", ws_url, "--cookie", cookie, "--clients", str(clients),
@@ -547,9 +638,10 @@ async def system_run(
             )  # fmt: skip
             await consoles.start()
             await fleet.start()
+            assert fleet.proc is not None and consoles.proc is not None
             sampler.discover(
                 info["stack_pid"], {fleet.proc.pid: "load generator", consoles.proc.pid: "console clients"}
-            )  # type: ignore[union-attr]
+            )
             await asyncio.sleep(max(0.0, window[0] - time.time()))
             profiles: dict[str, list[tuple[str, float]]] = {}
             profiling = []
@@ -558,7 +650,11 @@ async def system_run(
                     pid = next(p for p, r in sampler.roles.items() if r == role)
                     out = profile_dir / f"{role}-{units}u-{partitions}p.txt"
                     profiling.append((role, asyncio.create_task(profile(pid, min(seconds, 20), out))))
+            tracking = (
+                asyncio.create_task(track(sampler, info, timescaledb, window[1], timeline_s)) if timeline_s else None
+            )
             elapsed, at_start, at_end, other_cpu = await sample_window(sampler, window[1])
+            tracked = await tracking if tracking is not None else []
             for role, task in profiling:
                 profiles[role] = await task
             health = await gateway_health(info)
@@ -603,6 +699,12 @@ async def system_run(
                 "storage_compressed": compressed,
                 "profiles": profiles,
                 "gateway_health_at_window_end": health,
+                "timeline": {
+                    "every_s": timeline_s,
+                    "system": tracked,
+                    "publish_to_ack_ms": generated["publish_to_ack_timeline"],
+                    "publish_to_console_update_ms": watched["publish_to_console_update_timeline"],
+                },
             }
     finally:
         if keep_logs is not None:
@@ -830,7 +932,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             run = await system_run(
                 units, partitions, args.seconds, args.clients, timescaledb, args.warmup,
                 profile_dir if units == max(args.units) or args.profile_all else None,
-                Path(args.out).with_suffix(""),
+                Path(args.out).with_suffix(""), args.timeline,
             )  # fmt: skip
             run["load_average_1min_before"] = load
             results["runs"].append(run)
@@ -864,6 +966,10 @@ def main() -> None:
     parser.add_argument("--quiet-wait", type=float, default=600, help="… but at most this many seconds per step")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway and console in the largest run")
     parser.add_argument("--profile-all", action="store_true", help="... in every run")
+    parser.add_argument(
+        "--timeline", type=float, default=0.0,
+        help="seconds per row of a timeline of each run (latency, CPU, memory, gateway backlog, database work)",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "scale.json"))
     parser.add_argument("--update-docs", action="store_true", help="rewrite the generated part of docs/benchmarks.md")
     parser.add_argument(
