@@ -148,3 +148,17 @@ async def test_keep_alive_holds_an_idle_link_open(gateway_endpoint) -> None:
     async with linked(gateway_endpoint, client_id=client_id(), keep_alive_s=1) as link:
         await asyncio.sleep(3.5)
         await link.publish("center/v1/live/LINKTEST/alive", b"1")
+
+
+async def test_no_local_keeps_a_links_own_publishes_from_coming_back(gateway_endpoint) -> None:
+    """Subscribed with no_local (the clinical loop's care bus), a link does not receive what it published itself,
+    and still receives what others publish on the same topics."""
+    topic = f"center/v1/care/test/{client_id()}"
+    async with (
+        linked(gateway_endpoint, client_id=client_id()) as mine,
+        linked(gateway_endpoint, client_id=client_id()) as other,
+    ):
+        await mine.subscribe([(topic, 1)], no_local=True)
+        await mine.publish(topic, b"from-me")
+        await other.publish(topic, b"from-another")
+        assert await take(mine, 1) == [(topic, b"from-another")]

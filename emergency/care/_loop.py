@@ -33,9 +33,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
 
-import aiomqtt
 import numpy as np
-from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import ValidationError
 
 from emergency.bus import CARE_FILTER, care_topic, parse_care_topic
@@ -65,7 +63,7 @@ from emergency.care._rules import Condition, PatientState, Thresholds, evaluate,
 from emergency.care._wire import CareRecord, care_kind, decode_record, encode_record
 from emergency.ecg import EcgFindings, analyze
 from emergency.geo import StreetMap
-from emergency.mqtt import backoff_delay, mqtt_client
+from emergency.mqtt import MqttLink, MqttLinkError, backoff_delay
 from emergency.protocol import (
     DeviceEvent,
     DeviceMessage,
@@ -675,45 +673,66 @@ class ClinicalLoop:
         attempt = 0
         while True:
             try:
-                identifier = f"{self._settings.client_id}-{random.randrange(16**8):08x}"
-                async with mqtt_client(self._mqtt, identifier=identifier) as client:
+                client_id = f"{self._settings.client_id}-{random.randrange(16**8):08x}"
+                async with MqttLink(self._mqtt, client_id=client_id) as link:
                     # No-local: our own snapshots are not merged back into our own state.
-                    await client.subscribe(CARE_FILTER, options=SubscribeOptions(qos=1, noLocal=True))
+                    await link.subscribe([(CARE_FILTER, 1)], no_local=True)
                     self.bus_ready.set()
                     attempt = 0
-                    publisher = asyncio.create_task(self._publish_forever(client), name="care.bus.publish")
+                    publisher = asyncio.create_task(self._publish_queued(link), name="care.bus.publish")
                     try:
-                        async for message in client.messages:
-                            payload = message.payload if isinstance(message.payload, bytes) else b""
-                            self._merge(message.topic.value, payload)
+                        async for batch in link.batches():
+                            for message in batch:
+                                self._merge(message.topic, message.payload)
                     finally:
                         publisher.cancel()
                         await asyncio.gather(publisher, return_exceptions=True)
-            except aiomqtt.MqttError as exc:
+            except MqttLinkError as exc:
                 self.bus_ready.clear()
                 attempt += 1
                 log.warning("care bus connection lost (%s); reconnecting", exc)
                 await asyncio.sleep(backoff_delay(attempt))
 
-    async def _publish_forever(self, client: aiomqtt.Client) -> None:
-        """Publish queued snapshots until the connection fails; the reader then reconnects, and what was not yet
-        published is still queued (a snapshot leaves the queue only once the broker has taken it)."""
+    async def _publish_queued(self, link: MqttLink) -> None:
+        """Publish queued snapshots until cancelled (the reader then reconnects, and what was not yet published is
+        still queued: a snapshot leaves the queue only once the broker has acknowledged it). Every queued snapshot
+        is in flight at once, alerts first, so that an alert never waits for others' round trips; a record
+        changed while its snapshot is in flight goes again when that one is acknowledged (one in flight per record,
+        so they arrive in order)."""
+        in_flight: dict[str, asyncio.Task[bool]] = {}
+        self._publish_wake.set()  # what was queued while disconnected
         try:
-            await self._publish_queued(client)
-        except aiomqtt.MqttError as exc:
-            log.info("care snapshots held until the bus is back (%s)", exc)
+            while True:
+                await self._publish_wake.wait()
+                self._publish_wake.clear()
+                queued = sorted(self._to_publish.items(), key=lambda kv: not kv[0].startswith("alert:"))
+                for key, (topic, payload) in queued:
+                    if key not in in_flight:
+                        task = asyncio.create_task(self._publish_one(link, key, topic, payload))
+                        in_flight[key] = task
+                        task.add_done_callback(functools.partial(self._published, in_flight, key))
+                self._check_quiet()
+        finally:
+            for task in in_flight.values():
+                task.cancel()
 
-    async def _publish_queued(self, client: aiomqtt.Client) -> None:
-        while True:
-            await self._publish_wake.wait()
-            self._publish_wake.clear()
-            while self._to_publish:
-                key = next(iter(self._to_publish))
-                topic, payload = self._to_publish[key]
-                await client.publish(topic, payload, qos=1)
-                if self._to_publish.get(key) == (topic, payload):
-                    del self._to_publish[key]
+    async def _publish_one(self, link: MqttLink, key: str, topic: str, payload: bytes) -> bool:
+        try:
+            await link.publish(topic, payload)
+        except MqttLinkError as exc:
+            # Still queued: sent again after the reconnect (a lost link) or with the next wake-up (refused).
+            log.warning("care snapshot %s held (%s)", key, exc)
+            return False
+        if self._to_publish.get(key) == (topic, payload):
+            del self._to_publish[key]
             self._check_quiet()
+        return True
+
+    def _published(self, in_flight: dict[str, asyncio.Task[bool]], key: str, task: asyncio.Task[bool]) -> None:
+        if in_flight.get(key) is task:
+            del in_flight[key]
+        if key in self._to_publish and not task.cancelled() and task.exception() is None and task.result():
+            self._publish_wake.set()  # changed while in flight: its newer snapshot goes now
 
     def _merge(self, topic: str, payload: bytes) -> None:
         """Take in a change a person made at a console."""

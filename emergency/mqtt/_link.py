@@ -277,9 +277,12 @@ class MqttLink:
 
     # -- sending -----------------------------------------------------------------------------------------------
 
-    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> None:
-        """Subscribe to (topic filter, max QoS) pairs; raises MqttLinkError if the broker refuses any of them."""
-        topic_filters = [mqtt5.TopicFilter(pattern, max_qos=mqtt5.QoS(qos)) for pattern, qos in filters]
+    async def subscribe(self, filters: Sequence[tuple[str, int]], *, no_local: bool = False) -> None:
+        """Subscribe to (topic filter, max QoS) pairs; raises MqttLinkError if the broker refuses any of them.
+        `no_local`: messages this connection publishes are not delivered back to it."""
+        topic_filters = [
+            mqtt5.TopicFilter(pattern, max_qos=mqtt5.QoS(qos), no_local=no_local) for pattern, qos in filters
+        ]
         codes = await self._request(lambda packet_id: mqtt5.SubscribePacket(packet_id, topic_filters).write())
         self._check_codes("subscription", [pattern for pattern, _ in filters], codes)
 
