@@ -150,6 +150,20 @@ async def test_keep_alive_holds_an_idle_link_open(gateway_endpoint) -> None:
         await link.publish("center/v1/live/LINKTEST/alive", b"1")
 
 
+async def test_a_reader_behind_for_longer_than_the_keep_alive_keeps_its_link(gateway_endpoint, make_unit) -> None:
+    """Reading paused (the reader behind) for several keep-alives is not taken for a dead broker: the link stays
+    connected, and every message arrives once the reader is back."""
+    unit, endpoint = await make_unit()
+    payloads = [bytes(200) + b"%d" % i for i in range(300)]
+    async with linked(gateway_endpoint, client_id=client_id(), max_pending=20, keep_alive_s=1) as link:
+        await link.subscribe([(f"ems/v1/{unit}/vitals", 1)])
+        await publish_as_unit(endpoint, unit, payloads)
+        await asyncio.sleep(3.5)  # the reader is away for over twice 1.5 keep-alives
+        received = [p for _, p in await take(link, len(payloads))]
+        await link.publish("center/v1/live/LINKTEST/alive", b"1")
+    assert received == payloads
+
+
 async def test_no_local_keeps_a_links_own_publishes_from_coming_back(gateway_endpoint) -> None:
     """Subscribed with no_local (the clinical loop's care bus), a link does not receive what it published itself,
     and still receives what others publish on the same topics."""

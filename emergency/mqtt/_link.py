@@ -213,11 +213,15 @@ class MqttLink:
         return context
 
     async def _keep_alive(self) -> None:
-        """PINGREQ at half the keep-alive; no word from the broker for 1.5 keep-alives means the link is dead."""
+        """PINGREQ at half the keep-alive; no word from the broker for 1.5 keep-alives means the link is dead. While
+        reading is paused the broker's words wait unread in the socket: silence then says nothing about the broker
+        (a reader behind for minutes must not be taken for a dead broker, reconnecting and making things worse)."""
         loop = asyncio.get_running_loop()
         while self._closed is None:
             await asyncio.sleep(self._keep_alive_s / 2)
-            if loop.time() - self._heard > 1.5 * self._keep_alive_s:
+            if self._reading_paused:
+                self._heard = loop.time()
+            elif loop.time() - self._heard > 1.5 * self._keep_alive_s:
                 self._fail(f"no word from the broker for {1.5 * self._keep_alive_s:.0f} s")
                 return
             self._write(mqtt5.PingReqPacket().write())
