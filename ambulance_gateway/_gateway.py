@@ -60,6 +60,7 @@ _SESSION_EXPIRY_S = 24 * 3600
 # Link events waiting to be recorded. They are observations about the link, not patient data: if the database is
 # unreachable for so long that this fills, the oldest observations are dropped (and counted).
 _LINK_EVENTS_MAX = 10_000
+_LOOP_PROBE_S = 0.1  # how often the event loop's lag is measured
 _SUBSCRIBE_CHUNK = 500  # topic filters per SUBSCRIBE packet when following a partition
 
 
@@ -136,6 +137,7 @@ class Gateway:
         self._background = [
             self._tasks.create_task(self._write_forever(), name="gateway.writer"),
             self._tasks.create_task(self._monitor_forever(), name="gateway.monitor"),
+            self._tasks.create_task(self._measure_loop_forever(), name="gateway.loop-lag"),
         ]
         if self._settings.ack_interval_s > 0:
             self._background.append(self._tasks.create_task(self._flush_acks_forever(), name="gateway.acks"))
@@ -556,6 +558,15 @@ class Gateway:
                     await self._store.record_link_events(events)
                 except StoreError:
                     self._link_events.extendleft(reversed(events))
+
+    async def _measure_loop_forever(self) -> None:
+        """Every 100 ms, how late the loop woke us: the time everything in this process (the clinical loop too)
+        waited behind the work before it, or behind other processes for the CPU."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + _LOOP_PROBE_S
+            await asyncio.sleep(_LOOP_PROBE_S)
+            self.metrics.loop_lag_seconds.observe(max(0.0, loop.time() - due))
 
     # -- HTTP: /metrics and /healthz -------------------------------------------------------------------------
 

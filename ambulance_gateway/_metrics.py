@@ -45,6 +45,12 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.loop_lag_seconds = Histogram(
+            "emergency_gateway_loop_lag_seconds",
+            "How late the event loop ran a timer: how long ingest, alerting and commits waited for the process",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
         self.pending = Gauge("emergency_gateway_pending_messages", "Received, not yet committed", registry=r)
         self.units = Gauge("emergency_gateway_units", "Units heard from since start", registry=r)
         self.units_silent = Gauge("emergency_gateway_units_silent", "Units currently silent", registry=r)

@@ -442,12 +442,14 @@ async def _measure(
     started = time.monotonic()
     for i, probe in enumerate(probes.values()):
         probe.fire_at = started + (i + 0.5) * seconds / max(1, probes_n)
+    lag_before = await loop_lag_buckets(info)
     sent_before = sum(sum(d.seq) for d in devices)
     skipped_before = sum(d.skipped for d in devices)
     while time.monotonic() - started < seconds:
         await asyncio.sleep(1)
         sampler.sample()
     elapsed = time.monotonic() - started
+    lag_after = await loop_lag_buckets(info)
     sent_during = sum(sum(d.seq) for d in devices) - sent_before
     sampler.sample()
     cpu = sampler.cpu_cores(elapsed)
@@ -501,6 +503,9 @@ async def _measure(
             }
             for part, v in split.items()
         },
+        # How late the gateway's event loop ran its 100 ms timer over the window (its /metrics histogram): the
+        # upper bound of the bucket holding each quantile.
+        "gateway_loop_lag_ms": quantiles_of_buckets(lag_before, lag_after, (0.5, 0.99)),
         "first_alert_kinds": sorted({p.alert_kind for p in probes.values() if p.alert_kind}),
         "background_alerts_raised": stats.background_alerts,
         "console_messages": {"care": stats.care_messages, "updates": stats.updates},
@@ -512,6 +517,31 @@ async def _measure(
         "cpu_cores": {k: round(v, 2) for k, v in cpu.items()},
         "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.peak_rss.items()},
     }
+
+
+async def loop_lag_buckets(info: dict[str, Any]) -> dict[float, float]:
+    """The gateway's event-loop lag histogram now: cumulative count by upper bound (s)."""
+    async with aiohttp.ClientSession() as http, http.get(info["gateway_metrics_url"]) as response:
+        text = await response.text()
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith("emergency_gateway_loop_lag_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def quantiles_of_buckets(
+    before: dict[float, float], after: dict[float, float], qs: tuple[float, ...]
+) -> dict[str, float | None]:
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    result: dict[str, float | None] = {"n": total}
+    for q in qs:
+        bound = next((b for b, c in zip(bounds, counts, strict=True) if total and c >= q * total), None)
+        result[f"p{round(q * 100)}"] = None if bound is None else bound * 1000
+    return result
 
 
 async def latency_split(dsn: str, probes: dict[str, Probe]) -> dict[str, list[float]]:

@@ -282,7 +282,8 @@ async def track(
                 return {}
             wanted = ("emergency_gateway_pending_messages", "emergency_gateway_commit_seconds_sum",
                       "emergency_gateway_commit_seconds_count", "emergency_gateway_receive_to_commit_seconds_sum",
-                      "emergency_gateway_receive_to_commit_seconds_count")  # fmt: skip
+                      "emergency_gateway_receive_to_commit_seconds_count", "emergency_gateway_loop_lag_seconds_sum",
+                      "emergency_gateway_loop_lag_seconds_count")  # fmt: skip
             values = {}
             for line in text.splitlines():
                 name, _, value = line.partition(" ")
@@ -311,6 +312,7 @@ async def track(
                 "gateway_pending": gw.get("pending_messages"),
                 "commit_ms_mean": histogram_mean_ms(gw, before_gw, "commit_seconds"),
                 "receive_to_commit_ms_mean": histogram_mean_ms(gw, before_gw, "receive_to_commit_seconds"),
+                "loop_lag_ms_mean": histogram_mean_ms(gw, before_gw, "loop_lag_seconds"),
                 "checkpoints": db["checkpoints"] - before_db["checkpoints"],
                 "checkpoints_requested": db["checkpoints_req"] - before_db["checkpoints_req"],
                 "wal_mib": round((db["wal"] - before_db["wal"]) / 2**20),

@@ -313,6 +313,7 @@ async def test_metrics_and_health_endpoints(store, gateway_endpoint, make_unit) 
                 status = response.status
     assert 'emergency_gateway_stored_total{stream="ecg"}' in text
     assert "emergency_gateway_rejected_total" in text or "emergency_gateway_received_total" in text
+    assert "emergency_gateway_loop_lag_seconds_count" in text
     assert status == 200 and health["status"] == "ok" and health["mqtt_connected"]
 
 
