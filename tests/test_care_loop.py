@@ -19,10 +19,10 @@ from emergency.care._loop import ClinicalLoop
 from emergency.care._model import Activation, Alert, AlertKind, AlertState, Encounter, Incident, Team
 from emergency.care._wire import CareRecord, decode_record, encode_record
 from emergency.mqtt import mqtt_client
-from emergency.protocol import DeviceEvent, EcgFrame, EventKind, GpsFix, Vitals
+from emergency.protocol import DeviceEvent, EcgFrame, EventKind, GpsFix, Stream, Vitals
 from emergency.settings import CareSettings, MqttEndpoint
 from emergency.sites import DEMO_SITES, Capability
-from emergency.store import Store
+from emergency.store import LinkEvent, Store
 from emergency.store._care import CareStore
 from firmware_sim import EcgModel, EcgSynth
 from tests.test_gateway import TestDevice, _gateway_settings, connected_device
@@ -311,3 +311,25 @@ async def test_alert_ids_are_refilled_even_while_writes_are_stuck(store, gateway
             await asyncio.sleep(0.05)
         assert loop._take_id("alerts") is not None
         stuck.set()
+
+
+async def test_a_burst_of_alerts_larger_than_the_id_block_loses_none(store, gateway_endpoint) -> None:  # type: ignore[no-untyped-def]
+    """A burst of alerts raised at once (here a seq gap on 300 units, as when a center backlog leaves every stream
+    with a gap) outruns the alert ids reserved ahead; the alerts are held until more are reserved, then published
+    and stored, each with an id of its own."""
+    units = [f"BURST{i:03d}" for i in range(300)]
+    async with ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop:
+        at = now_us()
+        for unit in units:
+            loop.observe_link(
+                LinkEvent(at=at, unit=unit, kind="seq_gap", stream=Stream.VITALS, boot=1, first_seq=5, last_seq=9)
+            )
+        for _ in range(600):
+            if not loop._held_alerts and all(a.id for a in loop.book):
+                break
+            await asyncio.sleep(0.05)
+        await loop.settled()
+        alerts = [a for a in loop.book if a.unit in units]
+        stored = [a for a in await CareStore(store).alerts(open_only=True) if a.unit in units]
+    assert len(alerts) == len(units) and len({a.id for a in alerts}) == len(units)
+    assert sorted(a.unit for a in stored) == units

@@ -102,6 +102,7 @@ _ETA_MIN_CHANGE_US = 30_000_000  # an ETA is republished when it moves by more t
 # two nearest-node lookups per fix per unit were 7 % of the gateway's process at 500 units.
 _ETA_EVERY_US = 5_000_000
 _ID_BLOCK = 64
+_HELD_ALERTS_MAX = 100_000
 
 
 def now_us() -> int:
@@ -191,6 +192,9 @@ class ClinicalLoop:
         self._write_wake = asyncio.Event()
         self._write_seq = 0
         self._refilling: set[str] = set()  # tables whose id block is being refilled
+        # Alert changes that came while no alert id was left (a burst larger than the block), in order; emitted as
+        # soon as the refill lands. Bounded: past _HELD_ALERTS_MAX (the store away for long) the newest are dropped.
+        self._held_alerts: list[tuple[str, AlertChange]] = []
         # 12-lead analysis runs in worker processes: ~30 ms of numpy per analysis would otherwise hold the GIL
         # against ingest in this process. No workers (ecg_workers=0): a thread.
         self._ecg_pool: concurrent.futures.ProcessPoolExecutor | None = None
@@ -257,18 +261,24 @@ class ClinicalLoop:
 
     def _take_id(self, table: str) -> int | None:
         ids = self._ids[table]
-        if len(ids) < _ID_BLOCK // 2 and table not in self._refilling and self._tasks is not None:
+        if len(ids) < _ID_BLOCK // 2:
+            self._start_refill(table)
+        return ids.popleft() if ids else None
+
+    def _start_refill(self, table: str) -> None:
+        if table not in self._refilling and self._tasks is not None:
             # Not through the write queue: ids depend on no other write, and an alert must not wait behind them.
             self._refilling.add(table)
             self._tasks.create_task(self._refill(table), name=f"care.ids[{table}]")
-        return ids.popleft() if ids else None
 
     async def _refill(self, table: str) -> None:
         attempt = 0
         try:
-            while len(self._ids[table]) < _ID_BLOCK // 2:
+            while len(self._ids[table]) < _ID_BLOCK // 2 or (table == "alerts" and self._held_alerts):
                 try:
                     self._ids[table].extend(await self._records.reserve_ids(table, _ID_BLOCK))
+                    if table == "alerts":
+                        self._release_held_alerts()
                 except StoreError as exc:
                     attempt += 1
                     log.warning("no %s ids reserved (%s); retrying", table, exc)
@@ -498,9 +508,9 @@ class ClinicalLoop:
         for change in changes:
             alert = change.alert
             if alert.id == 0:
-                alert_id = self._take_id("alerts")
+                alert_id = None if self._held_alerts else self._take_id("alerts")
                 if alert_id is None:
-                    log.error("no alert id available (store away since start): %s held", alert.summary)
+                    self._hold_alert(u, change)
                     continue
                 self.book.bind_id(alert.unit, alert.kind, alert_id)
                 alert = dataclasses.replace(alert, id=alert_id)
@@ -515,6 +525,35 @@ class ClinicalLoop:
             )
             if change.event in (AlertEvent.RAISED, AlertEvent.WORSENED) and not alert.backlog:
                 self._on_raised(u, alert)
+
+    def _hold_alert(self, u: _Unit, change: AlertChange) -> None:
+        if not self._held_alerts:
+            log.warning("no alert id left (a burst of alerts, or the store away); alerts held until ids are reserved")
+            self._start_refill("alerts")
+        if len(self._held_alerts) >= _HELD_ALERTS_MAX:
+            log.error("alert change dropped, %d already held without ids: %s", _HELD_ALERTS_MAX, change.alert.summary)
+            return
+        self._held_alerts.append((u.unit, change))
+
+    def _release_held_alerts(self) -> None:
+        """Emit held alert changes in order, now that ids have been reserved. The changes of one alert share its id;
+        what does not get an id stays held for the next refill."""
+        held, self._held_alerts = self._held_alerts, []
+        given: dict[tuple[str, AlertKind, int], int] = {}
+        for index, (unit, change) in enumerate(held):
+            alert = change.alert
+            key = (alert.unit, alert.kind, alert.raised_at)
+            alert_id = given.get(key) or self._take_id("alerts")
+            if alert_id is None:
+                self._held_alerts = held[index:] + self._held_alerts
+                return
+            given[key] = alert_id
+            current = self.book.open_alert(alert.unit, alert.kind)
+            if current is not None and current.id == 0 and current.raised_at == alert.raised_at:
+                self.book.bind_id(alert.unit, alert.kind, alert_id)
+            alert = dataclasses.replace(alert, id=alert_id)
+            self._emit(self._unit(unit), [dataclasses.replace(change, alert=alert)])
+        log.info("held alerts released: %d changes", len(held))
 
     def _on_raised(self, u: _Unit, alert: Alert) -> None:
         """A new live diagnosis: time it, send the patient where it can be treated, call the team."""
