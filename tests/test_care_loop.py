@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -333,3 +334,14 @@ async def test_a_burst_of_alerts_larger_than_the_id_block_loses_none(store, gate
         stored = [a for a in await CareStore(store).alerts(open_only=True) if a.unit in units]
     assert len(alerts) == len(units) and len({a.id for a in alerts}) == len(units)
     assert sorted(a.unit for a in stored) == units
+
+
+async def test_twelve_lead_workers_run_below_the_processes_that_carry_alerts(store, gateway_endpoint) -> None:
+    """The 12-lead analysis pool's workers run at a lower scheduling priority than the loop's own process: on a busy
+    machine an analysis waits, not the gateway that raises alerts (decision 28)."""
+    loop = ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES)
+    pool = loop._new_ecg_pool()
+    assert pool is not None
+    with pool:
+        worker = await asyncio.get_running_loop().run_in_executor(pool, os.nice, 0)
+    assert worker >= min(19, os.nice(0) + 10)
