@@ -81,7 +81,7 @@ class Observer(Protocol):
     """What the gateway hands every accepted message and link observation to, synchronously and before the commit
     (the clinical loop, `emergency.care.ClinicalLoop`). It must not block; an exception is logged, never fatal."""
 
-    def observe(self, message: DeviceMessage, rx: int) -> None: ...
+    def observe(self, message: DeviceMessage, rx: int, *, center_behind: bool = False) -> None: ...
 
     def observe_link(self, event: LinkEvent) -> None: ...
 
@@ -290,7 +290,9 @@ class Gateway:
             if isinstance(item, LinkEvent):
                 self._observer.observe_link(item)
             else:
-                self._observer.observe(item, rx_us)
+                # Behind: the writer has half a queue to commit, and the broker is holding what comes next.
+                behind = self._queue.qsize() >= self._queue.maxsize // 2
+                self._observer.observe(item, rx_us, center_behind=behind)
         except Exception:
             # A bug in the clinical loop must not stop ingestion: the data is still stored and acknowledged.
             log.exception("observer failed on %s", item)

@@ -157,6 +157,16 @@ def test_replay_after_an_outage_is_late_but_a_skewed_clock_is_adopted_and_flagge
     assert not first.late and round(first.skew_adopted_s or 0) == 600
 
 
+def test_the_centers_own_backlog_is_late_data_not_a_device_clock_skew() -> None:
+    """While the gateway is behind, every unit's messages arrive with the same steady delay; that is not adopted as
+    the device's skew (they are late), and once the center has caught up the readings are live again."""
+    clock = ClockTracker(late_after_s=30, settle_s=20)
+    backlog = [clock.observe(T0 + i * S - 40 * S, T0 + i * S, center_behind=True) for i in range(60)]
+    assert all(v.late and v.skew_adopted_s is None for v in backlog) and clock.skew_us == 0
+    caught_up = clock.observe(T0 + 60 * S, T0 + 60 * S)
+    assert not caught_up.late and caught_up.skew_adopted_s is None
+
+
 def test_aliases_are_unique_and_consecutive_ones_differ_in_the_first_word() -> None:
     """Aliases never repeat and two patients registered one after the other are told apart by their first word."""
     aliases = [alias_for(i) for i in range(1, 100_001)]

@@ -317,6 +317,38 @@ async def test_metrics_and_health_endpoints(store, gateway_endpoint, make_unit) 
     assert status == 200 and health["status"] == "ok" and health["mqtt_connected"]
 
 
+async def test_the_observer_is_told_when_the_gateway_is_behind(store, gateway_endpoint, make_unit) -> None:
+    """While commits are held up (here a lock on the table) and the writer's queue fills past half, the gateway tells
+    the clinical loop that it is behind, so that the delay is not taken for a device's clock (docs: _clock.py)."""
+    unit, endpoint = await make_unit()
+    seen: list[bool] = []
+    all_seen = asyncio.Event()
+
+    class Recorder:
+        def observe(self, message: DeviceMessage, rx: int, *, center_behind: bool = False) -> None:
+            seen.append(center_behind)
+            if len(seen) == 6:
+                all_seen.set()
+
+        def observe_link(self, event: object) -> None:
+            pass
+
+    async with store.pool.acquire() as blocker:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("LOCK TABLE ecg_frames IN ACCESS EXCLUSIVE MODE")
+        async with (
+            Gateway(_gateway_settings(queue_max_messages=4), gateway_endpoint, store, observer=Recorder()),
+            connected_device(unit, endpoint) as device,
+        ):
+            for seq in range(6):
+                await device.send(ecg(unit, 1, seq))
+            await asyncio.wait_for(all_seen.wait(), 10)
+            await held.rollback()
+            await device.ack_covering(Stream.ECG, 1, 5)
+    assert seen[0] is False and seen[-1] is True
+
+
 async def test_message_the_database_refuses_is_isolated_rejected_and_the_rest_stored(
     store, gateway_endpoint, make_unit
 ) -> None:

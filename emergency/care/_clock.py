@@ -8,6 +8,10 @@ a replay catches up — device time runs faster than the center's clock while th
 clock keeps a steady offset while device time advances at the center's rate. So an offset that holds steady for
 `settle_s` of center time is adopted as the device's clock skew (and reported); until then the messages count as
 late. A device ahead of the center cannot be replaying, so its offset is adopted at once.
+
+The center's own backlog (its gateway behind, the broker holding messages) makes every unit's messages arrive late
+with an offset that can hold steady just as a skew does; the gateway says when it is behind, and then no offset is
+adopted: those messages are late, which is the truth.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ class ClockTracker:
     _candidate_us: int | None = None
     _candidate_since_rx: int | None = None
 
-    def observe(self, ts: int, rx: int) -> ClockVerdict:
+    def observe(self, ts: int, rx: int, *, center_behind: bool = False) -> ClockVerdict:
+        """`center_behind`: the center itself was behind when it received this (its lateness is not the device's)."""
         lag = rx - ts - self.skew_us
         late_us = self.late_after_s * 1e6
         if abs(lag) <= late_us:
@@ -40,6 +45,9 @@ class ClockTracker:
         if lag < 0:  # the device is ahead: no replay can explain it
             self.skew_us += lag
             return ClockVerdict(False, 0.0, self.skew_us / -1e6)
+        if center_behind:
+            self._candidate_us = self._candidate_since_rx = None
+            return ClockVerdict(True, lag / 1e6)
         steady = self._candidate_us is not None and abs(lag - self._candidate_us) <= self.tolerance_s * 1e6
         if not steady:
             self._candidate_us, self._candidate_since_rx = lag, rx

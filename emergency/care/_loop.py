@@ -290,10 +290,11 @@ class ClinicalLoop:
 
     # -- input -------------------------------------------------------------------------------------------------
 
-    def observe(self, message: DeviceMessage, rx: int) -> None:
-        """Fold in one accepted device message (called by the gateway, before the commit)."""
+    def observe(self, message: DeviceMessage, rx: int, *, center_behind: bool = False) -> None:
+        """Fold in one accepted device message (called by the gateway, before the commit). `center_behind`: the
+        gateway was behind when it read it, so its lateness is the center's, not a device clock's."""
         u = self._unit(message.unit)
-        verdict = u.clock.observe(message.ts, rx)
+        verdict = u.clock.observe(message.ts, rx, center_behind=center_behind)
         if verdict.skew_adopted_s is not None:
             log.warning("unit %s clock is %+.1f s off the center's; adopted", u.unit, verdict.skew_adopted_s)
             skew = LinkEvent(at=rx, unit=u.unit, kind="clock_skew", detail={"offset_s": verdict.skew_adopted_s})
