@@ -660,8 +660,8 @@ async def system_run(
             for role, task in profiling:
                 profiles[role] = await task
             health = await gateway_health(info)
-            generated = await fleet.result(120)
-            watched = await consoles.result(60)
+            generated = await fleet.result(600)  # its drain, then percentiles over every message
+            watched = await consoles.result(300)
             stored, distinct, received_in_window = await count_stored(info["postgres_dsn"], prefix, window)
             plain = await storage(info["postgres_dsn"], timescaledb, compress=False)
             compressed = await storage(info["postgres_dsn"], timescaledb, compress=True) if timescaledb else None
