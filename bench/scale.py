@@ -18,6 +18,9 @@ One command measures, in order:
    `compress_chunk` on every chunk.
 4. A plot of latency against units (docs/img/latency-vs-units.svg, when matplotlib is installed: `pip install
    -e '.[bench]'`).
+5. With `--timeline N`, a row every N s of each run (cores and memory per process, the machine's busy cores, the
+   gateway's backlog, commit time and event-loop lag, PostgreSQL's checkpoints, WAL, autovacuum and TimescaleDB
+   jobs) and latency percentiles by when the message was made: what a slow minute of a long run coincided with.
 
 The PostgreSQL flavour is TimescaleDB when the extension is installed (`--no-timescaledb` measures the native
 partitions instead); every table says which. `--update-docs` rewrites the generated part of the "City scale" section
