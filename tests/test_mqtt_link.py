@@ -148,6 +148,8 @@ async def test_keep_alive_holds_an_idle_link_open(gateway_endpoint) -> None:
     async with linked(gateway_endpoint, client_id=client_id(), keep_alive_s=1) as link:
         await asyncio.sleep(3.5)
         await link.publish("center/v1/live/LINKTEST/alive", b"1")
+        assert link.connected
+    assert not link.connected
 
 
 async def test_a_reader_behind_for_longer_than_the_keep_alive_keeps_its_link(gateway_endpoint, make_unit) -> None:

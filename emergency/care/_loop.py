@@ -762,8 +762,9 @@ class ClinicalLoop:
         try:
             await link.publish(topic, payload)
         except MqttLinkError as exc:
-            # Still queued: sent again after the reconnect (a lost link) or with the next wake-up (refused).
-            log.warning("care snapshot %s held (%s)", key, exc)
+            # Still queued: sent again after the reconnect (a lost link, which the reader reports) or with the next
+            # wake-up (refused, or not acknowledged in time).
+            log.log(logging.WARNING if link.connected else logging.DEBUG, "care snapshot %s held (%s)", key, exc)
             return False
         if self._to_publish.get(key) == (topic, payload):
             del self._to_publish[key]

@@ -229,6 +229,11 @@ class MqttLink:
     # -- receiving ---------------------------------------------------------------------------------------------
 
     @property
+    def connected(self) -> bool:
+        """True until the link fails, is lost or is closed."""
+        return self._closed is None and self._transport is not None
+
+    @property
     def pending(self) -> int:
         """Received messages not yet taken by the reader (at most `max_pending` plus one socket read)."""
         return self._inbox_messages
