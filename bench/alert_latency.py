@@ -67,6 +67,7 @@ from firmware_sim import EcgSynth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import MqttConnection, PayloadTemplate, mqtt_str
+from _scrape import scrape
 from telemetry import ProcessSampler, now_us, pct, running_stack
 
 FS = 500.0
@@ -521,14 +522,8 @@ async def _measure(
 
 async def loop_lag_buckets(info: dict[str, Any]) -> dict[float, float]:
     """The gateway's event-loop lag histogram now: cumulative count by upper bound (s)."""
-    async with aiohttp.ClientSession() as http, http.get(info["gateway_metrics_url"]) as response:
-        text = await response.text()
-    buckets = {}
-    for line in text.splitlines():
-        if line.startswith("emergency_gateway_loop_lag_seconds_bucket{"):
-            bound = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
-    return buckets
+    samples = await scrape(info["gateway_metrics_url"])
+    return {float(s.labels["le"]): s.value for s in samples if s.name == "emergency_gateway_loop_lag_seconds_bucket"}
 
 
 def quantiles_of_buckets(

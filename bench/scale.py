@@ -57,6 +57,7 @@ LOADGEN = ROOT / "bench" / "_loadgen.py"
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _loadgen import SHARED_ACCOUNT, SHARED_ACL, ecg_frames  # noqa: E402
+from _scrape import scrape  # noqa: E402
 
 from emergency.protocol import STANDARD_LEADS, EcgFrame, GpsFix, Vitals  # noqa: E402
 from emergency.settings import StoreSettings  # noqa: E402
@@ -279,20 +280,14 @@ async def track(
 
         async def gateway() -> dict[str, float]:
             try:
-                async with aiohttp.ClientSession() as http, http.get(info["gateway_metrics_url"]) as response:
-                    text = await response.text()
+                samples = await scrape(info["gateway_metrics_url"])
             except aiohttp.ClientError:
                 return {}
             wanted = ("emergency_gateway_pending_messages", "emergency_gateway_commit_seconds_sum",
                       "emergency_gateway_commit_seconds_count", "emergency_gateway_receive_to_commit_seconds_sum",
                       "emergency_gateway_receive_to_commit_seconds_count", "emergency_gateway_loop_lag_seconds_sum",
                       "emergency_gateway_loop_lag_seconds_count")  # fmt: skip
-            values = {}
-            for line in text.splitlines():
-                name, _, value = line.partition(" ")
-                if name in wanted:
-                    values[name.removeprefix("emergency_gateway_")] = float(value)
-            return values
+            return {s.name.removeprefix("emergency_gateway_"): s.value for s in samples if s.name in wanted}
 
         started = time.time()
         before_db, before_gw, before_cpu = await database(), await gateway(), dict(sampler.cpu_end)
