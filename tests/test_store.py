@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from conftest import free_port
@@ -15,7 +18,7 @@ from emergency.protocol import EcgFrame, GpsFix, Stream, Vitals
 from emergency.settings import StoreSettings
 from emergency.stack import PostgresCluster, timescaledb_available
 from emergency.stack.postgres import pg_bindir
-from emergency.store import IngestBatch, Received, Rejection, Store, Watermark
+from emergency.store import IngestBatch, Received, Rejection, Store, Watermark, _migrations
 from emergency.store._migrations import MIGRATIONS
 
 HAS_TIMESCALEDB = timescaledb_available(pg_bindir())
@@ -49,6 +52,20 @@ async def store(request: pytest.FixtureRequest, postgres: PostgresCluster, times
     async with Store.open(cluster.dsn, StoreSettings(retention_days=7)) as opened:
         assert opened.timescaledb == (request.param == "timescaledb")
         yield opened
+
+
+_databases = itertools.count()
+
+
+async def _fresh_database(dsn: str) -> str:
+    """A new, empty database beside the one at `dsn`; its DSN."""
+    name = f"store_{os.getpid()}_{next(_databases)}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
 def _us(moment: dt.datetime) -> int:
@@ -151,3 +168,67 @@ async def test_timescaledb_deduplicates_against_compressed_chunks(store: Store) 
     again = await store.commit(batch)
     assert again.stored == {Stream.ECG: 0} and again.duplicates == {Stream.ECG: 3}
     assert await store.pool.fetchval("SELECT count(*) FROM ecg_frames WHERE unit = $1", unit) == 3
+
+
+async def _toast_rows(store: Store, relation: str) -> int:
+    toast = await store.pool.fetchval(
+        "SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = $1::regclass", relation
+    )
+    return int(await store.pool.fetchval(f"SELECT count(*) FROM {toast}"))
+
+
+async def test_a_12_lead_frame_is_stored_inline(store: Store) -> None:
+    """A standard 12-lead frame (250 ms at 500 Hz, 3 000 bytes of samples that do not compress) is stored in its
+    row: no TOAST rows, no compression attempt (decision 29)."""
+    unit, now = f"T{time.monotonic_ns() % 10**8}", time.time_ns() // 1000
+    leads = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+    def frame(seq: int) -> EcgFrame:
+        return EcgFrame(unit, 1, seq, now + seq, 500.0, leads, 2.5, 125, os.urandom(12 * 125 * 2))
+
+    await store.commit(IngestBatch(received=[Received(frame(0), now)]))
+    relation = await store.pool.fetchval("SELECT tableoid::regclass::text FROM ecg_frames WHERE unit = $1", unit)
+    before = await _toast_rows(store, relation)
+    await store.commit(IngestBatch(received=[Received(frame(seq), now) for seq in range(1, 50)]))
+    assert await store.pool.fetchval("SELECT count(*) FROM ecg_frames WHERE unit = $1", unit) == 50
+    assert await _toast_rows(store, relation) == before
+
+
+async def test_an_existing_store_stores_frames_inline_after_the_upgrade(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store made before migration 4 gets the 12-lead table's storage parameters on every existing chunk or
+    partition when it is next opened."""
+    dsn = await _fresh_database(store._dsn)
+    with monkeypatch.context() as before_4:
+        before_4.setattr(_migrations, "MIGRATIONS", MIGRATIONS[:3])
+        async with Store.open(dsn, StoreSettings(retention_days=7)) as old:
+            now = time.time_ns() // 1000
+            await old.commit(IngestBatch(received=[Received(_ecg("U1", 0, now), now)]))  # a chunk, for TimescaleDB
+            # As that version made them: no storage parameters anywhere.
+            for relation in await _ecg_relations(old):
+                await old.pool.execute(f"ALTER TABLE {relation} RESET (toast_tuple_target)")
+            assert not await _inline_relations(old)
+    async with Store.open(dsn, StoreSettings(retention_days=7)) as upgraded:
+        relations = await _ecg_relations(upgraded)
+        assert relations
+        assert await _inline_relations(upgraded) == relations
+
+
+async def _ecg_relations(store: Store) -> set[str]:
+    """The relations that hold 12-lead rows: the hypertable's chunks or the native partitions."""
+    rows = await store.pool.fetch(
+        "SELECT c.oid::regclass::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'ecg_frames'::regclass"
+    )
+    return {r["name"] for r in rows}
+
+
+async def _inline_relations(store: Store) -> set[str]:
+    relations = await _ecg_relations(store)
+    rows = await store.pool.fetch(
+        "SELECT oid::regclass::text AS name FROM pg_class "
+        "WHERE oid = ANY($1::regclass[]) AND 'toast_tuple_target=8160' = ANY(reloptions)",
+        sorted(relations),
+    )
+    return {r["name"] for r in rows}

@@ -27,13 +27,20 @@ class TimeSeriesTable:
     name: str
     columns: str  # the table's own columns; the common key columns are prepended
     chunk_interval: str  # TimescaleDB chunk size; native partitions are daily whatever this says
+    storage: str = ""  # storage parameters of every chunk or partition (`WITH (...)`), set by migration 4
 
+
+# A 12-lead frame of 250 ms is a ~3.1 KB row. Past PostgreSQL's default toast_tuple_target (~2 KB) every row was
+# run through pglz (raw int16 samples do not compress) and then moved out of line as two TOAST rows with their
+# index entries: about three times the database CPU per frame (decision 29). Rows up to a heap page stay inline.
+INLINE_ROWS = "toast_tuple_target = 8160"
 
 TIME_SERIES_TABLES: tuple[TimeSeriesTable, ...] = (
     TimeSeriesTable(
         "ecg_frames",
         "fs real NOT NULL, leads text[] NOT NULL, lsb_uv real NOT NULL, n integer NOT NULL, data bytea NOT NULL",
         "1 hour",
+        storage=INLINE_ROWS,
     ),
     TimeSeriesTable(
         "vitals",
@@ -315,10 +322,29 @@ async def _v3_access(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
     )
 
 
+async def _v4_inline_frames(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
+    """The storage parameters of `TIME_SERIES_TABLES`: on the hypertable (TimescaleDB passes them to its chunks,
+    present and future) or on each native partition (`Store` creates later ones with them)."""
+    for table in TIME_SERIES_TABLES:
+        if not table.storage:
+            continue
+        if ctx.timescaledb:
+            await conn.execute(f"ALTER TABLE {table.name} SET ({table.storage})")
+            continue
+        partitions = await conn.fetch(
+            "SELECT c.oid::regclass::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = $1::regclass",
+            table.name,
+        )
+        for partition in partitions:
+            await conn.execute(f"ALTER TABLE {partition['name']} SET ({table.storage})")
+
+
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "telemetry", _v1_telemetry),
     (2, "care", _v2_care),
     (3, "access", _v3_access),
+    (4, "inline 12-lead frames", _v4_inline_frames),
 )
 
 
