@@ -336,6 +336,24 @@ async def test_a_burst_of_alerts_larger_than_the_id_block_loses_none(store, gate
     assert sorted(a.unit for a in stored) == units
 
 
+async def test_an_alert_is_on_the_wire_before_the_step_that_raised_it_ends(  # type: ignore[no-untyped-def]
+    store, gateway_endpoint, console_endpoint
+) -> None:
+    """An alert's snapshot is written to the broker inside the gateway's call that raised it, not after the rest
+    of the ingest batch and the publisher's next turn (issue 3's latency); the console receives it."""
+    async with care_stack(store, gateway_endpoint, console_endpoint) as (loop, watcher, _):
+        unit = f"EAGER{time.monotonic_ns() % 10**8}"
+        loop.observe_link(
+            LinkEvent(at=now_us(), unit=unit, kind="seq_gap", stream=Stream.VITALS, boot=1, first_seq=5, last_seq=9)
+        )
+        # No await since: the loop has not run the publisher.
+        alert = next(a for a in loop.book if a.unit == unit)
+        assert f"{CareKind.ALERT.value}:{alert.id}" in loop._in_flight
+        await watcher.wait_for(_of(Alert, unit=unit, kind=AlertKind.SEQ_GAP))
+        await loop.settled()
+        assert not loop._in_flight
+
+
 async def test_twelve_lead_workers_run_below_the_processes_that_carry_alerts(store, gateway_endpoint) -> None:
     """The 12-lead analysis pool's workers run at a lower scheduling priority than the loop's own process: on a busy
     machine an analysis waits, not the gateway that raises alerts (decision 28)."""

@@ -37,7 +37,7 @@ from typing import Protocol, Self
 import numpy as np
 from pydantic import ValidationError
 
-from emergency.bus import CARE_FILTER, care_topic, parse_care_topic
+from emergency.bus import CARE_FILTER, CareKind, care_topic, parse_care_topic
 from emergency.care._alerts import AlertBook, AlertChange, AlertEvent, AlertPolicy
 from emergency.care._alias import alias_for
 from emergency.care._clock import ClockTracker
@@ -190,6 +190,9 @@ class ClinicalLoop:
         # Bounded by the number of records: each key holds only the latest snapshot or write of a record.
         self._to_publish: dict[str, tuple[str, bytes]] = {}
         self._publish_wake = asyncio.Event()
+        # While the bus is up: its link, and the snapshot of each record awaiting its PUBACK (one per record).
+        self._bus_link: MqttLink | None = None
+        self._in_flight: dict[str, asyncio.Task[bool]] = {}
         self._writes: collections.OrderedDict[str, Callable[[], Awaitable[object]]] = collections.OrderedDict()
         self._write_wake = asyncio.Event()
         self._write_seq = 0
@@ -665,8 +668,12 @@ class ClinicalLoop:
     def _publish(self, record: CareRecord) -> None:
         kind = care_kind(record)
         topic = care_topic(kind, record.unit if isinstance(record, Alert | Encounter) else record.id)
-        self._to_publish[f"{kind.value}:{record.id}"] = (topic, encode_record(record))
+        key = f"{kind.value}:{record.id}"
+        self._to_publish[key] = (topic, encode_record(record))
         self._quiet.clear()
+        if kind is CareKind.ALERT and self._bus_link is not None and key not in self._in_flight:
+            # Now, in the step that raised it: not after the rest of the ingest batch and the publisher's turn.
+            self._send(self._bus_link, key)
         self._publish_wake.set()
 
     def _write(self, key: str, job: Callable[[], Awaitable[object]], *, ordered: bool = True) -> None:
@@ -741,26 +748,39 @@ class ClinicalLoop:
         is in flight at once, alerts first, so that an alert never waits for others' round trips; a record
         changed while its snapshot is in flight goes again when that one is acknowledged (one in flight per record,
         so they arrive in order)."""
-        in_flight: dict[str, asyncio.Task[bool]] = {}
+        self._bus_link = link
         self._publish_wake.set()  # what was queued while disconnected
         try:
             while True:
                 await self._publish_wake.wait()
                 self._publish_wake.clear()
-                queued = sorted(self._to_publish.items(), key=lambda kv: not kv[0].startswith("alert:"))
-                for key, (topic, payload) in queued:
-                    if key not in in_flight:
-                        task = asyncio.create_task(self._publish_one(link, key, topic, payload))
-                        in_flight[key] = task
-                        task.add_done_callback(functools.partial(self._published, in_flight, key))
+                queued = sorted(self._to_publish, key=lambda key: not key.startswith("alert:"))
+                for key in queued:
+                    if key not in self._in_flight:
+                        self._send(link, key)
                 self._check_quiet()
         finally:
-            for task in in_flight.values():
+            self._bus_link = None
+            for task in self._in_flight.values():
                 task.cancel()
+            self._in_flight.clear()
 
-    async def _publish_one(self, link: MqttLink, key: str, topic: str, payload: bytes) -> bool:
+    def _send(self, link: MqttLink, key: str) -> None:
+        """Put the queued snapshot of `key` on the wire now; it leaves the queue when the broker acknowledges it."""
+        topic, payload = self._to_publish[key]
         try:
-            await link.publish(topic, payload)
+            acknowledged = link.start_publish(topic, payload)
+        except MqttLinkError:
+            return  # the link is ending: the reader reconnects and the snapshot, still queued, goes then
+        task = asyncio.create_task(self._publish_one(link, key, topic, payload, acknowledged))
+        self._in_flight[key] = task
+        task.add_done_callback(functools.partial(self._published, key))
+
+    async def _publish_one(
+        self, link: MqttLink, key: str, topic: str, payload: bytes, acknowledged: asyncio.Future[int]
+    ) -> bool:
+        try:
+            await link.acknowledged(acknowledged, topic)
         except MqttLinkError as exc:
             # Still queued: sent again after the reconnect (a lost link, which the reader reports) or with the next
             # wake-up (refused, or not acknowledged in time).
@@ -771,9 +791,9 @@ class ClinicalLoop:
             self._check_quiet()
         return True
 
-    def _published(self, in_flight: dict[str, asyncio.Task[bool]], key: str, task: asyncio.Task[bool]) -> None:
-        if in_flight.get(key) is task:
-            del in_flight[key]
+    def _published(self, key: str, task: asyncio.Task[bool]) -> None:
+        if self._in_flight.get(key) is task:
+            del self._in_flight[key]
         if key in self._to_publish and not task.cancelled() and task.exception() is None and task.result():
             self._publish_wake.set()  # changed while in flight: its newer snapshot goes now
 
