@@ -54,6 +54,9 @@ async def test_cluster_starts_survives_crash_and_leaves_nothing(private_root: Pa
         conn = await asyncpg.connect(pg.dsn)
         try:
             assert await conn.fetchval("SHOW fsync") == "on"
+            # Tuned for ingest: checkpoints bounded by time, not by a burst of WAL; full-page images compressed.
+            assert await conn.fetchval("SHOW max_wal_size") == "4GB"
+            assert await conn.fetchval("SHOW wal_compression") in {"lz4", "pglz"}
             await conn.execute("CREATE TABLE t (x int); INSERT INTO t VALUES (42)")
         finally:
             await conn.close()
