@@ -339,16 +339,17 @@ async def test_a_burst_of_alerts_larger_than_the_id_block_loses_none(store, gate
 async def test_an_alert_is_on_the_wire_before_the_step_that_raised_it_ends(  # type: ignore[no-untyped-def]
     store, gateway_endpoint, console_endpoint
 ) -> None:
-    """An alert's snapshot is written to the broker inside the gateway's call that raised it, not after the rest
-    of the ingest batch and the publisher's next turn (issue 3's latency); the console receives it."""
+    """An alert's snapshot is written to the broker's socket inside the gateway's call that raised it, not after
+    the rest of the ingest batch and the publisher's next turn (issue 3's latency); the console receives it."""
     async with care_stack(store, gateway_endpoint, console_endpoint) as (loop, watcher, _):
         unit = f"EAGER{time.monotonic_ns() % 10**8}"
         loop.observe_link(
             LinkEvent(at=now_us(), unit=unit, kind="seq_gap", stream=Stream.VITALS, boot=1, first_seq=5, last_seq=9)
         )
-        # No await since: the loop has not run the publisher.
+        # No await since: the loop has not run the publisher, nor the link's end-of-iteration flush.
         alert = next(a for a in loop.book if a.unit == unit)
         assert f"{CareKind.ALERT.value}:{alert.id}" in loop._in_flight
+        assert loop._bus_link is not None and not loop._bus_link._out, "written to the socket, not left queued"
         await watcher.wait_for(_of(Alert, unit=unit, kind=AlertKind.SEQ_GAP))
         await loop.settled()
         assert not loop._in_flight

@@ -672,8 +672,8 @@ class ClinicalLoop:
         self._to_publish[key] = (topic, encode_record(record))
         self._quiet.clear()
         if kind is CareKind.ALERT and self._bus_link is not None and key not in self._in_flight:
-            # Now, in the step that raised it: not after the rest of the ingest batch and the publisher's turn.
-            self._send(self._bus_link, key)
+            # Written in the step that raised it: not after the rest of the ingest batch and the publisher's turn.
+            self._send(self._bus_link, key, now=True)
         self._publish_wake.set()
 
     def _write(self, key: str, job: Callable[[], Awaitable[object]], *, ordered: bool = True) -> None:
@@ -765,11 +765,12 @@ class ClinicalLoop:
                 task.cancel()
             self._in_flight.clear()
 
-    def _send(self, link: MqttLink, key: str) -> None:
-        """Put the queued snapshot of `key` on the wire now; it leaves the queue when the broker acknowledges it."""
+    def _send(self, link: MqttLink, key: str, *, now: bool = False) -> None:
+        """Send the queued snapshot of `key` (with `now`, to the socket before returning); it leaves the queue when
+        the broker acknowledges it."""
         topic, payload = self._to_publish[key]
         try:
-            acknowledged = link.start_publish(topic, payload)
+            acknowledged = link.start_publish(topic, payload, now=now)
         except MqttLinkError:
             return  # the link is ending: the reader reconnects and the snapshot, still queued, goes then
         task = asyncio.create_task(self._publish_one(link, key, topic, payload, acknowledged))

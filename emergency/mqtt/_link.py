@@ -344,10 +344,13 @@ class MqttLink:
         """Publish at QoS 1 and wait for the broker's PUBACK; raises MqttLinkError if refused or not answered."""
         await self.acknowledged(self.start_publish(topic, payload, retain=retain), topic)
 
-    def start_publish(self, topic: str, payload: bytes, *, retain: bool = False) -> asyncio.Future[int]:
-        """Publish at QoS 1 now, without waiting for this coroutine's turn: written before returning when the
-        broker's receive window has room, else queued in order. Returns the PUBACK's reason code to come; pass it
-        to `acknowledged`. Raises MqttLinkError when not connected."""
+    def start_publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, now: bool = False
+    ) -> asyncio.Future[int]:
+        """Publish at QoS 1 without waiting for a coroutine's turn: sent with this loop iteration's other writes
+        when the broker's receive window has room (else queued in order), or with `now` written to the socket
+        before returning. Returns the PUBACK's reason code to come; pass it to `acknowledged`. Raises MqttLinkError
+        when not connected."""
         self._check_open()
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         # A link lost before the caller awaits this sets an exception nobody may read (the caller was cancelled):
@@ -355,6 +358,8 @@ class MqttLink:
         waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
         self._outbox.append((topic, payload, retain, waiter))
         self._send_outbox()
+        if now:
+            self._flush()
         return waiter
 
     async def acknowledged(self, waiter: asyncio.Future[int], topic: str) -> None:
