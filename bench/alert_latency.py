@@ -67,7 +67,7 @@ from firmware_sim import EcgSynth
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import MqttConnection, PayloadTemplate, mqtt_str
-from _scrape import scrape
+from _scrape import busy_cpu_seconds, scrape
 from telemetry import ProcessSampler, now_us, pct, running_stack
 
 FS = 500.0
@@ -439,7 +439,7 @@ async def _measure(
     sampler.sample()
     me = psutil.Process()
     loadgen_cpu = sum(me.cpu_times()[:2])
-    machine_busy = _busy_s()
+    machine_busy = busy_cpu_seconds()
     started = time.monotonic()
     for i, probe in enumerate(probes.values()):
         probe.fire_at = started + (i + 0.5) * seconds / max(1, probes_n)
@@ -458,7 +458,7 @@ async def _measure(
     cpu = sampler.cpu_cores(elapsed)
     cpu["load generator (this process)"] = (sum(me.cpu_times()[:2]) - loadgen_cpu) / elapsed
     # The machine is shared: what other processes took in the window says how much of it this run had.
-    cpu["other processes on the machine"] = max(0.0, (_busy_s() - machine_busy) / elapsed - sum(cpu.values()))
+    cpu["other processes on the machine"] = max(0.0, (busy_cpu_seconds() - machine_busy) / elapsed - sum(cpu.values()))
     # The last probes are given up to 10 s to fire and for their alerts to arrive: the last one's fire_at is within
     # half a probe interval of the window's end, and it fires at its next vitals tick, up to a second later.
     with contextlib.suppress(TimeoutError):
@@ -563,12 +563,6 @@ async def latency_split(dsn: str, probes: dict[str, Probe]) -> dict[str, list[fl
         split["publish_to_gateway"].append(to_gateway)
         split["gateway_to_console"].append(probe.alert_ms - to_gateway)
     return split
-
-
-def _busy_s() -> float:
-    """CPU seconds the whole machine has spent busy since boot."""
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0))
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ LOADGEN = ROOT / "bench" / "_loadgen.py"
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _loadgen import SHARED_ACCOUNT, SHARED_ACL, ecg_frames  # noqa: E402
-from _scrape import scrape  # noqa: E402
+from _scrape import busy_cpu_seconds, scrape  # noqa: E402
 
 from emergency.protocol import STANDARD_LEADS, EcgFrame, GpsFix, Vitals  # noqa: E402
 from emergency.settings import StoreSettings  # noqa: E402
@@ -214,12 +214,6 @@ class Sampler:
             role = self.roles[pid]
             used[role] = used.get(role, 0.0) + (end - self.cpu_start.get(pid, end)) / seconds
         return {k: round(v, 2) for k, v in used.items()}
-
-
-def busy_cpu_seconds() -> float:
-    """CPU time used by everything on the machine so far (all cores)."""
-    t = psutil.cpu_times()
-    return float(t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0) + getattr(t, "steal", 0))
 
 
 async def sample_window(sampler: Sampler, until: float) -> tuple[float, dict[str, int], dict[str, int], float]:
