@@ -48,23 +48,27 @@ class _Delta:
 
     def advance(self) -> None:
         """Move upto over every settled seq contiguous with it, collecting the rejected seqs passed over."""
-        self.upto = self.progress.upto
-        lost = self.progress.lost + self.lost
+        additions, pending = self.additions, self.progress.pending
+        lost = self.progress.lost + self.lost if self.progress.lost or self.lost else None
+        upto = self.progress.upto
         while True:
-            nxt = self.upto + 1
-            rejected = self.settled(nxt)
+            nxt = upto + 1
+            rejected = additions.get(nxt)
+            if rejected is None:
+                rejected = pending.get(nxt)
             if rejected is not None:
                 if rejected:
                     self.rejected.append(nxt)
-                self.upto = nxt
+                upto = nxt
                 continue
-            covering = [last for first, last in lost if first <= nxt <= last]
+            covering = [last for first, last in lost if first <= nxt <= last] if lost else None
             if not covering:
+                self.upto = upto
                 return
-            self.upto = max(covering)
+            upto = self.upto = max(covering)
             # Seqs stored inside a declared loss are settled too; only their rejections need naming.
-            for seq, was_rejected in (*self.progress.pending.items(), *self.additions.items()):
-                if nxt <= seq <= self.upto and was_rejected and seq not in self.rejected:
+            for seq, was_rejected in (*pending.items(), *additions.items()):
+                if nxt <= seq <= upto and was_rejected and seq not in self.rejected:
                     self.rejected.append(seq)
 
     def apply(self) -> None:
@@ -79,7 +83,8 @@ class _Delta:
                 p.pending = {seq: r for seq, r in p.pending.items() if seq > self.upto}
             p.gap_since = None
         p.upto = self.upto
-        p.lost = [(first, last) for first, last in p.lost + self.lost if last > p.upto]
+        if p.lost or self.lost:
+            p.lost = [(first, last) for first, last in p.lost + self.lost if last > p.upto]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,20 +149,23 @@ class AckTracker:
         replayed: dict[Key, int] = {}
 
         def of(key: Key) -> _Delta:
-            if key not in deltas:
-                deltas[key] = _Delta(self._progress.get(key) or _Progress())
-            return deltas[key]
+            d = deltas.get(key)
+            if d is None:
+                d = deltas[key] = _Delta(self._progress.get(key) or _Progress())
+            return d
 
+        # Once per message in every batch: kept to plain dict operations (the writer runs this between reads).
         for s in settlements:
-            d = of(s.key)
-            if s.seq <= d.progress.upto:
-                replayed[s.key] = min(s.seq, replayed.get(s.key, s.seq))
+            key, seq = s.key, s.seq
+            d = deltas.get(key) or of(key)
+            if seq <= d.progress.upto:
+                replayed[key] = min(seq, replayed.get(key, seq))
                 continue
-            known = d.settled(s.seq)
+            known = d.settled(seq)
             if known is None and len(d.progress.pending) + len(d.additions) >= MAX_PENDING_PER_KEY:
                 continue
             # A seq both stored and rejected (a replay of a rejected message) stays rejected.
-            d.additions[s.seq] = bool(known) or s.rejected
+            d.additions[seq] = bool(known) or s.rejected
         for loss in losses:
             d = of(loss.key)
             if loss.last > d.progress.upto:
@@ -166,7 +174,8 @@ class AckTracker:
         for key, d in deltas.items():
             d.advance()
             if d.upto > d.progress.upto:
-                advanced[key] = Ack(boot=key[1], stream=key[2], upto=d.upto, rejected=tuple(sorted(d.rejected)))
+                rejected = tuple(sorted(d.rejected)) if d.rejected else ()
+                advanced[key] = Ack(key[1], key[2], d.upto, rejected)
         return AckPlan(deltas, advanced, replayed)
 
     def apply(self, plan: AckPlan) -> None:
