@@ -65,7 +65,7 @@ class _Delta:
             if not covering:
                 self.upto = upto
                 return
-            upto = self.upto = max(covering)
+            upto = max(covering)
             # Seqs stored inside a declared loss are settled too; only their rejections need naming.
             for seq, was_rejected in (*pending.items(), *additions.items()):
                 if nxt <= seq <= upto and was_rejected and seq not in self.rejected:
@@ -157,7 +157,7 @@ class AckTracker:
         # Once per message in every batch: kept to plain dict operations (the writer runs this between reads).
         for s in settlements:
             key, seq = s.key, s.seq
-            d = deltas.get(key) or of(key)
+            d = of(key)
             if seq <= d.progress.upto:
                 replayed[key] = min(seq, replayed.get(key, seq))
                 continue
