@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import aiohttp
 import aiomqtt
+import asyncpg
 import pytest
 import pytest_asyncio
 import websockets
@@ -38,6 +39,21 @@ async def received_topics(client: aiomqtt.Client, within_s: float) -> list[str]:
             async for message in client.messages:
                 topics.append(message.topic.value)
     return topics
+
+
+_databases = itertools.count(1)
+
+
+async def fresh_database(dsn: str, prefix: str) -> str:
+    """A new, empty database beside the one at `dsn` (on the same cluster); its DSN."""
+    name = f"{prefix}_{next(_databases)}"
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
 def free_port() -> int:

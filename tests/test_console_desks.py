@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import math
 import time
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
@@ -28,7 +26,7 @@ from emergency.settings import CareSettings, ConsoleSettings, MqttEndpoint
 from emergency.sites import DEMO_SITES
 from emergency.stack import PostgresCluster
 from emergency.store import Store
-from tests.conftest import TEST_PASSWORD, add_user_to, console_origin, login
+from tests.conftest import TEST_PASSWORD, add_user_to, console_origin, fresh_database, login
 from tests.test_care_loop import CARE, Crew
 from tests.test_console_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_gateway import _gateway_settings, connected_device
@@ -36,7 +34,6 @@ from tests.test_gateway import _gateway_settings, connected_device
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium is not installed (./run installs it)")
 
 WAIT_MS = 30_000  # a condition, not a deadline: generous for a loaded machine
-_databases = itertools.count(1)
 
 
 @dataclass
@@ -86,14 +83,7 @@ async def desks(
     console_endpoint: MqttEndpoint,
     care: CareSettings = CARE,
 ) -> AsyncIterator[Desks]:
-    name = f"desks_{next(_databases)}"
-    admin = await asyncpg.connect(postgres.dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+    dsn = await fresh_database(postgres.dsn, "desks")
     async with (
         Store.open(dsn) as store,
         ClinicalLoop(care, gateway_endpoint, store, DEMO_SITES) as loop,

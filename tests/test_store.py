@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import pytest_asyncio
-from conftest import free_port
+from conftest import free_port, fresh_database
 
 from emergency.protocol import EcgFrame, GpsFix, Stream, Vitals
 from emergency.settings import StoreSettings
@@ -52,20 +50,6 @@ async def store(request: pytest.FixtureRequest, postgres: PostgresCluster, times
     async with Store.open(cluster.dsn, StoreSettings(retention_days=7)) as opened:
         assert opened.timescaledb == (request.param == "timescaledb")
         yield opened
-
-
-_databases = itertools.count()
-
-
-async def _fresh_database(dsn: str) -> str:
-    """A new, empty database beside the one at `dsn`; its DSN."""
-    name = f"store_{os.getpid()}_{next(_databases)}"
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    return dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
 def _us(moment: dt.datetime) -> int:
@@ -199,7 +183,7 @@ async def test_an_existing_store_stores_frames_inline_after_the_upgrade(
 ) -> None:
     """A store made before migration 4 gets the 12-lead table's storage parameters on every existing chunk or
     partition when it is next opened."""
-    dsn = await _fresh_database(store._dsn)
+    dsn = await fresh_database(store._dsn, "store")
     with monkeypatch.context() as before_4:
         before_4.setattr(_migrations, "MIGRATIONS", MIGRATIONS[:3])
         async with Store.open(dsn, StoreSettings(retention_days=7)) as old:
