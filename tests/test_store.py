@@ -17,7 +17,7 @@ from emergency.settings import StoreSettings
 from emergency.stack import PostgresCluster, timescaledb_available
 from emergency.stack.postgres import pg_bindir
 from emergency.store import IngestBatch, Received, Rejection, Store, Watermark, _migrations
-from emergency.store._migrations import MIGRATIONS
+from emergency.store._migrations import MIGRATIONS, partitions_of
 
 HAS_TIMESCALEDB = timescaledb_available(pg_bindir())
 FLAVOURS = [
@@ -201,11 +201,8 @@ async def test_an_existing_store_stores_frames_inline_after_the_upgrade(
 
 async def _ecg_relations(store: Store) -> set[str]:
     """The relations that hold 12-lead rows: the hypertable's chunks or the native partitions."""
-    rows = await store.pool.fetch(
-        "SELECT c.oid::regclass::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'ecg_frames'::regclass"
-    )
-    return {r["name"] for r in rows}
+    async with store.pool.acquire() as conn:
+        return set(await partitions_of(conn, "ecg_frames"))
 
 
 async def _inline_relations(store: Store) -> set[str]:

@@ -331,13 +331,18 @@ async def _v4_inline_frames(conn: asyncpg.Connection, ctx: MigrationContext) -> 
         if ctx.timescaledb:
             await conn.execute(f"ALTER TABLE {table.name} SET ({table.storage})")
             continue
-        partitions = await conn.fetch(
-            "SELECT c.oid::regclass::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = $1::regclass",
-            table.name,
-        )
-        for partition in partitions:
-            await conn.execute(f"ALTER TABLE {partition['name']} SET ({table.storage})")
+        for partition in await partitions_of(conn, table.name):
+            await conn.execute(f"ALTER TABLE {partition} SET ({table.storage})")
+
+
+async def partitions_of(conn: asyncpg.Connection, table: str) -> list[str]:
+    """The names of `table`'s partitions (native partitioning) or chunks (TimescaleDB: schema-qualified)."""
+    rows = await conn.fetch(
+        "SELECT c.oid::regclass::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = $1::regclass",
+        table,
+    )
+    return [row["name"] for row in rows]
 
 
 MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (

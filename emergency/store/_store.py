@@ -16,7 +16,7 @@ import asyncpg
 
 from emergency.protocol import DeviceEvent, DeviceMessage, EcgFrame, GpsFix, Stream, Vitals
 from emergency.settings import StoreSettings
-from emergency.store._migrations import TIME_SERIES_TABLES, migrate
+from emergency.store._migrations import TIME_SERIES_TABLES, migrate, partitions_of
 
 log = logging.getLogger(__name__)
 
@@ -244,13 +244,7 @@ class Store:
 
     async def _drop_expired_partitions(self, conn: asyncpg.Connection, table: str, today: dt.date) -> None:
         cutoff = today - dt.timedelta(days=self._settings.retention_days)
-        rows = await conn.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = $1::regclass",
-            table,
-        )
-        for row in rows:
-            name: str = row["relname"]
+        for name in await partitions_of(conn, table):
             suffix = name.rsplit("_p", 1)[-1]
             if len(suffix) != 8 or not suffix.isdigit():
                 continue
