@@ -23,8 +23,9 @@ connection and account (bench/_loadgen.py's `MqttConnection`: packets framed by 
 PUBACKs counted, the gateway's acks read and acknowledged). Every payload sent under load is a `PayloadTemplate` —
 the codec's encoding of the message with only seq and ts filled in per message — made at start and checked byte for
 byte against `encode_device_message`, each kind for every unit: the 12-lead frames (their samples shared by all
-units), normal vitals, the probes' violating vitals, the GPS fix. Units are spread over 25 slots of 10 ms; a unit's
-messages of a tick leave in one write, and a unit with 80 publishes in flight skips its tick (the broker admits 100).
+units), normal vitals, the probes' violating vitals, the GPS fix. Units are spread over 25 slots of 10 ms, and each
+sends its vitals and GPS in its own quarter of the second, as unsynchronised monitors would; a unit's messages of a
+tick leave in one write, and a unit with 80 publishes in flight skips its tick (the broker admits 100).
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ class LeanDevice:
     payloads: Payloads
     ecg_every: int  # ticks from one 12-lead frame to the next; 0: none
     vitals_every: int  # ticks from one vitals message (and GPS fix) to the next
+    phase: int = 0  # ticks by which this unit's vitals and GPS are offset: devices are not synchronised
     topics: tuple[bytes, ...] = field(init=False)  # length-prefixed, by stream index
     seq: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # the next seq, by stream index
     sent: tuple[array[int], ...] = field(default_factory=lambda: tuple(array("q") for _ in STREAMS))  # ts by seq
@@ -186,7 +188,7 @@ class LeanDevice:
 
     def vitals_due(self) -> bool:
         """Whether the next tick sends vitals (and a GPS fix)."""
-        return self.tick % self.vitals_every == 0
+        return (self.tick + self.phase) % self.vitals_every == 0
 
     def publish_tick(self, violating: bool) -> int:
         """Write this tick's messages (the 12-lead frame, vitals and GPS, whichever are due; the violating vitals if
@@ -194,7 +196,7 @@ class LeanDevice:
         tick = self.tick
         self.tick += 1
         ecg = self.ecg_every > 0 and tick % self.ecg_every == 0
-        vitals = tick % self.vitals_every == 0
+        vitals = (tick + self.phase) % self.vitals_every == 0
         conn = self.connection
         transport = conn.transport
         if transport is None or transport.is_closing() or conn.inflight + len(conn.waiting) >= self.INFLIGHT_MAX:
@@ -399,6 +401,7 @@ async def _measure(
             payloads.for_unit(unit, boot, frames[0]),
             ecg_every=ecg_every if background_ecg or is_probe else 0,
             vitals_every=4 * (1 if is_probe else vitals_every),
+            phase=len(devices),
         )
         await device.connect(info["mqtt"]["host"], info["mqtt"]["port"], password, on_ack)
         devices.append(device)
