@@ -62,6 +62,7 @@ _SESSION_EXPIRY_S = 24 * 3600
 _LINK_EVENTS_MAX = 10_000
 _LOOP_PROBE_S = 0.1  # how often the event loop's lag is measured
 _SUBSCRIBE_CHUNK = 500  # topic filters per SUBSCRIBE packet when following a partition
+_ECG_SUFFIX = "/" + Stream.ECG.value
 
 
 def now_us() -> int:
@@ -211,11 +212,20 @@ class Gateway:
                     self._subscribed.set()
                     log.info("gateway connected to %s:%s", self._mqtt.host, self._mqtt.port)
                     async for batch in client.batches():
+                        # What waited while the gateway was busy: its 12-lead frames (two thirds of the messages)
+                        # after the rest, so that a vitals message or a crew event that raises an alert does not
+                        # wait behind them. Each stream keeps its order (decision 31).
+                        frames = []
                         for message in batch:
-                            if is_watch_topic(message.topic):
-                                self._note_watch(message.topic, message.payload)
+                            topic = message.topic
+                            if is_watch_topic(topic):
+                                self._note_watch(topic, message.payload)
+                            elif topic.endswith(_ECG_SUFFIX):
+                                frames.append(message)
                             else:
-                                await self._take(client, message.topic, message.payload)
+                                await self._take(client, topic, message.payload)
+                        for message in frames:
+                            await self._take(client, message.topic, message.payload)
             except MqttLinkError as exc:
                 log.warning("broker connection lost (%s); reconnecting", exc)
             finally:
@@ -592,7 +602,8 @@ class Gateway:
             "status": "ok" if healthy else "degraded",
             "mqtt_connected": self._client is not None,
             "store_available": not self._store_failing,
-            "pending_messages": self._queue.qsize(),
+            "pending_messages": self._queue.qsize(),  # taken, waiting for the commit
+            "unread_messages": self._client.pending if self._client is not None else 0,  # read, not yet taken
             "units": self._silence.unit_count(),
             "units_silent": self._silence.silent_count(),
             "seq_gaps_open": self._tracker.open_gap_count(),

@@ -136,8 +136,8 @@ class ConsoleCore:
         attempt = 0
         while True:
             try:
-                # The bus carries every unit's live data: read it as the gateway reads devices, a socket read's
-                # messages at a time, so that each client's next frame carries all of them (decision 24).
+                # The bus carries every unit's live data: read it as the gateway reads devices, what arrived
+                # meanwhile at a time, so that each client's next frame carries all of them (decision 24).
                 # The will clears this console's watch list when it goes, however it goes.
                 async with MqttLink(self.mqtt, client_id=self.bus_id, will=(watch_topic(self.bus_id), b"")) as client:
                     watched = [(live_topic(unit, Stream.ECG), 0) for unit in self.hub.watched_units()]

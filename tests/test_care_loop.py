@@ -355,6 +355,30 @@ async def test_an_alert_is_on_the_wire_before_the_step_that_raised_it_ends(  # t
         assert not loop._in_flight
 
 
+async def test_a_frame_taken_before_the_handover_is_not_analysed_as_the_next_patients(  # type: ignore[no-untyped-def]
+    store, gateway_endpoint
+) -> None:
+    """The gateway observes a read's 12-lead frames after its events (decision 31), so a frame taken before the
+    transfer of care can be observed after it: it is stored, but never joins the 12-lead analysed for the unit's
+    next patient."""
+    unit = f"HANDOVER{time.monotonic_ns() % 10**8}"
+    t0 = now_us()
+
+    def frame(seq: int, ts: int) -> EcgFrame:
+        return EcgFrame(unit, 1, seq, ts, 500.0, ("I", "II"), 2.5, 125, bytes(500))
+
+    async with ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop:
+        loop.observe(DeviceEvent(unit, 1, 0, t0, EventKind.PATIENT_CONTACT, {"age": 70}), t0)
+        loop.observe(frame(0, t0 + S), t0 + S)
+        assert [f.seq for f in loop._units[unit].ecg] == [0]
+        loop.observe(DeviceEvent(unit, 1, 1, t0 + 3 * S, EventKind.TRANSFER_OF_CARE, {}), t0 + 3 * S)
+        loop.observe(frame(1, t0 + 2 * S), t0 + 3 * S)  # taken before the handover, observed after it
+        assert not loop._units[unit].ecg
+        loop.observe(frame(2, t0 + 4 * S), t0 + 4 * S)
+        assert [f.seq for f in loop._units[unit].ecg] == [2]
+        await loop.settled()
+
+
 async def test_twelve_lead_workers_run_below_the_processes_that_carry_alerts(store, gateway_endpoint) -> None:
     """The 12-lead analysis pool's workers run at a lower scheduling priority than the loop's own process: on a busy
     machine an analysis waits, not the gateway that raises alerts (decision 28)."""

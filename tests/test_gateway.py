@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -315,6 +316,7 @@ async def test_metrics_and_health_endpoints(store, gateway_endpoint, make_unit) 
     assert "emergency_gateway_rejected_total" in text or "emergency_gateway_received_total" in text
     assert "emergency_gateway_loop_lag_seconds_count" in text
     assert status == 200 and health["status"] == "ok" and health["mqtt_connected"]
+    assert health["pending_messages"] >= 0 and health["unread_messages"] >= 0
 
 
 async def test_the_observer_is_told_when_the_gateway_is_behind(store, gateway_endpoint, make_unit) -> None:
@@ -347,6 +349,52 @@ async def test_the_observer_is_told_when_the_gateway_is_behind(store, gateway_en
             await held.rollback()
             await device.ack_covering(Stream.ECG, 1, 5)
     assert seen[0] is False and seen[-1] is True
+
+
+async def test_a_backlog_is_observed_12_lead_last_and_each_stream_in_order(store, gateway_endpoint, make_unit) -> None:
+    """What waited while the gateway was busy (here: its event loop held for a second by the first frame, as by a
+    long step) is observed with its 12-lead frames after the rest, so that the vitals message that raises an alert
+    does not wait behind them (decision 31); each stream keeps its order, and everything is stored."""
+    unit, endpoint = await make_unit()
+    seen: list[tuple[Stream, int]] = []
+    busy, backlog_sent = threading.Event(), threading.Event()
+    backlog: list[DeviceMessage] = [ecg(unit, 1, seq) for seq in range(1, 10)]
+    backlog.append(Vitals(unit, 1, 0, _now_us(), hr=120.0))
+
+    class Recorder:
+        def observe(self, message: DeviceMessage, rx: int, *, center_behind: bool = False) -> None:
+            seen.append((message.stream, message.seq))
+            if len(seen) == 1:
+                busy.set()
+                backlog_sent.wait(10)  # blocking on purpose: the gateway's event loop is busy meanwhile
+                time.sleep(0.3)  # the broker forwards what it acknowledged
+
+        def observe_link(self, event: object) -> None:
+            pass
+
+    def send_backlog() -> None:
+        async def send() -> None:
+            async with mqtt_client(endpoint, identifier=f"test-{unit}-backlog") as client:
+                for message in backlog:
+                    await client.publish(device_topic(unit, message.stream), encode_device_message(message), qos=1)
+
+        busy.wait(10)
+        asyncio.run(send())
+        backlog_sent.set()
+
+    async with (
+        Gateway(_gateway_settings(), gateway_endpoint, store, observer=Recorder()),
+        connected_device(unit, endpoint) as device,
+    ):
+        sender = threading.Thread(target=send_backlog)
+        sender.start()
+        await device.send(ecg(unit, 1, 0))
+        await device.ack_covering(Stream.ECG, 1, 9)
+        await device.ack_covering(Stream.VITALS, 1, 0)
+        sender.join()
+    assert seen[1] == (Stream.VITALS, 0)
+    assert [seq for stream, seq in seen if stream is Stream.ECG] == list(range(10))
+    assert await _count(store, "ecg_frames", unit) == 10
 
 
 async def test_message_the_database_refuses_is_isolated_rejected_and_the_rest_stored(

@@ -66,6 +66,22 @@ async def test_messages_arrive_complete_in_order_and_in_batches(gateway_endpoint
     assert max(batches) > 1
 
 
+async def test_what_waited_for_the_reader_comes_as_one_batch(gateway_endpoint, make_unit) -> None:
+    """Socket reads the reader has not taken yet are handed over together: a reader back from a long step sees all
+    that arrived meanwhile at once, and may choose what to handle first (the gateway: 12-lead frames last)."""
+    unit, endpoint = await make_unit()
+    payloads = [b"m%d" % i for i in range(40)]
+    async with linked(gateway_endpoint, client_id=client_id()) as link:
+        await link.subscribe([(f"ems/v1/{unit}/vitals", 1)])
+        await publish_as_unit(endpoint, unit, payloads)  # one at a time: each waits for its PUBACK, so many reads
+        for _ in range(200):
+            if link.pending >= len(payloads):
+                break
+            await asyncio.sleep(0.05)
+        batch = await anext(aiter(link.batches()))
+    assert [m.payload for m in batch] == payloads
+
+
 async def test_a_persistent_session_keeps_messages_and_does_not_redeliver_acknowledged_ones(
     gateway_endpoint, make_unit
 ) -> None:

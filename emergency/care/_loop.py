@@ -149,6 +149,7 @@ class _Unit:
     encounter: Encounter | None = None
     ecg: collections.deque[EcgFrame] = field(default_factory=lambda: collections.deque(maxlen=64))
     ecg_analysed_to: int = 0  # device time up to which the 12-lead has been analysed
+    ecg_from: int = 0  # device time the last encounter ended: earlier frames were that patient's
     eta_from: int | None = None  # device time of the fix the ETA was last computed from
     pending_contact: DeviceEvent | None = None  # waiting for an id (the store was away)
     gap_until: int | None = None
@@ -338,8 +339,10 @@ class ClinicalLoop:
         self._reconcile(u, conditions, at=event.at, late=False, kinds=_LINK_KINDS)
 
     def _observe_ecg(self, u: _Unit, frame: EcgFrame, rx: int) -> None:
-        if u.ecg and frame.ts <= u.ecg[-1].ts:
-            return  # a replayed frame: the analysis reads the newest contiguous run only
+        if (u.ecg and frame.ts <= u.ecg[-1].ts) or frame.ts < u.ecg_from:
+            # A replayed frame (the analysis reads the newest contiguous run only), or one of the patient whose
+            # encounter has ended (the gateway observes a read's 12-lead after its events): stored, not analysed.
+            return
         u.ecg.append(frame)
         e = u.encounter
         if e is not None and frame.ts >= e.contact_at:
@@ -490,11 +493,13 @@ class ClinicalLoop:
         u.early_times.clear()
 
     def _end_encounter(self, u: _Unit, at: int) -> None:
-        """The crew's part is over: the unit's alerts resolve and its next patient starts afresh."""
+        """The crew's part is over (at device time `at`): the unit's alerts resolve and its next patient starts
+        afresh."""
         self._emit(u, self.book.close_unit(u.unit, at=at))
         u.encounter = None
         u.patient = PatientState()
         u.ecg.clear()
+        u.ecg_from = at
 
     # -- rules -------------------------------------------------------------------------------------------------
 
@@ -826,7 +831,7 @@ class ClinicalLoop:
                 return
             mine = u.encounter
             if record.status not in (EncounterStatus.PRE_REGISTERED, EncounterStatus.ARRIVED):
-                self._end_encounter(u, now_us())
+                self._end_encounter(u, now_us() - u.clock.skew_us)  # now, on the unit's clock
                 return
             u.encounter = dataclasses.replace(
                 mine,

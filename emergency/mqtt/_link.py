@@ -4,7 +4,7 @@ Why not aiomqtt here (docs/decisions.md, "The gateway reads MQTT through its own
 under aiomqtt, does Python work per packet (MQTT 5 Properties objects, a message object, a thread lock) and writes
 every PUBACK and every publish with its own system call. Receiving alone cost 200 µs per message and saturated one
 core at ~1 900 messages/s. This link parses with `mqtt5` (well under a microsecond per packet), hands the reader
-every message of one socket read as one list, and writes everything queued during one event-loop iteration
+every message read since it last took as one list, and writes everything queued during one event-loop iteration
 (PUBACKs, live forwards, acks) in one system call.
 
 What it does and does not do, by design:
@@ -97,9 +97,10 @@ class _Protocol(asyncio.Protocol):
 class MqttLink:
     """`async with MqttLink(endpoint, client_id=...) as link:` is one connected MQTT 5 session until the block exits.
 
-    Received messages come as lists, one per socket read (`batches()`); publishes are queued and leave together
-    at the end of the event-loop iteration. Reading pauses while `max_pending` received messages wait for the
-    reader, so a slow reader slows the broker down instead of growing memory (the broker queues for the session).
+    Received messages come as lists, each what was read while the reader was busy (`batches()`); publishes are
+    queued and leave together at the end of the event-loop iteration. Reading pauses while `max_pending` received
+    messages wait for the reader, so a slow reader slows the broker down instead of growing memory (the broker
+    queues for the session).
     """
 
     def __init__(
@@ -239,7 +240,9 @@ class MqttLink:
         return self._inbox_messages
 
     async def batches(self) -> AsyncIterator[list[mqtt5.PublishPacket]]:
-        """The messages received, one list per socket read, in order; raises MqttLinkError when the link ends."""
+        """The messages received, in order: each list holds the socket reads the reader has not yet taken (up to
+        half of `max_pending` messages), so that the reader sees what waited while it was busy at once and may
+        choose what to handle first. Raises MqttLinkError when the link ends."""
         while True:
             while not self._inbox:
                 if self._closed is not None:
@@ -247,6 +250,8 @@ class MqttLink:
                 self._inbox_ready.clear()
                 await self._inbox_ready.wait()
             batch = self._inbox.popleft()
+            while self._inbox and len(batch) + len(self._inbox[0]) <= self._max_pending // 2:
+                batch.extend(self._inbox.popleft())
             self._inbox_messages -= len(batch)
             if self._reading_paused and self._inbox_messages <= self._max_pending // 2 and self._transport:
                 self._reading_paused = False
