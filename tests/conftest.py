@@ -63,13 +63,22 @@ def free_port() -> int:
         return port
 
 
+@contextlib.contextmanager
+def services_dir(prefix: str) -> Iterator[Path]:
+    """A 0755 directory for a broker's or a cluster's files (pytest's own tmp dirs are 0700, which PostgreSQL's
+    unprivileged account cannot enter), removed with everything in it afterwards."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def stack_root() -> Iterator[Path]:
-    """A 0755 directory (pytest's own tmp dirs are 0700, which PostgreSQL's unprivileged account cannot enter)."""
-    root = Path(tempfile.mkdtemp(prefix="emergency-test-"))
-    root.chmod(0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    with services_dir("emergency-test-") as root:
+        yield root
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

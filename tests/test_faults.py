@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import ConsoleConnection, free_port, login_to, ws_connect
+from conftest import ConsoleConnection, free_port, login_to, services_dir, ws_connect
 from ledger import assert_ledger_matches_store, settle
 
 from ambulance_gateway import Gateway
@@ -34,13 +33,12 @@ from firmware_sim import DeviceConfig, Fleet
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def services() -> AsyncIterator[tuple[PostgresCluster, Broker]]:
-    root = Path(tempfile.mkdtemp(prefix="emergency-faults-"))
-    root.chmod(0o755)
-    async with (
-        PostgresCluster(root / "pg", free_port(), timescaledb=False) as pg,
-        Broker(root / "mq", free_port()) as mq,
-    ):
-        yield pg, mq
+    with services_dir("emergency-faults-") as root:
+        async with (
+            PostgresCluster(root / "pg", free_port(), timescaledb=False) as pg,
+            Broker(root / "mq", free_port()) as mq,
+        ):
+            yield pg, mq
 
 
 def _fleet(broker: Broker, tmp_path: Path, prefix: str) -> Fleet:

@@ -16,7 +16,7 @@ import aiomqtt
 import asyncpg
 import psutil
 import pytest
-from conftest import free_port
+from conftest import free_port, services_dir
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -26,10 +26,8 @@ from emergency.stack import GATEWAY_ACCOUNT, Broker, PostgresCluster, StackError
 
 @pytest.fixture
 def private_root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="emergency-stack-test-"))
-    root.chmod(0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    with services_dir("emergency-stack-test-") as root:
+        yield root
 
 
 def _process_tree(pid: int) -> list[psutil.Process]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
 import pytest
 import pytest_asyncio
-from conftest import free_port, received_topics
+from conftest import free_port, received_topics, services_dir
 
 from emergency.mqtt import mqtt_client
 from emergency.settings import MqttEndpoint
@@ -19,10 +18,9 @@ from emergency.stack.tls import issue_device_cert
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def tls_broker() -> AsyncIterator[Broker]:
-    root = Path(tempfile.mkdtemp(prefix="emergency-tls-"))
-    root.chmod(0o755)
-    async with Broker(root, free_port(), tls_port=free_port()) as broker:
-        yield broker
+    with services_dir("emergency-tls-") as root:
+        async with Broker(root, free_port(), tls_port=free_port()) as broker:
+            yield broker
 
 
 def _device(broker: Broker, unit: str, **overrides: object) -> MqttEndpoint:
