@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from array import array
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,7 +245,9 @@ class Probe:
 
 @dataclass
 class Stats:
-    ack_ms: list[float] = field(default_factory=list)
+    window_start_us: int = 0
+    # Publish → ack, by the minute of the window the message was sent in (a stall shows when it happened).
+    ack_ms: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
     rejected: int = 0
     background_alerts: int = 0
     care_messages: int = 0
@@ -379,7 +382,7 @@ async def _measure(
         sent = device.sent[stream]
         upto = min(ack["upto"], len(sent) - 1)
         for seq in range(device.acked[stream] + 1, upto + 1):
-            stats.ack_ms.append((t - sent[seq]) / 1000)
+            stats.ack_ms[(sent[seq] - stats.window_start_us) // 60_000_000].append((t - sent[seq]) / 1000)
         device.acked[stream] = max(device.acked[stream], upto)
         stats.rejected += len(ack.get("rejected", ()))
 
@@ -444,6 +447,7 @@ async def _measure(
     loadgen_cpu = sum(me.cpu_times()[:2])
     machine_busy = busy_cpu_seconds()
     started = time.monotonic()
+    stats.window_start_us = now_us()
     for i, probe in enumerate(probes.values()):
         probe.fire_at = started + (i + 0.5) * seconds / max(1, probes_n)
     lag_before = await loop_lag_buckets(info)
@@ -477,6 +481,7 @@ async def _measure(
         device.close()
 
     latencies = [p.alert_ms for p in probes.values() if p.alert_ms is not None]
+    acks = [ms for minute in stats.ack_ms.values() for ms in minute]
     fired = [p for p in probes.values() if p.fired_ts]
     split = await latency_split(info["postgres_dsn"], probes)
     return {
@@ -515,14 +520,32 @@ async def _measure(
         "first_alert_kinds": sorted({p.alert_kind for p in probes.values() if p.alert_kind}),
         "background_alerts_raised": stats.background_alerts,
         "console_messages": {"care": stats.care_messages, "updates": stats.updates},
-        "publish_to_ack_ms": {
-            "p50": round(pct(stats.ack_ms, 0.5), 1),
-            "p99": round(pct(stats.ack_ms, 0.99), 1),
-        },
+        "publish_to_ack_ms": {"p50": round(pct(acks, 0.5), 1), "p99": round(pct(acks, 0.99), 1)},
+        "by_minute": by_minute(stats, probes),
         "rejected": stats.rejected,
         "cpu_cores": {k: round(v, 2) for k, v in cpu.items()},
         "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.peak_rss.items()},
     }
+
+
+def by_minute(stats: Stats, probes: dict[str, Probe]) -> list[dict[str, float]]:
+    """Each minute of the window: its probes' alert latency and its messages' ack times, so that a long run shows
+    when it fell behind and for how long."""
+    alerts: dict[int, list[float]] = defaultdict(list)
+    for p in probes.values():
+        if p.fired_ts and p.alert_ms is not None:
+            alerts[(p.fired_ts - stats.window_start_us) // 60_000_000].append(p.alert_ms)
+    return [
+        {
+            "minute": minute,
+            "alerts": len(alerts[minute]),
+            "alert_p50_ms": round(pct(alerts[minute], 0.5), 1),
+            "alert_max_ms": round(max(alerts[minute], default=float("nan")), 1),
+            "ack_p50_ms": round(pct(stats.ack_ms[minute], 0.5), 1),
+            "ack_max_ms": round(max(stats.ack_ms[minute], default=float("nan")), 1),
+        }
+        for minute in sorted(set(alerts) | {m for m in stats.ack_ms if m >= 0})
+    ]
 
 
 async def loop_lag_buckets(info: dict[str, Any]) -> dict[float, float]:
