@@ -6,7 +6,7 @@ One command measures, in order:
 
 1. Baselines with the same payloads: the broker alone (bench/_loadgen.py `flood`, publishing the standard mix at
    QoS 1 as fast as mosquitto acknowledges, → one QoS 1 subscriber on loopback, the same mosquitto configuration as
-   the stack's) and PostgreSQL alone (the gateway's `Store.commit`: COPY into the stage table, INSERT … ON CONFLICT,
+   the stack's) and PostgreSQL alone (the gateway's `Store.commit`: INSERT … SELECT FROM unnest … ON CONFLICT,
    ack watermarks, in batches like the gateway's; one and two writers).
 2. The whole system (`emergency up`, 1 and 2 gateway partitions) at each fleet size: the fleet from one generator
    process over a few MQTT connections (see bench/_loadgen.py for the shared benchmark account this needs), and N
@@ -391,7 +391,7 @@ def standard_batches(writer: int, units: int, batch: int, count: int) -> list[li
     return out
 
 
-async def copy_baseline(timescaledb: bool, seconds: float, writers: int, batch: int) -> dict[str, Any]:
+async def store_baseline(timescaledb: bool, seconds: float, writers: int, batch: int) -> dict[str, Any]:
     """PostgreSQL alone through the gateway's own commit path, `writers` concurrent writers (one per partition)."""
     root = private_root()
     try:
@@ -729,8 +729,8 @@ def markdown(results: dict[str, Any]) -> str:
     base, runs = results["baselines"], results["runs"]
     broker = base["broker"] or {"received_msgs_per_s": 0, "published_acked_msgs_per_s": 0,
                                 "received_mbytes_per_s": "–", "cpu_cores": {}, "connections": "–"}  # fmt: skip
-    copies = base["copy"]
-    copy_best = max(c["msgs_per_s"] for c in copies) if copies else None
+    commits = base["store"]
+    store_best = max(c["msgs_per_s"] for c in commits) if commits else None
     flavour = "TimescaleDB" if results["timescaledb"] else "native partitions (no TimescaleDB)"
     lines = [
         f"Command: `{results['command']}` ({results['date']}, commit `{results['commit']}`; PostgreSQL flavour: "
@@ -746,9 +746,9 @@ def markdown(results: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in broker["cpu_cores"].items())
         + f" | {broker.get('other_cpu_cores', '–')} |",
     ]
-    for c in copies:
+    for c in commits:
         lines.append(
-            f"| PostgreSQL alone: `Store.commit` (COPY → stage, INSERT … ON CONFLICT, watermarks), {c['writers']} "
+            f"| PostgreSQL alone: `Store.commit` (INSERT … unnest … ON CONFLICT, watermarks), {c['writers']} "
             f"writer(s), {c['batch']}-message batches | {_n(c['msgs_per_s'])} | – | "
             + ", ".join(f"{k} {v}" for k, v in c["cpu_cores"].items())
             + f" | {c.get('other_cpu_cores', '–')} |"
@@ -758,7 +758,8 @@ def markdown(results: dict[str, Any]) -> str:
         "**The whole system** (`emergency up`; one load-generator process; the console websocket clients in one more "
         "process, each watching two units' ECG and receiving every unit's updates):",
         "",
-        "| units | gateways | console clients | offered msg/s | stored msg/s (÷ broker / ÷ COPY) | lost / doubled "
+        "| units | gateways | console clients | offered msg/s | stored msg/s (÷ broker / ÷ PostgreSQL alone) "
+        "| lost / doubled "
         "| publish→ack p50 / p99 ms | publish→console ECG p50 / p99 ms | console updates p50 / p99 ms "
         "| CPU cores: gateways / console / postgres / mosquitto / generator / console clients "
         "| memory MiB peak (per 1 000 units): gateways / console | other work on the machine, cores |",
@@ -768,8 +769,8 @@ def markdown(results: dict[str, Any]) -> str:
         cpu = r["cpu_cores"]
         stored = r["stored_msgs_per_s"]
         ratios = (
-            f"{stored / broker['received_msgs_per_s']:.2f} / {stored / copy_best:.2f}"
-            if stored and copy_best and broker["received_msgs_per_s"]
+            f"{stored / broker['received_msgs_per_s']:.2f} / {stored / store_best:.2f}"
+            if stored and store_best and broker["received_msgs_per_s"]
             else "–"
         )
         lost = f"{_n(r['lost'])} / {_n(r['doubled'])}"
@@ -903,7 +904,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
         "timescaledb": timescaledb,
-        "baselines": {"broker": None, "copy": []},
+        "baselines": {"broker": None, "store": []},
         "runs": [],
     }
     for _ in range(0 if args.no_baselines else 1):
@@ -913,10 +914,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         log(f"  {results['baselines']['broker']}")
     for writers in () if args.no_baselines else (1, 2):
         await wait_for_quiet(args.quiet_load, args.quiet_wait)
-        log(f"baseline: PostgreSQL COPY alone, {writers} writer(s)")
-        copy = await copy_baseline(timescaledb, args.baseline_seconds, writers, args.batch)
-        results["baselines"]["copy"].append(copy)
-        log(f"  {copy}")
+        log(f"baseline: PostgreSQL alone (Store.commit), {writers} writer(s)")
+        store = await store_baseline(timescaledb, args.baseline_seconds, writers, args.batch)
+        results["baselines"]["store"].append(store)
+        log(f"  {store}")
     profile_dir = Path(args.out).with_suffix("") if args.profile or args.profile_all else None
     Path(args.out).with_suffix("").mkdir(parents=True, exist_ok=True)  # logs and profiles of every run
     for partitions in args.partitions:
@@ -953,7 +954,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--clients", type=int, default=50, help="console websocket clients")
     parser.add_argument("--baseline-seconds", type=float, default=15)
-    parser.add_argument("--batch", type=int, default=600, help="messages per commit in the COPY baseline")
+    parser.add_argument("--batch", type=int, default=600, help="messages per commit in the PostgreSQL baseline")
     parser.add_argument("--no-timescaledb", action="store_true")
     parser.add_argument("--no-baselines", action="store_true", help="only the system runs (no ratios)")
     parser.add_argument("--quiet-load", type=float, default=1.0, help="wait for a 1-min load average below this …")

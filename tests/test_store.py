@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import pytest
 import pytest_asyncio
 from conftest import free_port, fresh_database
 
-from emergency.protocol import EcgFrame, GpsFix, Stream, Vitals
+from emergency.protocol import DeviceEvent, EcgFrame, EventKind, GpsFix, Stream, Vitals
 from emergency.settings import StoreSettings
 from emergency.stack import PostgresCluster, timescaledb_available
 from emergency.stack.postgres import pg_bindir
@@ -68,25 +69,33 @@ async def test_migrations_are_idempotent(store: Store) -> None:
 
 
 async def test_commit_stores_once_and_keeps_raw_samples(store: Store) -> None:
-    """A batch committed twice stores each message once; ECG bytes come back exactly as sent."""
+    """A batch committed twice stores each message once; ECG bytes, lead names and event details come back as sent."""
     unit, now = f"S{time.monotonic_ns() % 10**8}", time.time_ns() // 1000
     batch = IngestBatch(
         received=[Received(_ecg(unit, seq, now + seq), now) for seq in range(3)]
         + [
             Received(Vitals(unit, 1, 0, now, hr=60.0, nibp_ts=now - 10), now),
             Received(GpsFix(unit, 1, 0, now, 31.0, 121.0), now),
+            Received(DeviceEvent(unit, 1, 0, now, EventKind.FINDING, {"code": "gcs", "value": 14}), now),
         ],
         rejections=[Rejection(now, f"ems/v1/{unit}/ecg", "bad", b"xx", 2, unit, Stream.ECG, 1, 3)],
         watermarks=[Watermark(unit, 1, Stream.ECG, 3)],
     )
     first = await store.commit(batch)
     second = await store.commit(batch)
-    assert first.stored == {Stream.ECG: 3, Stream.VITALS: 1, Stream.GPS: 1}
-    assert second.stored == {Stream.ECG: 0, Stream.VITALS: 0, Stream.GPS: 0}
-    assert second.duplicates == {Stream.ECG: 3, Stream.VITALS: 1, Stream.GPS: 1}
+    assert first.stored == {Stream.ECG: 3, Stream.VITALS: 1, Stream.GPS: 1, Stream.EVENT: 1}
+    assert second.stored == {Stream.ECG: 0, Stream.VITALS: 0, Stream.GPS: 0, Stream.EVENT: 0}
+    assert second.duplicates == {Stream.ECG: 3, Stream.VITALS: 1, Stream.GPS: 1, Stream.EVENT: 1}
     assert await store.pool.fetchval("SELECT data FROM ecg_frames WHERE unit = $1 AND seq = 1", unit) == bytes(
         range(24)
     )
+    assert await store.pool.fetchval("SELECT leads FROM ecg_frames WHERE unit = $1 AND seq = 1", unit) == [
+        "I",
+        "II",
+        "III",
+    ]
+    kind, detail = await store.pool.fetchrow("SELECT kind, detail FROM device_events WHERE unit = $1", unit)
+    assert (kind, json.loads(detail)) == ("finding", {"code": "gcs", "value": 14})
     assert await store.rejected_seqs(unit, 1, Stream.ECG, 0, 10) == [3]
     assert await store.watermarks([(unit, 1, Stream.ECG)]) == {(unit, 1, Stream.ECG): 3}
     rx, ts = await store.pool.fetchrow("SELECT rx_ts, ts FROM vitals WHERE unit = $1", unit)
@@ -192,11 +201,39 @@ async def test_an_existing_store_stores_frames_inline_after_the_upgrade(
             # As that version made them: no storage parameters anywhere.
             for relation in await _ecg_relations(old):
                 await old.pool.execute(f"ALTER TABLE {relation} RESET (toast_tuple_target)")
-            assert not await _inline_relations(old)
+            assert not await _relations_with(old, "toast_tuple_target=8160")
     async with Store.open(dsn, StoreSettings(retention_days=7)) as upgraded:
         relations = await _ecg_relations(upgraded)
         assert relations
-        assert await _inline_relations(upgraded) == relations
+        assert await _relations_with(upgraded, "toast_tuple_target=8160") == relations
+
+
+async def test_an_existing_store_stops_vacuuming_12_lead_chunks_for_inserts_after_the_upgrade(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store made before migration 5 gets `autovacuum_vacuum_insert_threshold = -1` on every existing 12-lead
+    chunk or partition when it is next opened (decision 32); later ones are made with it."""
+    dsn = await fresh_database(store._dsn, "store")
+    with monkeypatch.context() as before_5:
+        before_5.setattr(_migrations, "MIGRATIONS", MIGRATIONS[:4])
+        async with Store.open(dsn, StoreSettings(retention_days=7)) as old:
+            now = time.time_ns() // 1000
+            await old.commit(IngestBatch(received=[Received(_ecg("U1", 0, now), now)]))
+            for relation in await _ecg_relations(old):
+                await old.pool.execute(f"ALTER TABLE {relation} RESET (autovacuum_vacuum_insert_threshold)")
+            assert not await _relations_with(old, _NO_INSERT_VACUUM)
+    async with Store.open(dsn, StoreSettings(retention_days=7)) as upgraded:
+        relations = await _ecg_relations(upgraded)
+        assert relations and await _relations_with(upgraded, _NO_INSERT_VACUUM) == relations
+        # A chunk or partition made from now on has it too.
+        if upgraded.timescaledb:
+            next_week = now + 7 * 86_400_000_000
+            await upgraded.commit(IngestBatch(received=[Received(_ecg("U1", 1, next_week), now)]))
+        else:
+            await upgraded.maintain_partitions(dt.datetime.now(dt.UTC).date() + dt.timedelta(days=3))
+        later = await _ecg_relations(upgraded)
+        assert later > relations
+        assert await _relations_with(upgraded, _NO_INSERT_VACUUM) == later
 
 
 async def _ecg_relations(store: Store) -> set[str]:
@@ -205,11 +242,15 @@ async def _ecg_relations(store: Store) -> set[str]:
         return set(await partitions_of(conn, "ecg_frames"))
 
 
-async def _inline_relations(store: Store) -> set[str]:
+_NO_INSERT_VACUUM = "autovacuum_vacuum_insert_threshold=-1"
+
+
+async def _relations_with(store: Store, option: str) -> set[str]:
+    """The 12-lead relations that have the storage parameter `option` ("name=value")."""
     relations = await _ecg_relations(store)
     rows = await store.pool.fetch(
-        "SELECT oid::regclass::text AS name FROM pg_class "
-        "WHERE oid = ANY($1::regclass[]) AND 'toast_tuple_target=8160' = ANY(reloptions)",
+        "SELECT oid::regclass::text AS name FROM pg_class WHERE oid = ANY($1::regclass[]) AND $2 = ANY(reloptions)",
         sorted(relations),
+        option,
     )
     return {r["name"] for r in rows}

@@ -27,20 +27,26 @@ class TimeSeriesTable:
     name: str
     columns: str  # the table's own columns; the common key columns are prepended
     chunk_interval: str  # TimescaleDB chunk size; native partitions are daily whatever this says
-    storage: str = ""  # storage parameters of every chunk or partition (`WITH (...)`), set by migration 4
+    storage: str = ""  # storage parameters of every chunk or partition (`WITH (...)`), set by migrations 4 and 5
 
 
 # A 12-lead frame of 250 ms is a ~3.1 KB row. Past PostgreSQL's default toast_tuple_target (~2 KB) every row was
 # run through pglz (raw int16 samples do not compress) and then moved out of line as two TOAST rows with their
 # index entries: about three times the database CPU per frame (decision 29). Rows up to a heap page stay inline.
 INLINE_ROWS = "toast_tuple_target = 8160"
+# The 12-lead table only ever grows, ~25 GB an hour at 560 units. Autovacuum's insert-triggered runs (PostgreSQL 13+)
+# read the newest part of the open chunk again and dirty every page of it to set the visibility map: in a ten-minute
+# run a quarter of the time, the stack falling seconds behind (decision 32). Nothing needs them here: no query
+# reads these rows index-only, compression or retention rewrites or drops each chunk, and the anti-wraparound vacuum
+# (which freezes) still runs when it is due.
+NO_INSERT_VACUUM = "autovacuum_vacuum_insert_threshold = -1"
 
 TIME_SERIES_TABLES: tuple[TimeSeriesTable, ...] = (
     TimeSeriesTable(
         "ecg_frames",
         "fs real NOT NULL, leads text[] NOT NULL, lsb_uv real NOT NULL, n integer NOT NULL, data bytea NOT NULL",
         "1 hour",
-        storage=INLINE_ROWS,
+        storage=f"{INLINE_ROWS}, {NO_INSERT_VACUUM}",
     ),
     TimeSeriesTable(
         "vitals",
@@ -322,7 +328,7 @@ async def _v3_access(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
     )
 
 
-async def _v4_inline_frames(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
+async def _v4_storage(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
     """The storage parameters of `TIME_SERIES_TABLES`: on the hypertable (TimescaleDB passes them to its chunks,
     present and future) or on each native partition (`Store` creates later ones with them)."""
     for table in TIME_SERIES_TABLES:
@@ -349,7 +355,9 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "telemetry", _v1_telemetry),
     (2, "care", _v2_care),
     (3, "access", _v3_access),
-    (4, "inline 12-lead frames", _v4_inline_frames),
+    (4, "inline 12-lead frames", _v4_storage),
+    # The same storage parameters again, now with NO_INSERT_VACUUM, for databases migrated to 4 before it.
+    (5, "12-lead frames not vacuumed for inserts", _v4_storage),
 )
 
 

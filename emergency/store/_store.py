@@ -1,4 +1,4 @@
-"""The telemetry store: one asyncpg pool, batched COPY ingest, deduplication by unique key."""
+"""The telemetry store: one asyncpg pool, batched ingest (INSERT … unnest), deduplication by unique key."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def _record(item: Received) -> tuple[Any, ...]:
     key = (m.unit, m.boot, m.seq, from_us(m.ts), from_us(item.rx_ts))
     if isinstance(m, EcgFrame):
         # The samples stay the device's raw int16 bytes: no per-sample work on the hot path.
-        return (*key, m.fs, list(m.leads), m.lsb_uv, m.n, m.data)
+        return (*key, m.fs, ",".join(m.leads), m.lsb_uv, m.n, m.data)
     if isinstance(m, Vitals):
         nibp = from_us(m.nibp_ts) if m.nibp_ts is not None else None
         return (*key, m.hr, m.sbp, m.dbp, m.map, m.spo2, m.rr, m.temp, m.etco2, nibp)
@@ -146,14 +146,34 @@ def _with_storage(table: str) -> str:
     return f" WITH ({storage})" if storage else ""
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # Session-private staging tables for COPY, stored like their tables (a 12-lead frame inline); ON COMMIT DELETE
-    # ROWS empties them after every batch.
+async def _insert_statements(conn: asyncpg.Connection) -> dict[Stream, str]:
+    """One `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING` per stream: a batch goes in as one array per
+    column, typed from the catalog (decision 32). A `text[]` column (the 12-lead's lead names) cannot be one
+    element of an array parameter, so it travels as one comma-joined string per row."""
+    statements: dict[Stream, str] = {}
     for stream, table in _TABLES.items():
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS stage_{stream.value} (LIKE {table}){_with_storage(table)} "
-            "ON COMMIT DELETE ROWS"
+        columns = (*_KEY, *_STAGE_COLUMNS[stream])
+        types = dict(
+            await conn.fetch(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped",
+                table,
+            )
         )
+        arrays, values = [], []
+        for n, column in enumerate(columns, start=1):
+            if types[column].endswith("[]"):
+                arrays.append(f"${n}::text[]")
+                values.append(f"string_to_array({column}, ',')::{types[column]}")
+            else:
+                arrays.append(f"${n}::{types[column]}[]")
+                values.append(column)
+        column_list = ", ".join(columns)
+        statements[stream] = (
+            f"INSERT INTO {table} ({column_list}) SELECT {', '.join(values)} "
+            f"FROM unnest({', '.join(arrays)}) AS batch ({column_list}) ON CONFLICT DO NOTHING"
+        )
+    return statements
 
 
 class Store:
@@ -166,6 +186,7 @@ class Store:
         self._tasks: asyncio.TaskGroup | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self.timescaledb = False
+        self._inserts: dict[Stream, str] = {}
 
     @classmethod
     def open(cls, dsn: str, settings: StoreSettings | None = None) -> Self:
@@ -187,8 +208,12 @@ class Store:
             self._dsn,
             min_size=self._settings.pool_min,
             max_size=self._settings.pool_max,
-            init=_init_connection,
+            # A commit's arrays are unnested into rows in memory: a full batch of 12-lead frames is ~6 MB, past the
+            # default 4 MB at which PostgreSQL spills them to a temporary file.
+            server_settings={"work_mem": "32MB"},
         )
+        async with self._pool.acquire() as conn:
+            self._inserts = await _insert_statements(conn)
         if not self.timescaledb:
             await self.maintain_partitions()
         self._tasks = asyncio.TaskGroup()
@@ -292,15 +317,8 @@ class Store:
     async def _insert_deduplicated(
         self, conn: asyncpg.Connection, stream: Stream, records: Sequence[tuple[Any, ...]]
     ) -> int:
-        stage, table = f"stage_{stream.value}", _TABLES[stream]
-        columns = (*_KEY, *_STAGE_COLUMNS[stream])
-        await conn.copy_records_to_table(stage, records=records, columns=columns)
-        column_list = ", ".join(columns)
-        inserted: int = await conn.fetchval(
-            f"WITH ins AS (INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {stage} "
-            "ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM ins"
-        )
-        return inserted
+        status: str = await conn.execute(self._inserts[stream], *zip(*records, strict=True))
+        return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
 
     async def _insert_rejections(self, conn: asyncpg.Connection, rejections: Sequence[Rejection]) -> None:
         await conn.executemany(
