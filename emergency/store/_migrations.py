@@ -328,7 +328,7 @@ async def _v3_access(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
     )
 
 
-async def _v4_storage(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
+async def _set_storage(conn: asyncpg.Connection, ctx: MigrationContext) -> None:
     """The storage parameters of `TIME_SERIES_TABLES`: on the hypertable (TimescaleDB passes them to its chunks,
     present and future) or on each native partition (`Store` creates later ones with them)."""
     for table in TIME_SERIES_TABLES:
@@ -355,9 +355,9 @@ MIGRATIONS: tuple[tuple[int, str, Migration], ...] = (
     (1, "telemetry", _v1_telemetry),
     (2, "care", _v2_care),
     (3, "access", _v3_access),
-    (4, "inline 12-lead frames", _v4_storage),
+    (4, "inline 12-lead frames", _set_storage),
     # The same storage parameters again, now with NO_INSERT_VACUUM, for databases migrated to 4 before it.
-    (5, "12-lead frames not vacuumed for inserts", _v4_storage),
+    (5, "12-lead frames not vacuumed for inserts", _set_storage),
 )
 
 

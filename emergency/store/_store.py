@@ -108,7 +108,7 @@ class CommitResult:
     duplicates: Mapping[Stream, int]
 
 
-_STAGE_COLUMNS: dict[Stream, tuple[str, ...]] = {
+_STREAM_COLUMNS: dict[Stream, tuple[str, ...]] = {
     Stream.ECG: ("fs", "leads", "lsb_uv", "n", "data"),
     Stream.VITALS: ("hr", "sbp", "dbp", "map", "spo2", "rr", "temp", "etco2", "nibp_ts"),
     Stream.GPS: ("lat", "lon", "speed", "heading", "acc"),
@@ -152,7 +152,7 @@ async def _insert_statements(conn: asyncpg.Connection) -> dict[Stream, str]:
     element of an array parameter, so it travels as one comma-joined string per row."""
     statements: dict[Stream, str] = {}
     for stream, table in _TABLES.items():
-        columns = (*_KEY, *_STAGE_COLUMNS[stream])
+        columns = (*_KEY, *_STREAM_COLUMNS[stream])
         types = dict(
             await conn.fetch(
                 "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
