@@ -664,6 +664,7 @@ async def run_consoles(args: argparse.Namespace) -> dict[str, object]:
         {"Cookie": args.cookie, "Origin": args.url.replace("ws", "http", 1).removesuffix("ws")} if args.cookie else {}
     )
     closes: list[str] = []
+    frames = [0]  # websocket frames received by all clients within the window
 
     async def client(index: int) -> None:
         watched = [names[(index * args.watch + k) % len(names)] for k in range(args.watch)] if names else []
@@ -678,6 +679,8 @@ async def run_consoles(args: argparse.Namespace) -> dict[str, object]:
                     except TimeoutError:
                         continue
                     t = now_us()
+                    if window.holds(t):
+                        frames[0] += 1
                     for kind, ts in _stamps_of(text) if isinstance(text, str) else ():
                         if not window.holds(ts):
                             continue
@@ -710,6 +713,7 @@ async def run_consoles(args: argparse.Namespace) -> dict[str, object]:
             "n": len(latencies["update"]),
         },
         "publish_to_console_update_timeline": timeline(latencies["update"], sent_at["update"], window, args.timeline),
+        "frames_per_client_s": round(frames[0] / max(1, args.clients) / (args.until - args.from_), 1),
         "closed_by_console": closes[:5],
         "closed_count": len(closes),
         "cpu_cores": round(cpu, 3),

@@ -682,6 +682,7 @@ async def system_run(
                 "publish_to_ack_ms": generated["publish_to_ack_ms"],
                 "publish_to_console_ecg_ms": watched["publish_to_console_ecg_ms"],
                 "publish_to_console_update_ms": watched["publish_to_console_update_ms"],
+                "console_frames_per_client_s": watched.get("frames_per_client_s"),
                 "console_clients_closed": watched["closed_count"],
                 "console_close_reasons": watched["closed_by_console"],
                 "cpu_cores": sampler.cpu_cores(elapsed),

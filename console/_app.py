@@ -67,7 +67,7 @@ class ConsoleCore:
         self.store = store
         self.fleet = FleetState()
         self.care = CareView()
-        self.hub = Hub()
+        self.hub = Hub(send_interval_s=settings.send_interval_s)
         self.bus_client: MqttLink | None = None
         # This process's name on the bus, kept across reconnects: its watch list is one retained topic.
         self.bus_id = f"{settings.client_id}-{random.randrange(16**8):08x}"
@@ -253,7 +253,7 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096, compress=False)
     await ws.prepare(request)
     peer = request.remote or "?"
-    client = Client(ws, peer, principal, core.hub.ecg_frames_max, request.transport)
+    client = Client(ws, peer, principal, core.hub.ecg_frames_max, request.transport, core.hub.send_interval_s)
     core.hub.add(client)
     client.send_now({"type": "session", **principal.as_json()})
     if client.may(Permission.VIEW_FLEET):

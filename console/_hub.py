@@ -9,6 +9,9 @@ Overflow policy, per client (docs/console-api.md):
 
 What is pending for a client when its sender wakes goes in as few frames as possible: each frame is a JSON array of
 messages (`frame_texts`), so a busy console pays the websocket's per-frame work once per batch, not once per message.
+Under load a client's sends are paced (`send_interval_s`, ConsoleSettings): what arrives within the interval after a
+send joins the next one, so a fleet's updates cost a client a few dozen frames a second, not one per batch read from
+the bus. Events (alerts among them) and a close are not paced.
 
 Each client carries the Principal it logged in as, and receives only the messages its role may see: every broadcast
 states the permission it needs (`needs_of` gives it for each message class), defaulting to the strictest.
@@ -18,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
+import math
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -142,6 +147,7 @@ class Client:
         principal: Principal,
         ecg_frames_max: int = ECG_FRAMES_MAX,
         transport: asyncio.Transport | None = None,
+        send_interval_s: float = 0.0,
     ) -> None:
         self.ws = ws
         self.principal = principal
@@ -154,6 +160,9 @@ class Client:
         self._events: collections.deque[Outgoing] = collections.deque()
         self._ecg: collections.deque[Outgoing] = collections.deque(maxlen=ecg_frames_max)
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # an event or a close is waiting: the pacing ends now
+        self._send_interval_s = send_interval_s
+        self._sent_at = -math.inf  # loop time of the last send
         self.dropped_ecg = 0
         self.closing: tuple[int, str] | None = None
 
@@ -176,6 +185,7 @@ class Client:
             return
         self._events.append(Outgoing.of(message))
         self._wake.set()
+        self._urgent.set()
 
     def offer_ecg(self, message: Json | Outgoing) -> None:
         if len(self._ecg) == self._ecg.maxlen:
@@ -191,11 +201,13 @@ class Client:
         if self.closing is None:
             self.closing = (code, reason)
             self._wake.set()
+            self._urgent.set()
 
     async def run_sender(self) -> None:
         """Send until the socket closes; raises ClientDropped when the client must be dropped."""
         while not self.ws.closed:
             await self._wake.wait()
+            await self._pace()
             self._wake.clear()
             if self.closing is not None:
                 code, reason = self.closing
@@ -207,6 +219,7 @@ class Client:
             self._updates.clear()
             batch.extend(self._ecg)
             self._ecg.clear()
+            self._sent_at = asyncio.get_running_loop().time()
             for frame in frame_texts(batch):
                 try:
                     async with asyncio.timeout(SEND_STALL_S):
@@ -216,11 +229,24 @@ class Client:
                 except ConnectionResetError:
                     return
 
+    async def _pace(self) -> None:
+        """Wait out the rest of the send interval, unless an event or a close is waiting."""
+        if self._events or self.closing is not None:
+            return
+        wait = self._sent_at + self._send_interval_s - asyncio.get_running_loop().time()
+        if wait <= 0:
+            return
+        self._urgent.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._urgent.wait()
+
 
 class Hub:
-    def __init__(self, ecg_frames_max: int = ECG_FRAMES_MAX) -> None:
+    def __init__(self, ecg_frames_max: int = ECG_FRAMES_MAX, send_interval_s: float = 0.0) -> None:
         self.clients: set[Client] = set()
         self.ecg_frames_max = ecg_frames_max
+        self.send_interval_s = send_interval_s
         self._watchers: collections.Counter[str] = collections.Counter()
 
     def add(self, client: Client) -> None:

@@ -79,6 +79,11 @@ class ConsoleSettings(_Section):
     client_id: str = "emergency-console"
     host: str = "127.0.0.1"  # the port is Settings.http_port
     stale_after_s: float = Field(default=10.0, gt=0)
+    # A websocket client is sent at most one frame this often while updates stream in (console/_hub.py); events and
+    # alerts are not held. A display paints about 60 times a second, so a shorter interval shows nothing more, while
+    # every frame costs the server a write and the browser a parse: at 900 units a client got ~150 frames a second
+    # unpaced, 47 at 20 ms (docs/benchmarks.md). 0: a frame whenever something is pending.
+    send_interval_s: float = Field(default=0.02, ge=0)
     # HTTPS: both or neither. A hospital network terminates TLS here or at a reverse proxy in front.
     tls_cert: Path | None = None
     tls_key: Path | None = None

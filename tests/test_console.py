@@ -202,6 +202,31 @@ async def test_pending_messages_arrive_in_one_frame_in_order(console: Console, h
     assert [m for m in frame if m.get("unit") == "CO1"] == [contact, finding, fix, ecg]
 
 
+async def test_updates_wait_out_the_send_interval_and_an_event_does_not(
+    console_endpoint: MqttEndpoint, shared_store: Store, logged_in: LoggedIn
+) -> None:
+    """After a send, a client's unit updates wait for the rest of the send interval and go together in one frame; an
+    event does not wait, and takes the held updates with it."""
+    settings = ConsoleSettings(send_interval_s=600)  # longer than the test: only an event can end the wait
+    async with Console(settings, 0, console_endpoint, shared_store) as running:
+        hub = running.core.hub
+        ts = _now_us()
+        first = {"type": "gps", "unit": "CP1", "ts": ts, "lat": 31.0}
+        second = {"type": "vitals", "unit": "CP2", "ts": ts, "hr": 80}
+        event = {"type": "event", "unit": "CP3", "ts": ts, "kind": "finding", "detail": {"text": "pale"}}
+        async with ws_connect(running.url, await logged_in(running.url, "ed_physician")) as ws:
+            await ws.recv()  # the connect-time frame: a send, so the interval starts now
+            hub.broadcast_update(first)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await ws.recv()  # held: unpaced, `first` would have gone alone by now
+            hub.broadcast_update(second)
+            hub.broadcast_event(event)
+            async with asyncio.timeout(30):
+                frame = json.loads(await ws.recv())
+    assert frame == [event, first, second]
+
+
 async def test_a_batch_over_the_frame_bound_is_split_in_order(console: Console, http: aiohttp.ClientSession) -> None:
     """A batch longer than FRAME_TEXT_MAX goes in several frames, each within the bound, with every message there
     once and in order."""
