@@ -320,8 +320,10 @@ class PayloadTemplate:
         prefix = bytes([0x80 | count]) + _packed_pairs({"v": 1, "unit": unit, "boot": boot})
         return cls(prefix, _packed_pairs(rest))
 
-    def fill(self, seq: int, ts: int) -> bytes:
-        return b"".join((self.prefix, b"\xa3seq", msgpack.packb(seq), b"\xa2ts", msgpack.packb(ts), self.suffix))
+    def fill(self, seq: int, ts: int, suffix: bytes | None = None) -> bytes:
+        """The payload; `suffix` (the msgpack of the same fields as this template's) replaces this template's."""
+        rest = self.suffix if suffix is None else suffix
+        return b"".join((self.prefix, b"\xa3seq", msgpack.packb(seq), b"\xa2ts", msgpack.packb(ts), rest))
 
     def for_unit(self, unit: str, boot: int) -> PayloadTemplate:
         """The same message from another unit (or boot); the suffix, which may hold kilobytes of samples, is shared."""
@@ -346,6 +348,31 @@ def ecg_frames(count: int = 8) -> list[bytes]:
     return [synth.frame_bytes(ECG_N) for _ in range(count)]
 
 
+class EcgPool:
+    """The fleet's 12-lead payloads: `POOL` distinct consecutive frames (256 s of one synthetic patient, noise and beat
+    jitter included), shared by every unit, each unit starting at its own place. A unit repeats a frame only after
+    256 s, longer than a compressed batch of TimescaleDB (1 000 rows of one unit), and no two units send the same
+    frame at the same time: what the store and its compression see is like recorded 12-leads, not a few frames
+    cycled (which compress against each other far better than any recording would)."""
+
+    POOL = 1024
+
+    def __init__(self, count: int = POOL) -> None:
+        self.suffixes = [_packed_pairs(ecg_rest(frame)) for frame in ecg_frames(count)]
+        self._first = ecg_rest(ecg_frames(1)[0])
+
+    def template(self, unit: str, boot: int) -> PayloadTemplate:
+        """The unit's 12-lead template: fill it with `suffix(...)`."""
+        return PayloadTemplate.of(unit, boot, self._first)
+
+    def start(self, index: int) -> int:
+        """Where unit number `index` starts in the pool (a prime stride spreads the units over it)."""
+        return index * 97 % len(self.suffixes)
+
+    def suffix(self, start: int, frame: int) -> bytes:
+        return self.suffixes[(start + frame) % len(self.suffixes)]
+
+
 def check_templates(unit: str, boot: int) -> None:
     """The hand-built payloads decode to exactly what the codec produces (so the gateway sees real messages)."""
     from emergency.codec import decode_device_message
@@ -363,7 +390,8 @@ class Unit:
     name: str
     connection: MqttConnection
     topics: tuple[bytes, bytes, bytes]
-    ecg: list[PayloadTemplate]
+    ecg: PayloadTemplate
+    ecg_start: int  # in the fleet's EcgPool
     vitals: PayloadTemplate
     gps: PayloadTemplate
     sent: tuple[array[int], array[int], array[int]] = field(
@@ -390,6 +418,7 @@ class Fleet:
     def __init__(self, prefix: str, count: int, boot: int, window: Window) -> None:
         self.names = [f"{prefix}{i:05d}" for i in range(count)]
         self.boot = boot
+        self.ecg = EcgPool()
         self.window = window
         self.units: list[Unit] = []
         self.by_topic: dict[bytes, Unit] = {}
@@ -405,14 +434,14 @@ class Fleet:
             )
             for i in range(connections)
         ]
-        frames = ecg_frames()
         for i, name in enumerate(self.names):
             conn = conns[i % connections]
             unit = Unit(
                 name,
                 conn,
                 (mqtt_str(f"ems/v1/{name}/ecg"), mqtt_str(f"ems/v1/{name}/vitals"), mqtt_str(f"ems/v1/{name}/gps")),
-                [PayloadTemplate.of(name, self.boot, ecg_rest(f)) for f in frames],
+                self.ecg.template(name, self.boot),
+                self.ecg.start(i),
                 PayloadTemplate.of(name, self.boot, VITALS_REST),
                 PayloadTemplate.of(name, self.boot, GPS_REST),
             )
@@ -448,7 +477,7 @@ class Fleet:
         for i in range(slot, len(self.units), SLOTS):
             unit = self.units[i]
             ecg = unit.sent[0]
-            unit.connection.publish(unit.topics[0], unit.ecg[cycle % len(unit.ecg)].fill(len(ecg), ts))
+            unit.connection.publish(unit.topics[0], unit.ecg.fill(len(ecg), ts, self.ecg.suffix(unit.ecg_start, cycle)))
             ecg.append(ts)
             n = 1
             if (cycle + i) % 4 == 0:
@@ -554,14 +583,14 @@ async def run_flood(args: argparse.Namespace) -> dict[str, object]:
         await MqttConnection.open(args.host, args.port, f"bench-flood-{os.getpid()}-{i}", SHARED_ACCOUNT, password)
         for i in range(args.connections)
     ]
-    frames = ecg_frames()
+    pool = EcgPool()
     names = [f"{args.prefix}{i:05d}" for i in range(args.units)]
     templates = [
         (
             mqtt_str(f"ems/v1/{n}/ecg"),
             mqtt_str(f"ems/v1/{n}/vitals"),
             mqtt_str(f"ems/v1/{n}/gps"),
-            [PayloadTemplate.of(n, boot, ecg_rest(f)) for f in frames],
+            pool.template(n, boot),
             PayloadTemplate.of(n, boot, VITALS_REST),
             PayloadTemplate.of(n, boot, GPS_REST),
         )
@@ -580,7 +609,7 @@ async def run_flood(args: argparse.Namespace) -> dict[str, object]:
                 u = i % len(names)
                 ecg_topic, vitals_topic, gps_topic, ecg, vitals, gps = templates[u]
                 ts, seq = now_us(), seqs[u]
-                conn.publish(ecg_topic, ecg[seq[0] % len(ecg)].fill(seq[0], ts))
+                conn.publish(ecg_topic, ecg.fill(seq[0], ts, pool.suffix(pool.start(u), seq[0])))
                 seq[0] += 1
                 if (i // len(names)) % 4 == 0:
                     conn.publish(vitals_topic, vitals.fill(seq[1], ts))
