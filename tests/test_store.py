@@ -17,7 +17,7 @@ from emergency.protocol import DeviceEvent, EcgFrame, EventKind, GpsFix, Stream,
 from emergency.settings import StoreSettings
 from emergency.stack import PostgresCluster, timescaledb_available
 from emergency.stack.postgres import pg_bindir
-from emergency.store import IngestBatch, Received, Rejection, Store, Watermark, _migrations
+from emergency.store import IngestBatch, Received, Rejection, Store, Watermark, _migrations, to_us
 from emergency.store._migrations import MIGRATIONS, partitions_of
 
 HAS_TIMESCALEDB = timescaledb_available(pg_bindir())
@@ -54,7 +54,7 @@ async def store(request: pytest.FixtureRequest, postgres: PostgresCluster, times
 
 
 def _us(moment: dt.datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
+    return to_us(moment)  # exact, unlike a float timestamp
 
 
 def _ecg(unit: str, seq: int, ts: int) -> EcgFrame:
@@ -69,12 +69,14 @@ async def test_migrations_are_idempotent(store: Store) -> None:
 
 
 async def test_commit_stores_once_and_keeps_raw_samples(store: Store) -> None:
-    """A batch committed twice stores each message once; ECG bytes, lead names and event details come back as sent."""
+    """A batch committed twice stores each message once; ECG bytes, lead names, event details and every time (to the
+    µs) come back as sent."""
     unit, now = f"S{time.monotonic_ns() % 10**8}", time.time_ns() // 1000
     batch = IngestBatch(
         received=[Received(_ecg(unit, seq, now + seq), now) for seq in range(3)]
         + [
             Received(Vitals(unit, 1, 0, now, hr=60.0, nibp_ts=now - 10), now),
+            Received(Vitals(unit, 1, 1, now + 1, hr=61.0), now + 7),
             Received(GpsFix(unit, 1, 0, now, 31.0, 121.0), now),
             Received(DeviceEvent(unit, 1, 0, now, EventKind.FINDING, {"code": "gcs", "value": 14}), now),
         ],
@@ -83,9 +85,9 @@ async def test_commit_stores_once_and_keeps_raw_samples(store: Store) -> None:
     )
     first = await store.commit(batch)
     second = await store.commit(batch)
-    assert first.stored == {Stream.ECG: 3, Stream.VITALS: 1, Stream.GPS: 1, Stream.EVENT: 1}
+    assert first.stored == {Stream.ECG: 3, Stream.VITALS: 2, Stream.GPS: 1, Stream.EVENT: 1}
     assert second.stored == {Stream.ECG: 0, Stream.VITALS: 0, Stream.GPS: 0, Stream.EVENT: 0}
-    assert second.duplicates == {Stream.ECG: 3, Stream.VITALS: 1, Stream.GPS: 1, Stream.EVENT: 1}
+    assert second.duplicates == {Stream.ECG: 3, Stream.VITALS: 2, Stream.GPS: 1, Stream.EVENT: 1}
     assert await store.pool.fetchval("SELECT data FROM ecg_frames WHERE unit = $1 AND seq = 1", unit) == bytes(
         range(24)
     )
@@ -98,8 +100,11 @@ async def test_commit_stores_once_and_keeps_raw_samples(store: Store) -> None:
     assert (kind, json.loads(detail)) == ("finding", {"code": "gcs", "value": 14})
     assert await store.rejected_seqs(unit, 1, Stream.ECG, 0, 10) == [3]
     assert await store.watermarks([(unit, 1, Stream.ECG)]) == {(unit, 1, Stream.ECG): 3}
-    rx, ts = await store.pool.fetchrow("SELECT rx_ts, ts FROM vitals WHERE unit = $1", unit)
-    assert rx is not None and ts is not None
+    times = await store.pool.fetch("SELECT seq, ts, rx_ts, nibp_ts FROM vitals WHERE unit = $1 ORDER BY seq", unit)
+    assert [(r["seq"], _us(r["ts"]), _us(r["rx_ts"])) for r in times] == [(0, now, now), (1, now + 1, now + 7)]
+    assert [None if r["nibp_ts"] is None else _us(r["nibp_ts"]) for r in times] == [now - 10, None]
+    ecg_times = await store.pool.fetch("SELECT ts FROM ecg_frames WHERE unit = $1 ORDER BY seq", unit)
+    assert [_us(r["ts"]) for r in ecg_times] == [now, now + 1, now + 2]
 
 
 async def test_device_time_far_from_now_is_still_stored(store: Store) -> None:
