@@ -259,3 +259,34 @@ async def _relations_with(store: Store, option: str) -> set[str]:
         option,
     )
     return {r["name"] for r in rows}
+
+
+async def test_a_policy_the_scheduler_does_not_run_is_run_by_the_store(store: Store) -> None:
+    """With TimescaleDB, a compression policy its background scheduler has let fall behind (here: the scheduler
+    stopped and the job overdue by days; on PostgreSQL 15.20 with TimescaleDB 2.28.3 every background run fails) is
+    run by the store itself, and the chunks it is due to compress are compressed."""
+    if not store.timescaledb:
+        pytest.skip("plain PostgreSQL path")
+    unit, now = f"P{time.monotonic_ns() % 10**8}", time.time_ns() // 1000
+    four_days_ago = now - 4 * 86_400_000_000
+    await store.commit(IngestBatch(received=[Received(_ecg(unit, seq, four_days_ago + seq), now) for seq in range(3)]))
+    old_chunks = (
+        "SELECT count(*) AS chunks, count(*) FILTER (WHERE is_compressed) AS compressed "
+        "FROM timescaledb_information.chunks WHERE hypertable_name = 'ecg_frames' "
+        "AND range_end < now() - interval '2 days'"
+    )
+    job = await store.pool.fetchval(
+        "SELECT job_id FROM timescaledb_information.jobs "
+        "WHERE proc_name = 'policy_compression' AND hypertable_name = 'ecg_frames'"
+    )
+    await store.pool.execute("SELECT _timescaledb_functions.stop_background_workers()")
+    try:
+        await store.pool.execute("SELECT alter_job($1, next_start => now() - interval '2 days')", job)
+        before = await store.pool.fetchrow(old_chunks)
+        assert before["chunks"] >= 1 and before["compressed"] < before["chunks"]
+        assert job in await store.run_stalled_policies()
+        after = await store.pool.fetchrow(old_chunks)
+        assert after["compressed"] == after["chunks"] >= 1
+        assert await store.pool.fetchval("SELECT count(*) FROM ecg_frames WHERE unit = $1", unit) == 3
+    finally:
+        await store.pool.execute("SELECT _timescaledb_functions.start_background_workers()")

@@ -141,6 +141,22 @@ def _record(item: Received) -> tuple[Any, ...]:
 
 _STORAGE: dict[str, str] = {table.name: table.storage for table in TIME_SERIES_TABLES}
 
+# A TimescaleDB policy of ours that its background scheduler has not kept: the last run failed, or the job is due
+# since more than its interval (the scheduler is stopped, or not loaded). Disabled jobs (`scheduled` false) are left
+# alone: an operator turned them off.
+_STALLED_POLICIES_SQL = """
+SELECT j.job_id, j.proc_name, j.hypertable_name, s.last_run_status,
+       (SELECT e.err_message FROM timescaledb_information.job_errors e
+        WHERE e.job_id = j.job_id ORDER BY e.start_time DESC LIMIT 1) AS last_error
+FROM timescaledb_information.jobs j
+LEFT JOIN timescaledb_information.job_stats s USING (job_id)
+WHERE j.scheduled AND j.proc_name IN ('policy_compression', 'policy_retention')
+  AND j.hypertable_name = ANY($1::text[])
+  AND (s.last_run_status = 'Failed' OR coalesce(s.next_start, j.next_start) < now() - j.schedule_interval)
+ORDER BY j.job_id
+"""
+_POLICY_LOCK = 0x454D5354  # the advisory-lock class of policy jobs run by the store ("EMST")
+
 
 def _with_storage(table: str) -> str:
     storage = _STORAGE.get(table, "")
@@ -224,8 +240,7 @@ class Store:
             await self.maintain_partitions()
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
-        if not self.timescaledb:
-            self._maintenance = self._tasks.create_task(self._maintenance_loop(), name="store.partitions")
+        self._maintenance = self._tasks.create_task(self._maintenance_loop(), name="store.maintenance")
         return self
 
     async def __aexit__(
@@ -246,9 +261,34 @@ class Store:
         while True:
             await asyncio.sleep(_MAINTENANCE_INTERVAL_S)
             try:
-                await self.maintain_partitions()
+                if self.timescaledb:
+                    await self.run_stalled_policies()
+                else:
+                    await self.maintain_partitions()
             except DB_ERRORS as exc:
-                log.warning("partition maintenance failed, will retry: %s", exc)
+                log.warning("storage maintenance failed, will retry: %s", exc)
+
+    async def run_stalled_policies(self) -> list[int]:
+        """TimescaleDB path: run here, in this session, each compression or retention policy of the time-series tables
+        that TimescaleDB's background scheduler has let fall behind — its last run failed, or it is overdue by a whole
+        interval (decision 35). Returns the jobs run. One process at a time runs a job (an advisory lock per job)."""
+        async with self.pool.acquire() as conn:
+            stalled = await conn.fetch(_STALLED_POLICIES_SQL, [table.name for table in TIME_SERIES_TABLES])
+            ran: list[int] = []
+            for job in stalled:
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", _POLICY_LOCK, job["job_id"]):
+                    continue  # another process of the center is running it
+                try:
+                    log.warning(
+                        "TimescaleDB %s job %d on %s has not run as scheduled (last run: %s, %s); running it here",
+                        job["proc_name"], job["job_id"], job["hypertable_name"], job["last_run_status"] or "never",
+                        job["last_error"] or "no error recorded",
+                    )  # fmt: skip
+                    await conn.execute(f"CALL run_job({int(job['job_id'])})")
+                    ran.append(job["job_id"])
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1, $2)", _POLICY_LOCK, job["job_id"])
+        return ran
 
     async def maintain_partitions(self, today: dt.date | None = None) -> None:
         """Native path: make sure daily partitions exist ahead of time; drop those past retention."""
