@@ -358,8 +358,9 @@ class EcgPool:
     POOL = 1024
 
     def __init__(self, count: int = POOL) -> None:
-        self.suffixes = [_packed_pairs(ecg_rest(frame)) for frame in ecg_frames(count)]
-        self._first = ecg_rest(ecg_frames(1)[0])
+        rests = [ecg_rest(frame) for frame in ecg_frames(count)]
+        self.suffixes = [_packed_pairs(rest) for rest in rests]
+        self._first = rests[0]
 
     def template(self, unit: str, boot: int) -> PayloadTemplate:
         """The unit's 12-lead template: fill it with `suffix(...)`."""
