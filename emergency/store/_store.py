@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _PARTITION_DAYS_AHEAD = 3
 _MAINTENANCE_INTERVAL_S = 3600.0
+# The first pass comes soon after start, so that a center restarted more often than hourly still maintains its
+# storage, but not at start, where a stalled compression of a large chunk would hold up opening the store.
+_MAINTENANCE_FIRST_S = 300.0
 # What a lost or refusing database raises through asyncpg: server errors, a dropped connection, a socket error.
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
@@ -258,8 +261,10 @@ class Store:
                 self._pool = None
 
     async def _maintenance_loop(self) -> None:
+        delay = _MAINTENANCE_FIRST_S
         while True:
-            await asyncio.sleep(_MAINTENANCE_INTERVAL_S)
+            await asyncio.sleep(delay)
+            delay = _MAINTENANCE_INTERVAL_S
             try:
                 if self.timescaledb:
                     await self.run_stalled_policies()
