@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
+import msgspec
 
 from emergency.protocol import (
     ALLOWED_LEADS,
@@ -176,8 +177,27 @@ class _Fields:
         return value
 
 
+# The numeric fields' ranges: the one table that both the full decoder and the fast path read.
+ECG_FS_HZ = (125, 1000)
+ECG_LSB_UV = (0.01, 100)
+ECG_N = (1, 4000)
+VITAL_RANGES: dict[str, tuple[float, float]] = {
+    "hr": (0, 350),
+    "sbp": (0, 350),
+    "dbp": (0, 300),
+    "map": (0, 300),
+    "spo2": (0, 100),
+    "rr": (0, 150),
+    "temp": (15, 45),
+    "etco2": (0, 150),
+}
+VITAL_FIELDS: tuple[str, ...] = tuple(VITAL_RANGES)
+GPS_REQUIRED: dict[str, tuple[float, float]] = {"lat": (-90, 90), "lon": (-180, 180)}
+GPS_OPTIONAL: dict[str, tuple[float, float]] = {"speed": (0, 150), "heading": (0, 360), "acc": (0, 100_000)}
+
+
 def _decode_ecg(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: int, ts: int) -> EcgFrame:
-    fs = f.req_num("fs", 125, 1000)
+    fs = f.req_num("fs", *ECG_FS_HZ)
     leads_obj = raw.get("leads")
     if type(leads_obj) is not list or not leads_obj:
         raise f.reject("field 'leads' must be a non-empty list of lead names")
@@ -188,8 +208,8 @@ def _decode_ecg(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: i
             raise f.reject(f"unknown lead {lead!r}")
     if len(set(leads_obj)) != len(leads_obj):
         raise f.reject("field 'leads' names a lead twice")
-    lsb_uv = f.req_num("lsb_uv", 0.01, 100)
-    n = f.req_int("n", 1, 4000)
+    lsb_uv = f.req_num("lsb_uv", *ECG_LSB_UV)
+    n = f.req_int("n", *ECG_N)
     if n / fs > 2.0:
         raise f.reject(f"a frame of n={n} at fs={fs} Hz spans more than 2 s")
     data = raw.get("data")
@@ -202,41 +222,17 @@ def _decode_ecg(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: i
 
 
 def _decode_vitals(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: int, ts: int) -> Vitals:
-    vitals = Vitals(
-        unit,
-        boot,
-        seq,
-        ts,
-        hr=f.num("hr", 0, 350),
-        sbp=f.num("sbp", 0, 350),
-        dbp=f.num("dbp", 0, 300),
-        map=f.num("map", 0, 300),
-        spo2=f.num("spo2", 0, 100),
-        rr=f.num("rr", 0, 150),
-        temp=f.num("temp", 15, 45),
-        etco2=f.num("etco2", 0, 150),
-        nibp_ts=f.integer("nibp_ts", MIN_TS_US, MAX_TS_US, required=False),
-    )
-    if all(getattr(vitals, k) is None for k in VITAL_FIELDS):
+    values = {key: f.num(key, lo, hi) for key, (lo, hi) in VITAL_RANGES.items()}
+    nibp_ts = f.integer("nibp_ts", MIN_TS_US, MAX_TS_US, required=False)
+    if all(value is None for value in values.values()):
         raise f.reject("vitals message carries no vital sign")
-    return vitals
-
-
-VITAL_FIELDS: tuple[str, ...] = ("hr", "sbp", "dbp", "map", "spo2", "rr", "temp", "etco2")
+    return Vitals(unit, boot, seq, ts, **values, nibp_ts=nibp_ts)
 
 
 def _decode_gps(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: int, ts: int) -> GpsFix:
-    return GpsFix(
-        unit,
-        boot,
-        seq,
-        ts,
-        lat=f.req_num("lat", -90, 90),
-        lon=f.req_num("lon", -180, 180),
-        speed=f.num("speed", 0, 150),
-        heading=f.num("heading", 0, 360),
-        acc=f.num("acc", 0, 100_000),
-    )
+    lat, lon = (f.req_num(key, lo, hi) for key, (lo, hi) in GPS_REQUIRED.items())
+    optional = {key: f.num(key, lo, hi) for key, (lo, hi) in GPS_OPTIONAL.items()}
+    return GpsFix(unit, boot, seq, ts, lat, lon, **optional)
 
 
 # Each event kind's fields: name → (reader, required). Unknown keys are ignored, as everywhere in v1.
@@ -339,11 +335,95 @@ _DECODERS: dict[Stream, Callable[[_Fields, Mapping[str, Any], str, int, int, int
 }
 
 
+def _within(kind: type, bounds: tuple[float, float]) -> Any:
+    return Annotated[kind, msgspec.Meta(ge=bounds[0], le=bounds[1])]
+
+
+def _fast_struct(name: str, fields: list[tuple[Any, ...]], optional: dict[str, tuple[float, float]]) -> Any:
+    header = [
+        ("v", int),
+        ("unit", str),
+        ("boot", _within(int, (0, UINT32_MAX))),
+        ("seq", _within(int, (0, UINT32_MAX))),
+        ("ts", _within(int, (MIN_TS_US, MAX_TS_US))),
+    ]
+    nullable = [(key, _within(float, bounds) | None, None) for key, bounds in optional.items()]
+    # Unknown fields are refused here (the full decoder ignores them): whatever a payload carries besides the
+    # protocol's fields, and whatever limits those must respect, is the full decoder's to judge.
+    return msgspec.defstruct(name, [*header, *fields, *nullable], forbid_unknown_fields=True, kw_only=True)
+
+
+_FastEcg = _fast_struct(
+    "_FastEcg",
+    [
+        ("fs", _within(float, ECG_FS_HZ)),
+        ("leads", list[str]),
+        ("lsb_uv", _within(float, ECG_LSB_UV)),
+        ("n", _within(int, ECG_N)),
+        ("data", bytes),
+    ],
+    {},
+)
+_FastVitals = _fast_struct(
+    "_FastVitals", [("nibp_ts", _within(int, (MIN_TS_US, MAX_TS_US)) | None, None)], VITAL_RANGES
+)
+_FastGps = _fast_struct(
+    "_FastGps", [(key, _within(float, bounds)) for key, bounds in GPS_REQUIRED.items()], GPS_OPTIONAL
+)
+_FAST: dict[Stream, msgspec.msgpack.Decoder[Any]] = {
+    Stream.ECG: msgspec.msgpack.Decoder(_FastEcg),
+    Stream.VITALS: msgspec.msgpack.Decoder(_FastVitals),
+    Stream.GPS: msgspec.msgpack.Decoder(_FastGps),
+}
+
+
+def _decode_fast(parsed: Topic, payload: bytes) -> DeviceMessage | None:
+    """The common case, typed and range-checked in C (msgspec, decision 36): a 12-lead frame, vitals or a GPS fix
+    that is one msgpack map of at most 15 entries, all of them the protocol's fields and valid. None for anything
+    else; the full decoder then accepts it or rejects it with its reason. Never accepts what the full decoder
+    would reject, and returns what it would return (`tests/test_codec.py` checks both against each other)."""
+    decoder = _FAST.get(parsed.stream)
+    if decoder is None or not 0x80 <= payload[0] <= 0x8F:  # a fixmap: the full decoder's map limit cannot apply
+        return None
+    try:
+        m = decoder.decode(payload)
+    except msgspec.DecodeError:  # includes ValidationError
+        return None
+    if m.v != PROTOCOL_VERSION or m.unit != parsed.unit:
+        return None
+    if parsed.stream is Stream.ECG:
+        leads = tuple(m.leads)
+        if (
+            not leads
+            or not ALLOWED_LEADS.issuperset(leads)
+            or len(set(leads)) != len(leads)
+            or m.n / m.fs > 2.0
+            or len(m.data) != 2 * len(leads) * m.n
+        ):
+            return None
+        return EcgFrame(parsed.unit, m.boot, m.seq, m.ts, m.fs, leads, m.lsb_uv, m.n, m.data)
+    if parsed.stream is Stream.VITALS:
+        signs = (m.hr, m.sbp, m.dbp, m.map, m.spo2, m.rr, m.temp, m.etco2)  # VITAL_FIELDS, in Vitals' order
+        if signs.count(None) == len(signs):
+            return None
+        return Vitals(parsed.unit, m.boot, m.seq, m.ts, *signs, m.nibp_ts)
+    return GpsFix(parsed.unit, m.boot, m.seq, m.ts, m.lat, m.lon, m.speed, m.heading, m.acc)
+
+
 def decode_device_message(topic: str, payload: bytes) -> DeviceMessage:
     """Decode and validate one device → center message; raises only RejectedMessage."""
     parsed = parse_topic(topic)
     if parsed.stream is Stream.ACK:
         raise RejectedMessage("devices may not publish on the ack stream", unit=parsed.unit)
+    if payload and len(payload) <= MAX_PAYLOAD_BYTES:
+        fast = _decode_fast(parsed, payload)
+        if fast is not None:
+            return fast
+    return _decode_full(parsed, payload)
+
+
+def _decode_full(parsed: Topic, payload: bytes) -> DeviceMessage:
+    """Every check in Python, each failure a RejectedMessage naming its reason and the header fields it could read."""
     header = RejectedMessage("", unit=parsed.unit, stream=parsed.stream)
     try:
         raw = _unpack_map(payload)

@@ -11,10 +11,14 @@ from emergency.codec import (
     MAX_TS_US,
     MIN_TS_US,
     RejectedMessage,
+    Topic,
+    _decode_fast,
+    _decode_full,
     decode_ack,
     decode_device_message,
     encode_ack,
     encode_device_message,
+    parse_topic,
 )
 from emergency.protocol import (
     MAX_PAYLOAD_BYTES,
@@ -235,3 +239,113 @@ def test_coverage_guided_fuzzing_finds_no_crash(tmp_path) -> None:  # type: igno
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _parsed(topic: str) -> Topic:
+    return parse_topic(topic)
+
+
+_VALID_BODIES = {
+    "ems/v1/A1/ecg": _ecg(),
+    "ems/v1/A1/vitals": {"v": 1, "unit": "A1", "boot": 3, "seq": 7, "ts": TS, "hr": 72, "spo2": 97.5, "nibp_ts": TS},
+    "ems/v1/A1/gps": {"v": 1, "unit": "A1", "boot": 3, "seq": 7, "ts": TS, "lat": 31.2, "lon": 121.5, "acc": 4},
+}
+
+
+def test_the_fast_path_takes_valid_telemetry() -> None:
+    """Valid 12-lead frames, vitals and GPS fixes — what devices send all day — take the fast path, and come out as
+    the full decoder makes them."""
+    for topic, body in _VALID_BODIES.items():
+        payload = msgpack.packb(body, use_bin_type=True)
+        fast = _decode_fast(_parsed(topic), payload)
+        assert fast is not None and fast == _decode_full(_parsed(topic), payload)
+    for message in (
+        EcgFrame("A1", 1, 0, TS, 500.0, ("I", "II", "III", "V1"), 2.5, 125, bytes(2 * 4 * 125)),
+        Vitals("A1", 1, 1, TS, hr=72.0, spo2=97.0, sbp=121.0, dbp=80.0, map=94.0, nibp_ts=TS - 5),
+        GpsFix("A1", 0, 2**32 - 1, TS, 31.23, 121.47, speed=12.5, heading=270.0, acc=4.0),
+        Vitals("A1", 1, 2, TS, hr=80.0),  # the optional fields absent
+        GpsFix("A1", 1, 3, TS, 31.23, 121.47),
+    ):
+        assert _decode_fast(_parsed(f"ems/v1/A1/{message.stream.value}"), encode_device_message(message)) == message
+
+
+def _check_fast_against_full(topic: str, payload: bytes) -> None:
+    """Where the fast path accepts, the full decoder accepts too and makes the same message."""
+    parsed = _parsed(topic)
+    if not payload or len(payload) > MAX_PAYLOAD_BYTES:
+        return
+    fast = _decode_fast(parsed, payload)
+    if fast is not None:
+        assert _decode_full(parsed, payload) == fast
+
+
+# Values near what the fields hold: bounds, non-finite floats, sample bytes of other lengths, lead lists, units.
+_field_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 5000),
+    st.sampled_from([2**32 - 1, 2**32, MIN_TS_US - 1, MIN_TS_US, TS, MAX_TS_US, MAX_TS_US + 1]),
+    st.floats(-200, 1100),
+    st.sampled_from([float("nan"), float("inf"), -0.0, 0.01, 100.0, 125.0, 1000.0, 1000.5]),
+    st.binary(max_size=24),
+    st.lists(st.sampled_from(["I", "II", "III", "V1", "aVR", "X", ""]), max_size=13),
+    st.sampled_from(["A1", "A2", "a1", "", "A1\x00"]),
+)
+_mutated = st.sampled_from(sorted(_VALID_BODIES)).flatmap(
+    lambda topic: st.tuples(
+        st.just(topic),
+        st.dictionaries(st.sampled_from(sorted(_VALID_BODIES[topic])), _field_values, min_size=1, max_size=2),
+    )
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(case=_mutated)
+def test_the_fast_path_never_accepts_what_the_full_decoder_refuses(case: tuple[str, dict[str, object]]) -> None:
+    """Valid messages with one or two fields given other values, in range or not, of the right type or not: the fast
+    path either declines or agrees with the full decoder exactly."""
+    topic, replaced = case
+    _check_fast_against_full(topic, msgpack.packb({**_VALID_BODIES[topic], **replaced}, use_bin_type=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    topic=st.sampled_from(sorted(_VALID_BODIES)),
+    removed=st.sets(st.sampled_from(["v", "unit", "boot", "seq", "ts", "fs", "leads", "lsb_uv", "n", "data", "hr",
+                                      "spo2", "nibp_ts", "lat", "lon", "acc"]), max_size=2),
+    added=st.dictionaries(st.one_of(_keys, st.text(max_size=6)), _values, max_size=2),
+)  # fmt: skip
+def test_the_fast_path_leaves_missing_and_unknown_fields_to_the_full_decoder(
+    topic: str, removed: set[str], added: dict[str, object]
+) -> None:
+    """Fields removed or others added (of any shape): the fast path declines or agrees with the full decoder."""
+    body = {**_VALID_BODIES[topic], **added}
+    for key in removed:
+        body.pop(key, None)
+    try:
+        payload = msgpack.packb(body, use_bin_type=True)
+    except (OverflowError, ValueError):
+        return
+    _check_fast_against_full(topic, payload)
+
+
+@settings(max_examples=800, deadline=None)
+@given(
+    fs=st.one_of(st.floats(0, 1100), st.integers(0, 1100)),
+    leads=st.lists(st.sampled_from(["I", "II", "III", "V1", "V6", "aVR", "V4R", "X", ""]), max_size=14),
+    n=st.integers(-1, 4100),
+    lsb_uv=st.floats(0, 120),
+)
+def test_the_fast_path_checks_a_12_lead_frame_as_a_whole(fs: float, leads: list[str], n: int, lsb_uv: float) -> None:
+    """12-lead frames whose samples match their leads and length, with any rate, leads, length and scale: the fast
+    path declines or agrees with the full decoder (unknown or repeated leads, frames over 2 s, out-of-range values)."""
+    body = _ecg(fs=fs, leads=leads, n=n, lsb_uv=lsb_uv, data=bytes(2 * len(leads) * max(n, 0)))
+    _check_fast_against_full("ems/v1/A1/ecg", msgpack.packb(body, use_bin_type=True))
+
+
+@settings(max_examples=400, deadline=None)
+@given(topic=st.sampled_from(sorted(_VALID_BODIES)), cut=st.integers(0, 200), extra=st.binary(max_size=8))
+def test_the_fast_path_declines_truncated_or_padded_payloads(topic: str, cut: int, extra: bytes) -> None:
+    """Bytes cut off a valid payload, or appended to it, never slip through the fast path."""
+    payload = msgpack.packb(_VALID_BODIES[topic], use_bin_type=True)
+    _check_fast_against_full(topic, payload[: len(payload) - cut] + extra if cut else payload + extra)
