@@ -53,10 +53,6 @@ async def store(request: pytest.FixtureRequest, postgres: PostgresCluster, times
         yield opened
 
 
-def _us(moment: dt.datetime) -> int:
-    return to_us(moment)  # exact, unlike a float timestamp
-
-
 def _ecg(unit: str, seq: int, ts: int) -> EcgFrame:
     return EcgFrame(unit, 1, seq, ts, 500.0, ("I", "II", "III"), 2.5, 4, bytes(range(24)))
 
@@ -101,16 +97,16 @@ async def test_commit_stores_once_and_keeps_raw_samples(store: Store) -> None:
     assert await store.rejected_seqs(unit, 1, Stream.ECG, 0, 10) == [3]
     assert await store.watermarks([(unit, 1, Stream.ECG)]) == {(unit, 1, Stream.ECG): 3}
     times = await store.pool.fetch("SELECT seq, ts, rx_ts, nibp_ts FROM vitals WHERE unit = $1 ORDER BY seq", unit)
-    assert [(r["seq"], _us(r["ts"]), _us(r["rx_ts"])) for r in times] == [(0, now, now), (1, now + 1, now + 7)]
-    assert [None if r["nibp_ts"] is None else _us(r["nibp_ts"]) for r in times] == [now - 10, None]
+    assert [(r["seq"], to_us(r["ts"]), to_us(r["rx_ts"])) for r in times] == [(0, now, now), (1, now + 1, now + 7)]
+    assert [None if r["nibp_ts"] is None else to_us(r["nibp_ts"]) for r in times] == [now - 10, None]
     ecg_times = await store.pool.fetch("SELECT ts FROM ecg_frames WHERE unit = $1 ORDER BY seq", unit)
-    assert [_us(r["ts"]) for r in ecg_times] == [now, now + 1, now + 2]
+    assert [to_us(r["ts"]) for r in ecg_times] == [now, now + 1, now + 2]
 
 
 async def test_device_time_far_from_now_is_still_stored(store: Store) -> None:
     """A message stamped by a badly wrong device clock (years off) is stored, not refused."""
     unit, now = f"K{time.monotonic_ns() % 10**8}", time.time_ns() // 1000
-    long_ago = _us(dt.datetime(2003, 5, 1, tzinfo=dt.UTC))
+    long_ago = to_us(dt.datetime(2003, 5, 1, tzinfo=dt.UTC))
     result = await store.commit(IngestBatch(received=[Received(_ecg(unit, 0, long_ago), now)]))
     assert result.stored == {Stream.ECG: 1}
 
