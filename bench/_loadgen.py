@@ -16,7 +16,8 @@ device, and the units are still provisioned (the partitioned gateways subscribe 
 Run by bench/scale.py as child processes, so that each one's CPU is measured on its own:
 
     python bench/_loadgen.py fleet    --host H --port P --password-file F --prefix B --units N --from T0 --until T1
-    python bench/_loadgen.py flood    --host H --port P --password-file F --seconds S          (broker baseline)
+    python bench/_loadgen.py flood    --host H --port P --password-file F --until T1 | --count N
+                                      (broker baseline; bench/gateway_cost.py)
     python bench/_loadgen.py sink     --host H --port P --username U --password-file F --from T0 --until T1
     python bench/_loadgen.py consoles --url URL [--cookie C] --clients 50 --watch 2 --prefix B --units N ...
 
@@ -29,6 +30,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import os
 import resource
@@ -36,7 +38,7 @@ import signal
 import sys
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -598,38 +600,77 @@ async def run_flood(args: argparse.Namespace) -> dict[str, object]:
         for n in names
     ]
     seqs = [[0, 0, 0] for _ in names]
+
+    def mix() -> Iterator[tuple[bytes, bytes]]:
+        """The units in turn, each a 12-lead frame, and every fourth turn its vitals and GPS too."""
+        for i in itertools.count():
+            u = i % len(names)
+            ecg_topic, vitals_topic, gps_topic, ecg, vitals, gps = templates[u]
+            ts, seq = now_us(), seqs[u]
+            yield ecg_topic, ecg.fill(seq[0], ts, pool.suffix(pool.start(u), seq[0]))
+            seq[0] += 1
+            if (i // len(names)) % 4 == 0:
+                yield vitals_topic, vitals.fill(seq[1], ts)
+                seq[1] += 1
+                yield gps_topic, gps.fill(seq[2], ts)
+                seq[2] += 1
+
+    made = mix()
+    messages = 0  # published so far
+
+    def make() -> tuple[bytes, bytes]:
+        nonlocal messages
+        messages += 1
+        return next(made)
+
+    def acked() -> int:
+        return sum(c.puback_count for c in conns)
+
+    async def publish(more: Callable[[], bool]) -> None:
+        while more():
+            for conn in conns:
+                # Keep two windows queued per connection: the broker, not this loop, sets the pace.
+                while len(conn.waiting) + conn.inflight < 2 * conn.receive_max and more():
+                    conn.publish(*make())
+                conn.flush()
+            await asyncio.sleep(0.001)
+
+    async def publish_count(count: int) -> None:
+        """`count` more messages, returning once the broker has taken every one."""
+        target, first = messages + count, acked()
+        await publish(lambda: messages < target)
+        while acked() - first < count:
+            for conn in conns:
+                conn.flush()
+            await asyncio.sleep(0.01)
+
     print("connected", flush=True)
+    if args.warmup:
+        # Every unit heard from first (a gateway's first message of a unit costs more than the rest); then wait to be
+        # told (SIGUSR1) to go on, so that what follows is measured on its own.
+        go = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
+        await publish_count(args.warmup)
+        print("warmed", flush=True)
+        await go.wait()
     await asyncio.sleep(max(0.0, args.start - time.time()))
     cpu0, t0 = cpu_seconds(), time.monotonic()
-    acks0 = sum(c.puback_count for c in conns)
-    i = 0
-    while time.time() < args.until:
-        for conn in conns:
-            # Keep two windows queued per connection: the broker, not this loop, sets the pace.
-            while len(conn.waiting) + conn.inflight < 2 * conn.receive_max:
-                u = i % len(names)
-                ecg_topic, vitals_topic, gps_topic, ecg, vitals, gps = templates[u]
-                ts, seq = now_us(), seqs[u]
-                conn.publish(ecg_topic, ecg.fill(seq[0], ts, pool.suffix(pool.start(u), seq[0])))
-                seq[0] += 1
-                if (i // len(names)) % 4 == 0:
-                    conn.publish(vitals_topic, vitals.fill(seq[1], ts))
-                    conn.publish(gps_topic, gps.fill(seq[2], ts))
-                    seq[1] += 1
-                    seq[2] += 1
-                i += 1
-            conn.flush()
-        await asyncio.sleep(0.001)
+    acks0 = acked()
+    if args.count:
+        await publish_count(args.count)
+    else:
+        await publish(lambda: time.time() < args.until)
     elapsed = time.monotonic() - t0
-    acked = sum(c.puback_count for c in conns) - acks0
+    taken = acked() - acks0
     for conn in conns:
         if conn.transport is not None:
             conn.transport.close()
     return {
-        "acked_msgs_per_s": round(acked / elapsed),
+        "acked_msgs_per_s": round(taken / elapsed),
         "cpu_cores": round((cpu_seconds() - cpu0) / elapsed, 3),
         "receive_max": conns[0].receive_max,
         "connections": args.connections,
+        "published": messages,
     }
 
 
@@ -765,6 +806,8 @@ def main() -> None:
         p.add_argument("--start", type=float, default=0.0, help="epoch seconds: start publishing")
         p.add_argument("--from", dest="from_", type=float, default=0.0, help="epoch seconds: the window opens")
         p.add_argument("--until", type=float, default=0.0, help="epoch seconds: the window closes")
+        p.add_argument("--count", type=int, default=0, help="flood: publish this many messages, not for a time")
+        p.add_argument("--warmup", type=int, default=0, help="flood: first this many, then wait for SIGUSR1")
         p.add_argument("--drain", type=float, default=60.0, help="seconds to wait for the last acks")
         p.add_argument("--url", default="")
         p.add_argument("--cookie", default="")

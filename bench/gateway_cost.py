@@ -1,0 +1,189 @@
+"""What one message costs the gateway: its CPU time, or its instructions (valgrind), per message of the standard mix.
+
+    .venv/bin/python bench/gateway_cost.py --messages 60000               # CPU seconds (noisy: the machine drifts)
+    .venv/bin/python bench/gateway_cost.py --messages 12000 --callgrind   # instructions (repeatable)
+
+A private PostgreSQL and mosquitto, and one `emergency gateway` process (its clinical loop included) as in the stack.
+Once the gateway is subscribed, one publisher (bench/_loadgen.py `flood --count`) sends the messages (4 ECG : 1 vitals
+: 1 GPS, over `--units` units) as fast as the broker takes them, and the gateway is measured from then until its
+/metrics count every message as stored. The gateway works through a backlog, its batches full: the regime in which
+its cost per message sets the fleet a machine can carry (bench/scale.py measures the rest, with latencies).
+
+With --callgrind the gateway runs under `valgrind --tool=callgrind`, about 50 times slower, and the figure is the
+instructions it executed in the window (counters zeroed at its start with `callgrind_control`). Instructions do not
+depend on what else the machine is doing, so two builds of the gateway compare from one run each, where CPU seconds
+need alternating runs taken close together (docs/benchmarks.md, "Ten minutes, and the machine's drift").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+
+from scale import LOADGEN, TIME_SERIES, allow_shared_account, free_port, grant_shared_account, log, private_root  # noqa: E402
+
+from emergency.stack import Broker, PostgresCluster  # noqa: E402
+
+
+async def wait_healthy(url: str, proc: asyncio.subprocess.Process, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise RuntimeError(f"the gateway exited with {proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"the gateway was not healthy within {within_s:.0f} s")
+
+
+async def stored(dsn: str, count: int) -> None:
+    """Wait until `count` messages are stored, then for the gateway's last acks (every 0.5 s). Counted in the
+    database: a scrape of the gateway's /metrics would cost the gateway as much as dozens of messages."""
+    query = "SELECT " + " + ".join(f"(SELECT count(*) FROM {table})" for table in TIME_SERIES)
+    conn = await asyncpg.connect(dsn)
+    try:
+        while True:  # polled: the count is in another process
+            if await conn.fetchval(query) >= count:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    await asyncio.sleep(1.0)
+
+
+class Callgrind:
+    """The instruction counters of a process run under `valgrind --tool=callgrind --callgrind-out-file=OUT`."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid, self.out = pid, out
+
+    def zero(self) -> None:
+        subprocess.run(["callgrind_control", "--zero", str(self.pid)], capture_output=True, check=True)
+
+    def dump(self) -> int:
+        """Instructions since the last zero or dump."""
+        for old in self.out.parent.glob(self.out.name + ".*"):
+            old.unlink()
+        subprocess.run(["callgrind_control", "--dump", str(self.pid)], capture_output=True, check=True)
+        (dump,) = self.out.parent.glob(self.out.name + ".*")
+        summary = re.search(r"^summary: (\d+)", dump.read_text(), re.MULTILINE)
+        assert summary is not None, f"no summary in {dump}"
+        return int(summary.group(1))
+
+
+async def measure(args: argparse.Namespace) -> dict[str, object]:
+    root = private_root()
+    try:
+        async with (
+            PostgresCluster(root, free_port(), timescaledb=False if args.no_timescaledb else None) as pg,
+            Broker(root / "data", free_port()) as broker,
+        ):
+            password_file = grant_shared_account(root / "data")
+            allow_shared_account(root / "data")
+            http_port = free_port()
+            env = {
+                **os.environ,
+                "EMERGENCY_DATA_DIR": str(root / "data"),
+                "EMERGENCY_MQTT_PORT": str(broker.port),
+                "EMERGENCY_STORE__DSN": pg.dsn,
+                "EMERGENCY_GATEWAY__HTTP_PORT": str(http_port),
+                "EMERGENCY_LOG_LEVEL": "WARNING",
+            }
+            out = root / "callgrind.out"
+            under = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] if args.callgrind else []
+            gateway = await asyncio.create_subprocess_exec(
+                *under, sys.executable, "-m", "emergency.cli", "gateway", env=env
+            )
+            try:
+                await wait_healthy(f"http://127.0.0.1:{http_port}/healthz", gateway, 900 if args.callgrind else 120)
+                log(f"gateway ready (pid {gateway.pid}); {args.warmup} messages first, then {args.messages} measured")
+                flood = await asyncio.create_subprocess_exec(
+                    sys.executable, str(LOADGEN), "flood", "--port", str(broker.port),
+                    "--password-file", str(password_file), "--units", str(args.units), "--connections", "4",
+                    "--warmup", str(args.warmup), "--count", str(args.messages),
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                assert flood.stdout is not None
+                while (await flood.stdout.readline()).strip() != b"warmed":
+                    pass
+                await stored(pg.dsn, args.warmup)
+                process, counters = psutil.Process(gateway.pid), Callgrind(gateway.pid, out)
+                idle_per_s = 0.0
+                if args.callgrind:
+                    counters.zero()
+                    await asyncio.sleep(5.0)
+                    idle_per_s = counters.dump() / 5.0
+                cpu0, t0 = sum(process.cpu_times()[:2]), time.monotonic()
+                flood.send_signal(signal.SIGUSR1)
+                await stored(pg.dsn, args.warmup + args.messages)
+                elapsed, cpu = time.monotonic() - t0, sum(process.cpu_times()[:2]) - cpu0
+                await flood.wait()
+                result: dict[str, object] = {
+                    "messages": args.messages,
+                    "units": args.units,
+                    "timescaledb": pg.timescaledb,
+                    "seconds": round(elapsed, 2),
+                }
+                if args.callgrind:
+                    # What the timers would have run in the window anyway is left out: it is per second of
+                    # valgrind's pace, not per message.
+                    busy = counters.dump() - idle_per_s * elapsed
+                    result |= {
+                        "idle_instructions_per_s": round(idle_per_s),
+                        "instructions_per_msg": round(busy / args.messages),
+                    }
+                else:
+                    result |= {
+                        "msgs_per_s": round(args.messages / elapsed),
+                        "cpu_us_per_msg": round(cpu / args.messages * 1e6, 1),
+                    }
+                return result
+            finally:
+                if gateway.returncode is None:
+                    gateway.send_signal(signal.SIGTERM)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(120):
+                            await gateway.wait()
+                if gateway.returncode is None:
+                    gateway.kill()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=60_000)
+    parser.add_argument("--units", type=int, default=900)
+    parser.add_argument("--warmup", type=int, default=0, help="messages before the window (default: 3 per unit)")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind")
+    parser.add_argument("--no-timescaledb", action="store_true")
+    args = parser.parse_args()
+    args.warmup = args.warmup or 3 * args.units  # the first turn: every unit's three streams
+    if args.callgrind and not shutil.which("callgrind_control"):
+        parser.error("--callgrind needs valgrind (Debian package valgrind)")
+    print(json.dumps(asyncio.run(measure(args))))
+
+
+if __name__ == "__main__":
+    main()
