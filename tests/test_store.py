@@ -103,6 +103,21 @@ async def test_commit_stores_once_and_keeps_raw_samples(store: Store) -> None:
     assert [to_us(r["ts"]) for r in ecg_times] == [now, now + 1, now + 2]
 
 
+async def test_watermarks_of_many_keys_commit_together_and_never_move_back(store: Store) -> None:
+    """One commit moves many keys' watermarks; a key named twice keeps the higher, and a lower one later changes
+    nothing (a gateway restarted from the database never acknowledges less than it already did)."""
+    unit = f"W{time.monotonic_ns() % 10**8}"
+    keys = [(unit, boot, stream) for boot in (1, 2) for stream in (Stream.ECG, Stream.VITALS, Stream.GPS)]
+    marks = [Watermark(u, b, s, 10 * i) for i, (u, b, s) in enumerate(keys)]
+    await store.commit(
+        IngestBatch(watermarks=[*marks, Watermark(unit, 1, Stream.ECG, 7), Watermark(unit, 1, Stream.ECG, 5)])
+    )
+    assert await store.watermarks(keys) == {(unit, 1, Stream.ECG): 7} | {k: 10 * i for i, k in enumerate(keys) if i}
+    await store.commit(IngestBatch(watermarks=[Watermark(unit, 1, Stream.ECG, 6), Watermark(unit, 2, Stream.GPS, 99)]))
+    assert (await store.watermarks(keys))[(unit, 1, Stream.ECG)] == 7
+    assert (await store.watermarks(keys))[(unit, 2, Stream.GPS)] == 99
+
+
 async def test_device_time_far_from_now_is_still_stored(store: Store) -> None:
     """A message stamped by a badly wrong device clock (years off) is stored, not refused."""
     unit, now = f"K{time.monotonic_ns() % 10**8}", time.time_ns() // 1000

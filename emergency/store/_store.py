@@ -347,11 +347,20 @@ class Store:
                 if batch.link_events:
                     await self._insert_link_events(conn, batch.link_events)
                 if batch.watermarks:
-                    await conn.executemany(
-                        "INSERT INTO ack_watermarks (unit, boot, stream, upto) VALUES ($1, $2, $3, $4) "
+                    # One statement, not one per key: a batch moves about one watermark per two messages, and each
+                    # row of an executemany is a round of its own in the server (decision 37).
+                    await conn.execute(
+                        "INSERT INTO ack_watermarks (unit, boot, stream, upto) "
+                        "SELECT unit, boot, stream, max(upto) "
+                        "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) "
+                        "AS w (unit, boot, stream, upto) "
+                        "GROUP BY unit, boot, stream ORDER BY unit, boot, stream "
                         "ON CONFLICT (unit, boot, stream) DO UPDATE "
                         "SET upto = GREATEST(ack_watermarks.upto, EXCLUDED.upto), updated_at = now()",
-                        [(w.unit, w.boot, w.stream.value, w.upto) for w in batch.watermarks],
+                        [w.unit for w in batch.watermarks],
+                        [w.boot for w in batch.watermarks],
+                        [w.stream.value for w in batch.watermarks],
+                        [w.upto for w in batch.watermarks],
                     )
         except (
             asyncpg.PostgresConnectionError,
