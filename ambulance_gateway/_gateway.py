@@ -110,7 +110,8 @@ class Gateway:
         self._mqtt = mqtt
         self._store = store
         self.metrics = GatewayMetrics()
-        self._received = {stream: self.metrics.received.labels(stream.value) for stream in Stream}  # per message
+        self._received = {stream: self.metrics.received.labels(stream.value) for stream in Stream}
+        self._received_unreported = dict.fromkeys(Stream, 0)  # counted per message, reported per read
         self._tracker = AckTracker()
         self._silence = SilenceMonitor(settings.silence_after_s)
         # Reader → writer hand-off. Bounded: when full, the reader waits, the link's inbox fills and it stops
@@ -226,6 +227,7 @@ class Gateway:
                                 await self._take(client, topic, message.payload)
                         for message in frames:
                             await self._take(client, message.topic, message.payload)
+                        self._report_received()
             except MqttLinkError as exc:
                 log.warning("broker connection lost (%s); reconnecting", exc)
             finally:
@@ -267,7 +269,7 @@ class Gateway:
             log.debug("rejected %s: %s", topic, rejection.reason)
         else:
             outcome = Received(decoded, rx_us)
-            self._received[decoded.stream].inc()
+            self._received_unreported[decoded.stream] += 1
             # Live data reaches consoles now, not after the commit; best effort (QoS 0), never waited on. A 12-lead
             # only while a console shows it (emergency/bus.py).
             if decoded.stream is not Stream.ECG or decoded.unit in self._watched:
@@ -277,6 +279,13 @@ class Gateway:
             if change is not None:
                 self._announce(change, rx_us)
         await self._queue.put(_Incoming(topic, payload, rx_us, rx_mono, outcome))
+
+    def _report_received(self) -> None:
+        """Counted in a plain dict per message; a Prometheus counter takes a lock per call."""
+        for stream, count in self._received_unreported.items():
+            if count:
+                self._received[stream].inc(count)
+                self._received_unreported[stream] = 0
 
     def _note_watch(self, topic: str, payload: bytes) -> None:
         console = topic.rsplit("/", 1)[-1]
@@ -477,8 +486,7 @@ class Gateway:
             self.metrics.duplicates.labels(stream.value).inc(count)
         self.metrics.batch_size.observe(len(items))
         done = time.monotonic()
-        for item in items:
-            self.metrics.lag_seconds.observe(done - item.rx_mono)
+        self.metrics.lag_seconds.observe_many([done - item.rx_mono for item in items])
 
     def _take_link_events(self) -> list[LinkEvent]:
         events = list(self._link_events)

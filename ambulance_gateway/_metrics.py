@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
+import math
+from collections.abc import Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -39,7 +46,7 @@ class GatewayMetrics:
             buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),
             registry=r,
         )
-        self.lag_seconds = Histogram(
+        self.lag_seconds = BatchHistogram(
             "emergency_gateway_receive_to_commit_seconds",
             "From receipt at the gateway to commit",
             buckets=_LATENCY_BUCKETS,
@@ -56,3 +63,31 @@ class GatewayMetrics:
         self.units_silent = Gauge("emergency_gateway_units_silent", "Units currently silent", registry=r)
         self.gaps_open = Gauge("emergency_gateway_seq_gaps_open", "Streams with an open seq gap", registry=r)
         self.mqtt_connected = Gauge("emergency_gateway_mqtt_connected", "1 when connected to the broker", registry=r)
+
+
+class BatchHistogram(Collector):
+    """A Prometheus histogram observed a batch of values at a time. prometheus_client's `Histogram.observe` takes
+    one value and two locks per call: once per message, that was ~2 % of the gateway. Exposed through the library's
+    own collector interface, so /metrics shows it as any other histogram. Not thread-safe: the gateway observes and
+    serves /metrics from one event loop."""
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry) -> None:
+        self._name, self._documentation = name, documentation
+        self._bounds = [*sorted(buckets), math.inf]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        counts, bounds, total = self._counts, self._bounds, 0.0
+        for value in values:
+            counts[bisect.bisect_left(bounds, value)] += 1  # the first bucket whose upper bound holds it (le)
+            total += value
+        self._sum += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, buckets = 0, []
+        for bound, count in zip(self._bounds, self._counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+        yield HistogramMetricFamily(self._name, self._documentation, buckets=buckets, sum_value=self._sum)

@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import aiomqtt
 import pytest_asyncio
+from prometheus_client import CollectorRegistry, Histogram
 
 from ambulance_gateway import Gateway
+from ambulance_gateway._metrics import BatchHistogram
 from emergency.bus import LIVE_FILTER, LinkCondition, LinkState, encode_watch, link_topic, watch_topic
 from emergency.codec import decode_ack, encode_device_message
 from emergency.mqtt import mqtt_client
@@ -428,3 +430,27 @@ async def test_message_the_database_refuses_is_isolated_rejected_and_the_rest_st
         assert reason.startswith("store refused") and "refused by policy" in reason
     finally:
         await store.pool.execute(f"DROP TRIGGER refuse_{unit.lower()} ON vitals; DROP FUNCTION refuse_{unit.lower()}()")
+
+
+def test_a_batch_histogram_exposes_what_prometheus_clients_histogram_would() -> None:
+    """The receive-to-commit histogram is observed a batch at a time; /metrics shows the same buckets, count and sum
+    as prometheus_client's own Histogram given the same values one by one (values on a bucket's bound included)."""
+    values = [0.0, 0.004, 0.005, 0.0051, 0.1, 0.99, 1.0, 7.5, 59.0, 61.0, 1e6]
+    buckets = (0.005, 0.1, 1.0, 60.0)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    batched = BatchHistogram("lag_seconds", "lag", buckets, ours)
+    batched.observe_many(values[:4])
+    batched.observe_many(values[4:])
+    reference = Histogram("lag_seconds", "lag", buckets=buckets, registry=theirs)
+    for value in values:
+        reference.observe(value)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name, s.labels, s.value)
+            for m in registry.collect()
+            for s in m.samples
+            if s.name != "lag_seconds_created"
+        ]
+
+    assert samples(ours) == samples(theirs)
