@@ -40,12 +40,6 @@ class _Delta:
     upto: int = -1
     rejected: list[int] = field(default_factory=list)
 
-    def settled(self, seq: int) -> bool | None:
-        """None when `seq` is not settled; else whether it was rejected."""
-        if seq in self.additions:
-            return self.additions[seq]
-        return self.progress.pending.get(seq)
-
     def advance(self) -> None:
         """Move upto over every settled seq contiguous with it, collecting the rejected seqs passed over."""
         additions, pending = self.additions, self.progress.pending
@@ -73,6 +67,12 @@ class _Delta:
 
     def apply(self) -> None:
         p = self.progress
+        if not p.pending and not p.lost and not self.lost and self.upto - p.upto == len(self.additions):
+            # The usual batch: its seqs follow on from the watermark, and the watermark passed every one of them.
+            if self.additions:
+                p.gap_since = None
+            p.upto = self.upto
+            return
         p.pending.update(self.additions)
         advanced = self.upto - p.upto
         if advanced > 0:
@@ -87,7 +87,7 @@ class _Delta:
             p.lost = [(first, last) for first, last in p.lost + self.lost if last > p.upto]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message (decision 37)
 class Settlement:
     key: Key
     seq: int
@@ -154,18 +154,24 @@ class AckTracker:
                 d = deltas[key] = _Delta(self._progress.get(key) or _Progress())
             return d
 
-        # Once per message in every batch: kept to plain dict operations (the writer runs this between reads).
+        # Once per message in every batch: kept to plain dict operations, `of` written out (the writer runs this
+        # between reads).
         for s in settlements:
             key, seq = s.key, s.seq
-            d = of(key)
-            if seq <= d.progress.upto:
+            d = deltas.get(key)
+            if d is None:
+                d = deltas[key] = _Delta(self._progress.get(key) or _Progress())
+            progress, additions = d.progress, d.additions
+            if seq <= progress.upto:
                 replayed[key] = min(seq, replayed.get(key, seq))
                 continue
-            known = d.settled(seq)
-            if known is None and len(d.progress.pending) + len(d.additions) >= MAX_PENDING_PER_KEY:
-                continue
+            known = additions.get(seq)
+            if known is None:
+                known = progress.pending.get(seq)
+                if known is None and len(progress.pending) + len(additions) >= MAX_PENDING_PER_KEY:
+                    continue
             # A seq both stored and rejected (a replay of a rejected message) stays rejected.
-            d.additions[seq] = bool(known) or s.rejected
+            additions[seq] = bool(known) or s.rejected
         for loss in losses:
             d = of(loss.key)
             if loss.last > d.progress.upto:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from ambulance_gateway._acks import AckTracker, Loss, Settlement
 from emergency.protocol import Ack, Stream
 
@@ -86,3 +89,47 @@ def test_old_boots_are_forgotten_when_settled() -> None:
     _settle(tracker, 0)
     tracker.seed(("A1", 3, Stream.ECG), -1)
     assert tracker.unknown([KEY]) == {KEY}
+
+
+_batch = st.tuples(
+    st.lists(st.tuples(st.integers(0, 15), st.booleans()), max_size=6),  # (seq, rejected)
+    st.lists(st.tuples(st.integers(0, 15), st.integers(0, 3)), max_size=1),  # a declared loss: (first, length)
+)
+
+
+@given(st.lists(_batch, min_size=1, max_size=12))
+# A batch that closes a gap and leaves a seq above the next one; one that jumps a declared loss and does the same.
+@example(
+    [
+        ([(0, False), (1, False), (3, False)], []),
+        ([(2, False), (10, False)], []),
+        ([(s, False) for s in range(4, 10)], []),
+    ]
+)
+@example(
+    [([(0, False)], [(2, 1)]), ([(1, False), (9, False), (10, False)], []), ([(s, False) for s in range(4, 9)], [])]
+)
+@settings(max_examples=500, deadline=None)
+def test_batches_in_any_order_acknowledge_what_a_plain_model_does(batches: list) -> None:
+    """Batches of seqs in any order, repeated, rejected or declared lost: every ack moves the watermark to the end of
+    the settled (or given up) run from 0 and names each rejected seq it passes, as a plain set-based model says."""
+    tracker, settled, lost, upto = AckTracker(), dict[int, bool](), set[int](), -1
+    for seqs, losses in batches:
+        plan = tracker.plan(
+            [Settlement(KEY, seq, rejected) for seq, rejected in seqs],
+            [Loss(KEY, first, first + length) for first, length in losses],
+        )
+        tracker.apply(plan)
+        for seq, rejected in seqs:
+            if seq > upto:
+                settled[seq] = settled.get(seq, False) or rejected
+        for first, length in losses:
+            lost.update(range(max(first, upto + 1), first + length + 1))
+        before = upto
+        while upto + 1 in settled or upto + 1 in lost:
+            upto += 1
+        passed = [seq for seq in range(before + 1, upto + 1) if settled.get(seq)]
+        assert tracker.watermark(KEY) == upto
+        expected = {KEY: Ack(KEY[1], KEY[2], upto, tuple(passed))} if upto > before else {}
+        assert plan.advanced == expected
+        assert tracker.open_gap_count() == (1 if any(seq > upto for seq in settled) else 0)
