@@ -69,7 +69,7 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: per message, and frozen costs 0.6 µs more to make (decision 37)
 class _Incoming:
     topic: str
     payload: bytes

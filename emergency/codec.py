@@ -67,7 +67,7 @@ class RejectedMessage(CodecError):
         return self.reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message (decision 37)
 class Topic:
     unit: str
     stream: Stream

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message (decision 37)
 class ClockVerdict:
     late: bool
     lag_s: float  # how far behind the center's clock this message is, after the adopted skew

@@ -47,7 +47,7 @@ class StoreError(Exception):
         self.retryable = retryable
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per message (decision 37)
 class Received:
     """A validated device message and when the center received it (µs, center clock)."""
 
