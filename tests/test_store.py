@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
+import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -116,6 +118,33 @@ async def test_watermarks_of_many_keys_commit_together_and_never_move_back(store
     await store.commit(IngestBatch(watermarks=[Watermark(unit, 1, Stream.ECG, 6), Watermark(unit, 2, Stream.GPS, 99)]))
     assert (await store.watermarks(keys))[(unit, 1, Stream.ECG)] == 7
     assert (await store.watermarks(keys))[(unit, 2, Stream.GPS)] == 99
+
+
+async def test_numbers_are_stored_as_given(store: Store) -> None:
+    """Numeric columns travel as array literals (decision 37): a `double precision` column gives back the same double,
+    a `real` one the float nearest to it, integers and µs times come back to the unit, and a missing value as NULL."""
+    unit, now = f"N{time.monotonic_ns() % 10**8}", time.time_ns() // 1000
+    floats = [0.1 + 0.2, 1 / 3, 1.2e-38, 3.4e38, -0.0, 2.5e-7, 123456789.123456789, 37.2]
+    vitals = [
+        Vitals(unit, 2**40, seq, now + seq, hr=f, sbp=None if seq % 2 else -f, nibp_ts=None if seq % 3 else now - seq)
+        for seq, f in enumerate(floats)
+    ]
+    fix = GpsFix(unit, 2**40, 2**62, now, -33.868820000000003, 5e-324, speed=None, heading=359.99999999999994)
+    await store.commit(IngestBatch(received=[Received(v, now + 1) for v in vitals] + [Received(fix, now + 2)]))
+    rows = await store.pool.fetch(
+        "SELECT boot, seq, ts, hr, sbp, nibp_ts FROM vitals WHERE unit = $1 ORDER BY seq", unit
+    )
+
+    def real(x: float | None) -> float | None:
+        return None if x is None else struct.unpack("f", struct.pack("f", x))[0]
+
+    assert [(r["boot"], r["seq"], to_us(r["ts"]), r["hr"], r["sbp"]) for r in rows] == [
+        (v.boot, v.seq, v.ts, real(v.hr), real(v.sbp)) for v in vitals
+    ]
+    assert [None if r["nibp_ts"] is None else to_us(r["nibp_ts"]) for r in rows] == [v.nibp_ts for v in vitals]
+    assert math.copysign(1, rows[4]["hr"]) == -1  # -0.0 stays negative
+    got = await store.pool.fetchrow("SELECT seq, lat, lon, speed, heading FROM gps_fixes WHERE unit = $1", unit)
+    assert tuple(got) == (fix.seq, fix.lat, fix.lon, None, real(fix.heading))
 
 
 async def test_device_time_far_from_now_is_still_stored(store: Store) -> None:

@@ -166,13 +166,32 @@ def _with_storage(table: str) -> str:
     return f" WITH ({storage})" if storage else ""
 
 
-async def _insert_statements(conn: asyncpg.Connection) -> dict[Stream, str]:
+# Numeric columns travel as PostgreSQL array literals (decision 37).
+_LITERAL_TYPES = {"smallint", "integer", "bigint", "real", "double precision", "timestamp with time zone"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Insert:
+    statement: str
+    literal: tuple[bool, ...]  # per column: sent as one array literal (text), else as a binary array
+
+
+def _array_literal(column: Sequence[object]) -> str:
+    """Numbers (or None) as PostgreSQL's array literal, `{1, 2.5, NULL}`, made by `repr` in C. asyncpg's binary
+    array encoder checks every element against three abstract base classes in Python, which cost the gateway more
+    than PostgreSQL's parse of the text costs the server. `repr` of a float is the shortest string that reads back
+    as the same double, and PostgreSQL's float8 input reads it exactly."""
+    return "{" + repr(list(column))[1:-1].replace("None", "NULL") + "}"
+
+
+async def _insert_statements(conn: asyncpg.Connection) -> dict[Stream, _Insert]:
     """One `INSERT … SELECT FROM unnest(…) ON CONFLICT DO NOTHING` per stream: a batch goes in as one array per
     column, typed from the catalog (decision 32). A `text[]` column (the 12-lead's lead names) cannot be one
     element of an array parameter, so it travels as one comma-joined string per row. A time travels as the
     message's own µs since the epoch (`bigint`) and is made a `timestamptz` in the statement: exact below 2^53 µs
-    (year 2255), and no datetime is built and taken apart again per message (decision 34)."""
-    statements: dict[Stream, str] = {}
+    (year 2255), and no datetime is built and taken apart again per message (decision 34). A numeric column
+    travels as an array literal (`_array_literal`, decision 37)."""
+    statements: dict[Stream, _Insert] = {}
     for stream, table in _TABLES.items():
         columns = (*_KEY, *_STREAM_COLUMNS[stream])
         types = dict(
@@ -188,15 +207,19 @@ async def _insert_statements(conn: asyncpg.Connection) -> dict[Stream, str]:
                 arrays.append(f"${n}::text[]")
                 values.append(f"string_to_array({column}, ',')::{types[column]}")
             elif types[column] == "timestamp with time zone":
-                arrays.append(f"${n}::bigint[]")
+                arrays.append(f"${n}::text::bigint[]")
                 values.append(_FROM_US_SQL.format(column))
+            elif types[column] in _LITERAL_TYPES:
+                arrays.append(f"${n}::text::{types[column]}[]")
+                values.append(column)
             else:
                 arrays.append(f"${n}::{types[column]}[]")
                 values.append(column)
         column_list = ", ".join(columns)
-        statements[stream] = (
+        statements[stream] = _Insert(
             f"INSERT INTO {table} ({column_list}) SELECT {', '.join(values)} "
-            f"FROM unnest({', '.join(arrays)}) AS batch ({column_list}) ON CONFLICT DO NOTHING"
+            f"FROM unnest({', '.join(arrays)}) AS batch ({column_list}) ON CONFLICT DO NOTHING",
+            tuple(types[column] in _LITERAL_TYPES for column in columns),
         )
     return statements
 
@@ -211,7 +234,7 @@ class Store:
         self._tasks: asyncio.TaskGroup | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self.timescaledb = False
-        self._inserts: dict[Stream, str] = {}
+        self._inserts: dict[Stream, _Insert] = {}
 
     @classmethod
     def open(cls, dsn: str, settings: StoreSettings | None = None) -> Self:
@@ -377,7 +400,12 @@ class Store:
     async def _insert_deduplicated(
         self, conn: asyncpg.Connection, stream: Stream, records: Sequence[tuple[Any, ...]]
     ) -> int:
-        status: str = await conn.execute(self._inserts[stream], *zip(*records, strict=True))
+        insert = self._inserts[stream]
+        columns = [
+            _array_literal(values) if literal else values
+            for values, literal in zip(zip(*records, strict=True), insert.literal, strict=True)
+        ]
+        status: str = await conn.execute(insert.statement, *columns)
         return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
 
     async def _insert_rejections(self, conn: asyncpg.Connection, rejections: Sequence[Rejection]) -> None:
