@@ -100,16 +100,18 @@ class Callgrind:
 
 
 def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
-    """CPU time (user + system) so far of each named process and every process under it."""
+    """CPU time (user + system, and system alone) so far of each named process and every process under it."""
     out = {}
     for name, pid in roots.items():
-        total = 0.0
+        total = system = 0.0
         with contextlib.suppress(psutil.NoSuchProcess):
             root = psutil.Process(pid)
             for proc in [root, *root.children(recursive=True)]:
                 with contextlib.suppress(psutil.NoSuchProcess):
-                    total += sum(proc.cpu_times()[:2])
-        out[name] = total
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+                    system += times.system
+        out[name], out[name + " (system)"] = total, system
     return out
 
 
@@ -164,7 +166,7 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
                 flood.send_signal(signal.SIGUSR1)
                 await stored(pg.dsn, args.warmup + args.messages, stall_s)
                 elapsed, cpu1 = time.monotonic() - t0, cpu_seconds(roots)
-                cpu = {name: round((cpu1[name] - cpu0[name]) / args.messages * 1e6, 1) for name in roots}
+                cpu = {name: round((cpu1[name] - cpu0[name]) / args.messages * 1e6, 1) for name in cpu1}
                 await flood.wait()
                 result: dict[str, object] = {
                     "messages": args.messages,
