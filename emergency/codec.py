@@ -7,6 +7,7 @@ settle that seq in its acknowledgement and record the rejection.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -67,12 +68,18 @@ class RejectedMessage(CodecError):
         return self.reason
 
 
-@dataclass(slots=True)  # not frozen: one per message (decision 37)
+@dataclass(frozen=True, slots=True)
 class Topic:
     unit: str
     stream: Stream
 
 
+_STREAMS = {stream.value: stream for stream in Stream}
+
+
+# The fleet's topics repeat with every message: a valid one is parsed once (units × streams of them; the least
+# recently seen are forgotten past the bound). An invalid one raises, and an exception is never cached.
+@functools.lru_cache(maxsize=16_384)
 def parse_topic(topic: str) -> Topic:
     """Split `ems/v1/{unit}/{stream}`; raises RejectedMessage for anything else."""
     parts = topic.split("/")
@@ -81,10 +88,9 @@ def parse_topic(topic: str) -> Topic:
     unit, stream_name = parts[2], parts[3]
     if not UNIT_PATTERN.fullmatch(unit):
         raise RejectedMessage(f"unit {unit!r} in topic does not match [A-Za-z0-9_-]{{1,32}}")
-    try:
-        stream = Stream(stream_name)
-    except ValueError:
-        raise RejectedMessage(f"unknown stream {stream_name!r}", unit=unit) from None
+    stream = _STREAMS.get(stream_name)
+    if stream is None:
+        raise RejectedMessage(f"unknown stream {stream_name!r}", unit=unit)
     return Topic(unit, stream)
 
 
