@@ -19,11 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(slots=True)  # not frozen: one per message (decision 37)
+@dataclass(frozen=True, slots=True)
 class ClockVerdict:
     late: bool
-    lag_s: float  # how far behind the center's clock this message is, after the adopted skew
     skew_adopted_s: float | None = None  # set on the message that made the tracker adopt a new skew
+
+
+# The verdicts of nearly every message, made once (the tracker runs for every message the gateway takes).
+_ON_TIME, _LATE = ClockVerdict(False), ClockVerdict(True)
 
 
 @dataclass(slots=True)
@@ -41,20 +44,20 @@ class ClockTracker:
         late_us = self.late_after_s * 1e6
         if abs(lag) <= late_us:
             self._candidate_us = self._candidate_since_rx = None
-            return ClockVerdict(False, lag / 1e6)
+            return _ON_TIME
         if lag < 0:  # the device is ahead: no replay can explain it
             self.skew_us += lag
-            return ClockVerdict(False, 0.0, self.skew_us / -1e6)
+            return ClockVerdict(False, self.skew_us / -1e6)
         if center_behind:
             self._candidate_us = self._candidate_since_rx = None
-            return ClockVerdict(True, lag / 1e6)
+            return _LATE
         steady = self._candidate_us is not None and abs(lag - self._candidate_us) <= self.tolerance_s * 1e6
         if not steady:
             self._candidate_us, self._candidate_since_rx = lag, rx
-            return ClockVerdict(True, lag / 1e6)
+            return _LATE
         assert self._candidate_since_rx is not None
         if rx - self._candidate_since_rx >= self.settle_s * 1e6:
             self.skew_us += lag
             self._candidate_us = self._candidate_since_rx = None
-            return ClockVerdict(False, 0.0, self.skew_us / -1e6)
-        return ClockVerdict(True, lag / 1e6)
+            return ClockVerdict(False, self.skew_us / -1e6)
+        return _LATE
