@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,56 @@ def test_a_template_for_another_unit_decodes_to_that_units_message_and_shares_it
     expected = EcgFrame("P0042", 9, 3, 1_700_000_000_123_456, 500.0, STANDARD_LEADS, 2.5, 125, frame)
     assert decode_device_message(device_topic("P0042", Stream.ECG), other.fill(3, 1_700_000_000_123_456)) == expected
     assert other.suffix is template.suffix
+
+
+async def test_a_counted_flood_sends_the_standard_mix_in_two_parts(tmp_path: Path) -> None:
+    """`flood --warmup W --count N` (bench/gateway_cost.py's publisher) sends W messages, waits for SIGUSR1, then N
+    more: each unit's streams numbered 0, 1, 2… without a gap or repeat across the two parts, in the standard mix."""
+    root = tmp_path / "stack"
+    async with Broker(root, free_port()) as broker:
+        _write_accounts(root, {SHARED_ACCOUNT: "shared-secret-2"})
+        with (root / "mosquitto" / "acl").open("a") as acl:
+            acl.write(SHARED_ACL)
+        os.kill(int(broker.pid_file.read_text()), signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        seqs: dict[tuple[str, str], list[int]] = {}
+        expected, enough = [15], asyncio.Event()
+
+        def arrived(topic: bytes, payload: bytes) -> None:
+            _, _, unit, stream = topic.decode().split("/")
+            seqs.setdefault((unit, stream), []).append(decode_device_message(topic.decode(), payload).seq)
+            if sum(map(len, seqs.values())) >= expected[0]:
+                enough.set()
+
+        password = (root / "secrets" / "center.gateway.password").read_text().strip()
+        sink = await MqttConnection.open(
+            broker.host, broker.port, "t-sink", "center.gateway", password, on_message=arrived
+        )
+        await sink.subscribe(["ems/v1/+/+"], qos=1)
+        (tmp_path / "password").write_text("shared-secret-2")
+        flood = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).parent.parent / "bench" / "_loadgen.py"), "flood",
+            "--port", str(broker.port), "--password-file", str(tmp_path / "password"), "--units", "5",
+            "--connections", "2", "--warmup", "15", "--count", "45", stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert flood.stdout is not None
+        async with asyncio.timeout(30):
+            while (await flood.stdout.readline()).strip() != b"warmed":
+                pass
+            await enough.wait()
+            await asyncio.sleep(0.3)
+            assert sum(map(len, seqs.values())) == 15  # nothing more until told
+            flood.send_signal(signal.SIGUSR1)
+            result = json.loads((await flood.stdout.read()).decode().strip().splitlines()[-1])
+            expected[0] = 60
+            enough.clear()
+            if sum(map(len, seqs.values())) < 60:
+                await enough.wait()
+        assert result["published"] == 60
+        counts = {
+            stream: sum(len(s) for (_, st), s in seqs.items() if st == stream) for stream in ("ecg", "vitals", "gps")
+        }
+        assert counts == {"ecg": 40, "vitals": 10, "gps": 10}
+        assert all(sorted(s) == list(range(len(s))) for s in seqs.values())
+        assert sink.transport is not None
+        sink.transport.close()
