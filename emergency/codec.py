@@ -363,7 +363,7 @@ _FastEcg = _fast_struct(
     "_FastEcg",
     [
         ("fs", _within(float, ECG_FS_HZ)),
-        ("leads", list[str]),
+        ("leads", tuple[str, ...]),
         ("lsb_uv", _within(float, ECG_LSB_UV)),
         ("n", _within(int, ECG_N)),
         ("data", bytes),
@@ -383,6 +383,12 @@ _FAST: dict[Stream, msgspec.msgpack.Decoder[Any]] = {
 }
 
 
+@functools.lru_cache(maxsize=64)  # a fleet sends a few lead sets, each in every frame
+def _known_leads(leads: tuple[str, ...]) -> bool:
+    """At least one lead, every one known, none repeated."""
+    return bool(leads) and ALLOWED_LEADS.issuperset(leads) and len(set(leads)) == len(leads)
+
+
 def _decode_fast(parsed: Topic, payload: bytes) -> DeviceMessage | None:
     """The common case, typed and range-checked in C (msgspec, decision 36): a 12-lead frame, vitals or a GPS fix
     that is one msgpack map of at most 15 entries, all of them the protocol's fields and valid. None for anything
@@ -398,14 +404,8 @@ def _decode_fast(parsed: Topic, payload: bytes) -> DeviceMessage | None:
     if m.v != PROTOCOL_VERSION or m.unit != parsed.unit:
         return None
     if parsed.stream is Stream.ECG:
-        leads = tuple(m.leads)
-        if (
-            not leads
-            or not ALLOWED_LEADS.issuperset(leads)
-            or len(set(leads)) != len(leads)
-            or m.n / m.fs > 2.0
-            or len(m.data) != 2 * len(leads) * m.n
-        ):
+        leads = m.leads
+        if not _known_leads(leads) or m.n / m.fs > 2.0 or len(m.data) != 2 * len(leads) * m.n:
             return None
         return EcgFrame(parsed.unit, m.boot, m.seq, m.ts, m.fs, leads, m.lsb_uv, m.n, m.data)
     if parsed.stream is Stream.VITALS:
