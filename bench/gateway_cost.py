@@ -1,13 +1,14 @@
 """What one message costs the gateway: its CPU time, or its instructions (valgrind), per message of the standard mix.
 
-    .venv/bin/python bench/gateway_cost.py --messages 60000               # CPU seconds (noisy: the machine drifts)
-    .venv/bin/python bench/gateway_cost.py --messages 12000 --callgrind   # instructions (repeatable)
+    .venv/bin/python bench/gateway_cost.py --messages 100000             # CPU seconds (noisy: the machine drifts)
+    .venv/bin/python bench/gateway_cost.py --messages 9000 --callgrind   # instructions (repeatable; ~2 minutes)
 
 A private PostgreSQL and mosquitto, and one `emergency gateway` process (its clinical loop included) as in the stack.
-Once the gateway is subscribed, one publisher (bench/_loadgen.py `flood --count`) sends the messages (4 ECG : 1 vitals
-: 1 GPS, over `--units` units) as fast as the broker takes them, and the gateway is measured from then until its
-/metrics count every message as stored. The gateway works through a backlog, its batches full: the regime in which
-its cost per message sets the fleet a machine can carry (bench/scale.py measures the rest, with latencies).
+Once the gateway is subscribed, one publisher (bench/_loadgen.py `flood --warmup W --count N`) sends a first turn of
+every unit, unmeasured, then the N messages (4 ECG : 1 vitals : 1 GPS, over `--units` units) as fast as the broker
+takes them; the gateway is measured from then until the database holds every message. It works through a backlog,
+its batches full: the regime in which its cost per message sets the fleet a machine can carry (bench/scale.py
+measures the rest, with latencies). PostgreSQL's and mosquitto's CPU per message are reported beside it.
 
 With --callgrind the gateway runs under `valgrind --tool=callgrind`, about 50 times slower, and the figure is the
 instructions it executed in the window (counters zeroed at its start with `callgrind_control`), divided by the
