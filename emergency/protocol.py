@@ -9,7 +9,9 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import msgspec
 
 PROTOCOL_VERSION = 1
 TOPIC_ROOT = "ems/v1"
@@ -43,8 +45,9 @@ def device_topic(unit: str, stream: Stream) -> str:
     return f"{TOPIC_ROOT}/{unit}/{stream.value}"
 
 
-@dataclass(frozen=True, slots=True)
-class EcgFrame:
+# The device messages are frozen msgspec Structs, not frozen dataclasses: one is built per message the gateway takes,
+# in 0.1 µs against 1.1 µs for nine fields (decision 37). Compared, hashed and pickled like dataclasses.
+class EcgFrame(msgspec.Struct, frozen=True):
     """`n` samples per lead; `data` is int16 little-endian, lead-major, exactly as the device sent it."""
 
     unit: str
@@ -60,8 +63,7 @@ class EcgFrame:
     stream = Stream.ECG
 
 
-@dataclass(frozen=True, slots=True)
-class Vitals:
+class Vitals(msgspec.Struct, frozen=True):
     """One set of vital signs; a field is None when the monitor did not report it."""
 
     unit: str
@@ -81,8 +83,7 @@ class Vitals:
     stream = Stream.VITALS
 
 
-@dataclass(frozen=True, slots=True)
-class GpsFix:
+class GpsFix(msgspec.Struct, frozen=True):
     unit: str
     boot: int
     seq: int
@@ -134,8 +135,7 @@ class UnitStatus(enum.StrEnum):
     OUT_OF_SERVICE = "out_of_service"
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceEvent:
+class DeviceEvent(msgspec.Struct, frozen=True):
     """A crew or device event; `detail` holds the kind's own fields (see `emergency.codec.EVENT_FIELDS`)."""
 
     unit: str
@@ -143,7 +143,7 @@ class DeviceEvent:
     seq: int
     ts: int
     kind: EventKind
-    detail: Mapping[str, str | int | float | bool] = field(default_factory=dict)
+    detail: Mapping[str, str | int | float | bool] = msgspec.field(default_factory=dict)
 
     stream = Stream.EVENT
 
