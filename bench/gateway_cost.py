@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -33,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import asyncpg
 import psutil
 
@@ -44,22 +42,9 @@ sys.path.insert(0, str(ROOT))
 from scale import LOADGEN, TIME_SERIES, allow_shared_account, free_port, grant_shared_account, log, private_root  # noqa: E402
 
 from emergency.stack import Broker, PostgresCluster  # noqa: E402
+from emergency.stack.component import ComponentProcess  # noqa: E402
 
 IDLE_S = 5.0  # under callgrind: how long the gateway's idle rate is measured before the window (reported only)
-
-
-async def wait_healthy(url: str, proc: asyncio.subprocess.Process, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise RuntimeError(f"the gateway exited with {proc.returncode}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(url) as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.5)
-    raise TimeoutError(f"the gateway was not healthy within {within_s:.0f} s")
 
 
 async def stored(dsn: str, count: int, stall_s: float) -> None:
@@ -131,7 +116,6 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
             allow_shared_account(root / "data")
             http_port = free_port()
             env = {
-                **os.environ,
                 "EMERGENCY_DATA_DIR": str(root / "data"),
                 "EMERGENCY_MQTT_PORT": str(broker.port),
                 "EMERGENCY_STORE__DSN": pg.dsn,
@@ -139,12 +123,12 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
                 "EMERGENCY_LOG_LEVEL": "WARNING",
             }
             out, stall_s = root / "callgrind.out", 60.0 if args.callgrind else 10.0
-            under = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"] if args.callgrind else []
-            gateway = await asyncio.create_subprocess_exec(
-                *under, sys.executable, "-m", "emergency.cli", "gateway", env=env
-            )
-            try:
-                await wait_healthy(f"http://127.0.0.1:{http_port}/healthz", gateway, 900 if args.callgrind else 120)
+            async with ComponentProcess(
+                "gateway", root / "data", f"http://127.0.0.1:{http_port}/healthz", env,
+                launcher=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}") if args.callgrind else (),
+                start_timeout_s=900 if args.callgrind else 120,
+            ) as gateway:  # fmt: skip
+                assert gateway.pid is not None
                 log(f"gateway ready (pid {gateway.pid}); {args.warmup} messages first, then {args.messages} measured")
                 flood = await asyncio.create_subprocess_exec(
                     sys.executable, str(LOADGEN), "flood", "--port", str(broker.port),
@@ -190,14 +174,6 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
                 else:
                     result |= {"msgs_per_s": round(args.messages / elapsed), "cpu_us_per_msg": cpu}
                 return result
-            finally:
-                if gateway.returncode is None:
-                    gateway.send_signal(signal.SIGTERM)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(120):
-                            await gateway.wait()
-                if gateway.returncode is None:
-                    gateway.kill()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

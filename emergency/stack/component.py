@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -33,8 +34,12 @@ class ComponentProcess:
         env: dict[str, str] | None = None,
         *,
         name: str | None = None,  # for the log file, when several processes run the same component
+        launcher: Sequence[str] = (),  # a command the component runs under (a profiler, in the benchmarks)
+        start_timeout_s: float = 60.0,
     ) -> None:
         self.component = component
+        self._launcher = tuple(launcher)
+        self._start_timeout_s = start_timeout_s
         self.name = name or component
         self.root = root
         self.health_url = health_url
@@ -48,10 +53,10 @@ class ComponentProcess:
     async def __aenter__(self) -> Self:
         log_path = self.root / "logs" / f"{self.name}.log"
         self._proc = await start_service(
-            sys.executable, "-m", "emergency.cli", self.component, log_path=log_path, env=self._env
+            *self._launcher, sys.executable, "-m", "emergency.cli", self.component, log_path=log_path, env=self._env
         )
         try:
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(self._start_timeout_s):
                 await self._wait_healthy()
         except TimeoutError:
             await stop_service(self._proc)
