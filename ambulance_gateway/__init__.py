@@ -2,6 +2,6 @@
 
 from ambulance_gateway._gateway import Gateway
 from ambulance_gateway._metrics import GatewayMetrics
-from ambulance_gateway._partition import Partition, partition_of
+from ambulance_gateway._partition import Partition, lane_of, partition_of
 
-__all__ = ["Gateway", "GatewayMetrics", "Partition", "partition_of"]
+__all__ = ["Gateway", "GatewayMetrics", "Partition", "lane_of", "partition_of"]

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ambulance_gateway._acks import AckTracker, Key, Loss, Settlement
 from ambulance_gateway._metrics import GatewayMetrics
 from ambulance_gateway._monitor import LinkChange, SilenceMonitor
-from ambulance_gateway._partition import Partition, unit_filters
+from ambulance_gateway._partition import Partition, lane_of, unit_filters
 from emergency.bus import (
     WATCH_FILTER,
     LinkCondition,
@@ -76,6 +76,7 @@ class _Incoming:
     rx_us: int
     rx_mono: float
     outcome: Received | RejectedMessage
+    lane: int  # the commit lane of its unit (decision 38); 0 for a rejection naming no unit
 
 
 class Observer(Protocol):
@@ -114,9 +115,14 @@ class Gateway:
         self._received_unreported = dict.fromkeys(Stream, 0)  # counted per message, reported per read
         self._tracker = AckTracker()
         self._silence = SilenceMonitor(settings.silence_after_s)
-        # Reader → writer hand-off. Bounded: when full, the reader waits, the link's inbox fills and it stops
-        # reading the socket, so the broker holds the rest in this gateway's persistent session (docs/protocol.md).
-        self._queue: asyncio.Queue[_Incoming] = asyncio.Queue(maxsize=settings.queue_max_messages)
+        # Reader → writers hand-off, one queue per commit lane (decision 38). Bounded: when one is full, the reader
+        # waits, the link's inbox fills and it stops reading the socket, so the broker holds the rest in this
+        # gateway's persistent session (docs/protocol.md).
+        room = max(1, settings.queue_max_messages // settings.commit_lanes)
+        self._lanes: list[asyncio.Queue[_Incoming]] = [
+            asyncio.Queue(maxsize=room) for _ in range(settings.commit_lanes)
+        ]
+        self._partitions = partition.count if partition is not None else 1
         self._link_events: collections.deque[LinkEvent] = collections.deque(maxlen=_LINK_EVENTS_MAX)
         # Committed but not yet announced: at most one ack per (unit, boot, stream), so bounded by the fleet.
         self._outgoing_acks: dict[Key, Ack] = {}
@@ -137,7 +143,10 @@ class Gateway:
         await self._tasks.__aenter__()
         self._reader = self._tasks.create_task(self._read_forever(), name="gateway.mqtt")
         self._background = [
-            self._tasks.create_task(self._write_forever(), name="gateway.writer"),
+            *(
+                self._tasks.create_task(self._write_forever(lane), name=f"gateway.writer[{n}]")
+                for n, lane in enumerate(self._lanes)
+            ),
             self._tasks.create_task(self._monitor_forever(), name="gateway.monitor"),
             self._tasks.create_task(self._measure_loop_forever(), name="gateway.loop-lag"),
         ]
@@ -181,9 +190,10 @@ class Gateway:
     async def _drain(self) -> None:
         try:
             async with asyncio.timeout(10):
-                await self._queue.join()
+                for lane in self._lanes:
+                    await lane.join()
         except TimeoutError:
-            log.warning("gateway stopped with %d messages uncommitted; devices will resend them", self._queue.qsize())
+            log.warning("gateway stopped with %d messages uncommitted; devices will resend them", self._pending())
 
     # -- reading -----------------------------------------------------------------------------------------------
 
@@ -258,6 +268,15 @@ class Gateway:
                 except MqttLinkError as exc:
                     log.info("partition not refreshed now (%s); the reconnect will", exc)
 
+    def _lane_of(self, unit: str | None) -> int:
+        if unit is None or len(self._lanes) == 1:
+            return 0
+        return lane_of(unit, self._partitions, len(self._lanes))
+
+    def _pending(self) -> int:
+        """Messages taken and not yet committed, in every lane."""
+        return sum(lane.qsize() for lane in self._lanes)
+
     def _take(self, client: MqttLink, topic: str, payload: bytes) -> _Incoming:
         rx_us, rx_mono = now_us(), time.monotonic()
         outcome: Received | RejectedMessage
@@ -265,27 +284,30 @@ class Gateway:
             decoded = decode_device_message(topic, payload)
         except RejectedMessage as rejection:
             outcome = rejection
+            lane = self._lane_of(rejection.unit)
             self.metrics.rejected.labels(rejection.stream.value if rejection.stream else "unknown").inc()
             log.debug("rejected %s: %s", topic, rejection.reason)
         else:
             outcome = Received(decoded, rx_us)
+            lane = self._lane_of(decoded.unit)
             self._received_unreported[decoded.stream] += 1
             # Live data reaches consoles now, not after the commit; best effort (QoS 0), never waited on. A 12-lead
             # only while a console shows it (emergency/bus.py).
             if decoded.stream is not Stream.ECG or decoded.unit in self._watched:
                 client.publish_nowait(live_topic(decoded.unit, decoded.stream), payload)
-            self._tell_observer(decoded, rx_us)
+            self._tell_observer(decoded, rx_us, self._lanes[lane])
             change = self._silence.heard(decoded.unit, rx_mono, rx_us)
             if change is not None:
                 self._announce(change, rx_us)
-        return _Incoming(topic, payload, rx_us, rx_mono, outcome)
+        return _Incoming(topic, payload, rx_us, rx_mono, outcome, lane)
 
     async def _hand_over(self, item: _Incoming) -> None:
-        """To the writer; waits only while its queue is full (a coroutine per message costs ~0.5 µs)."""
-        if self._queue.full():
-            await self._queue.put(item)
+        """To its lane's writer; waits only while that queue is full (a coroutine per message costs ~0.5 µs)."""
+        queue = self._lanes[item.lane]
+        if queue.full():
+            await queue.put(item)
         else:
-            self._queue.put_nowait(item)
+            queue.put_nowait(item)
 
     def _report_received(self) -> None:
         """Counted in a plain dict per message; a Prometheus counter takes a lock per call."""
@@ -309,15 +331,17 @@ class Gateway:
         self._watched = frozenset().union(*self._watch_lists.values())
         log.debug("console %s watches %d units; %d watched in all", console, len(units), len(self._watched))
 
-    def _tell_observer(self, item: DeviceMessage | LinkEvent, rx_us: int = 0) -> None:
+    def _tell_observer(
+        self, item: DeviceMessage | LinkEvent, rx_us: int = 0, lane: asyncio.Queue[_Incoming] | None = None
+    ) -> None:
         if self._observer is None:
             return
         try:
             if isinstance(item, LinkEvent):
                 self._observer.observe_link(item)
             else:
-                # Behind: the writer has half a queue to commit, and the broker is holding what comes next.
-                behind = self._queue.qsize() >= self._queue.maxsize // 2
+                # Behind: the unit's writer has half a queue to commit, and the broker is holding what comes next.
+                behind = lane is not None and lane.qsize() >= lane.maxsize // 2
                 self._observer.observe(item, rx_us, center_behind=behind)
         except Exception:
             # A bug in the clinical loop must not stop ingestion: the data is still stored and acknowledged.
@@ -342,22 +366,23 @@ class Gateway:
 
     # -- writing -----------------------------------------------------------------------------------------------
 
-    async def _write_forever(self) -> None:
+    async def _write_forever(self, queue: asyncio.Queue[_Incoming]) -> None:
+        """One commit lane's writer: batches from its queue, committed one after another."""
         max_messages = self._settings.batch_max_messages
         while True:
-            first = await self._queue.get()
-            if self._queue.qsize() < max_messages - 1:
+            first = await queue.get()
+            if queue.qsize() < max_messages - 1:
                 # Let a batch form; under load the queue already holds one and this is skipped.
                 await asyncio.sleep(self._settings.batch_max_delay_s)
             items = [first]
-            while len(items) < max_messages and not self._queue.empty():
-                items.append(self._queue.get_nowait())
+            while len(items) < max_messages and not queue.empty():
+                items.append(queue.get_nowait())
             try:
                 await self._settle(items)
             finally:
                 for _ in items:
-                    self._queue.task_done()
-            self.metrics.pending.set(self._queue.qsize())
+                    queue.task_done()
+            self.metrics.pending.set(self._pending())
 
     async def _settle(self, items: list[_Incoming]) -> None:
         """Commit `items` (retrying while the database is unavailable), then acknowledge them."""
@@ -445,7 +470,7 @@ class Gateway:
         m = outcome.message
         log.error("store refused %s seq %d of %s: %s", m.stream.value, m.seq, m.unit, exc, exc_info=exc)
         rejection = RejectedMessage(f"store refused: {exc}", unit=m.unit, stream=m.stream, boot=m.boot, seq=m.seq)
-        await self._settle([_Incoming(item.topic, item.payload, item.rx_us, item.rx_mono, rejection)])
+        await self._settle([_Incoming(item.topic, item.payload, item.rx_us, item.rx_mono, rejection, item.lane)])
 
     async def _seed(self, keys: set[Key]) -> None:
         unknown = self._tracker.unknown(keys)
@@ -578,7 +603,7 @@ class Gateway:
             self.metrics.units.set(self._silence.unit_count())
             self.metrics.units_silent.set(self._silence.silent_count())
             self.metrics.gaps_open.set(self._tracker.open_gap_count())
-            if self._link_events and self._queue.empty():
+            if self._link_events and not self._pending():
                 # Quiet period: record the observations directly rather than waiting for the next batch.
                 events = self._take_link_events()
                 try:
@@ -617,7 +642,7 @@ class Gateway:
             "status": "ok" if healthy else "degraded",
             "mqtt_connected": self._client is not None,
             "store_available": not self._store_failing,
-            "pending_messages": self._queue.qsize(),  # taken, waiting for the commit
+            "pending_messages": self._pending(),  # taken, waiting for the commit
             "unread_messages": self._client.pending if self._client is not None else 0,  # read, not yet taken
             "units": self._silence.unit_count(),
             "units_silent": self._silence.silent_count(),

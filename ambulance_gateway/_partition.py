@@ -8,6 +8,7 @@ picks up newly provisioned units as they appear.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,6 +19,13 @@ from emergency.protocol import DEVICE_STREAMS, device_topic
 def partition_of(unit: str, count: int) -> int:
     """The partition of `unit` among `count`; the same in every process and across restarts."""
     return zlib.crc32(unit.encode()) % count
+
+
+@functools.lru_cache(maxsize=16_384)
+def lane_of(unit: str, partitions: int, lanes: int) -> int:
+    """Which of a gateway's `lanes` commit lanes takes `unit` (decision 38): the same hash as the partition, with the
+    partition's share taken out first, so that the units of one partition spread over every lane."""
+    return zlib.crc32(unit.encode()) // partitions % lanes
 
 
 @dataclass(frozen=True, slots=True)

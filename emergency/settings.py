@@ -37,6 +37,10 @@ class GatewaySettings(_Section):
     # Bounded hand-off from the MQTT reader to the writer; when full the reader waits (backpressure to the
     # broker, whose queue is in turn covered by each device's outbox).
     queue_max_messages: int = Field(default=20_000, ge=1)
+    # Commits in flight at once (decision 38): the units are split among this many writers by a hash of the unit,
+    # so one unit's messages are committed in order by one writer, while another writer's batch is prepared or
+    # committed beside it. The hand-off's room is shared out among them.
+    commit_lanes: int = Field(default=2, ge=1)
     # Acks of one stream are coalesced over this interval (0: one per committed batch). Halves the ack traffic at
     # the standard load; the device keeps those messages this much longer.
     ack_interval_s: float = Field(default=0.5, ge=0)

@@ -13,7 +13,7 @@ import aiomqtt
 import pytest_asyncio
 from prometheus_client import CollectorRegistry, Histogram
 
-from ambulance_gateway import Gateway
+from ambulance_gateway import Gateway, lane_of
 from ambulance_gateway._metrics import BatchHistogram
 from emergency.bus import LIVE_FILTER, LinkCondition, LinkState, encode_watch, link_topic, watch_topic
 from emergency.codec import decode_ack, encode_device_message
@@ -430,6 +430,47 @@ async def test_message_the_database_refuses_is_isolated_rejected_and_the_rest_st
         assert reason.startswith("store refused") and "refused by policy" in reason
     finally:
         await store.pool.execute(f"DROP TRIGGER refuse_{unit.lower()} ON vitals; DROP FUNCTION refuse_{unit.lower()}()")
+
+
+async def test_units_of_different_lanes_are_committed_beside_each_other(store, gateway_endpoint, make_unit) -> None:
+    """With two commit lanes (decision 38), a unit whose commit is held up (here a trigger waiting on a lock the test
+    holds) does not hold up a unit of the other lane: that one is stored and acknowledged meanwhile. Once the lock
+    is released the held unit's messages are stored, once each, and acknowledged in order."""
+    units: dict[int, tuple[str, MqttEndpoint]] = {}
+    while len(units) < 2:
+        unit, endpoint = await make_unit()
+        units.setdefault(lane_of(unit, 1, 2), (unit, endpoint))
+    (held, held_endpoint), (free, free_endpoint) = units[0], units[1]
+    name = f"hold_{held.lower()}"
+    await store.pool.execute(
+        f"""CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.unit = '{held}' THEN PERFORM pg_advisory_lock_shared(4242); END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER {name} BEFORE INSERT ON vitals FOR EACH ROW EXECUTE FUNCTION {name}();"""
+    )
+    try:
+        async with store.pool.acquire() as lock:
+            await lock.execute("SELECT pg_advisory_lock(4242)")
+            async with (
+                Gateway(_gateway_settings(commit_lanes=2), gateway_endpoint, store),
+                connected_device(held, held_endpoint) as held_device,
+                connected_device(free, free_endpoint) as free_device,
+            ):
+                for seq in range(3):
+                    await held_device.send(Vitals(held, 1, seq, _now_us(), hr=70.0))
+                for seq in range(3):
+                    await free_device.send(Vitals(free, 1, seq, _now_us(), hr=70.0))
+                await free_device.ack_covering(Stream.VITALS, 1, 2)
+                assert await _count(store, "vitals", free) == 3
+                assert held_device.acks.empty() and await _count(store, "vitals", held) == 0
+                await lock.execute("SELECT pg_advisory_unlock(4242)")
+                ack = await held_device.ack_covering(Stream.VITALS, 1, 2)
+        assert ack.upto == 2 and ack.rejected == ()
+        assert await _count(store, "vitals", held) == 3
+    finally:
+        await store.pool.execute(f"DROP TRIGGER {name} ON vitals; DROP FUNCTION {name}()")
 
 
 def test_a_batch_histogram_exposes_what_prometheus_clients_histogram_would() -> None:

@@ -4,6 +4,7 @@ the bus — the same guarantees as one of each."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import secrets
 from pathlib import Path
 
@@ -11,12 +12,25 @@ import aiohttp
 from conftest import free_port, login_to, ws_connect
 from ledger import assert_ledger_matches_store, settle
 
-from ambulance_gateway import partition_of
+from ambulance_gateway import lane_of, partition_of
 from emergency.protocol import DEVICE_STREAMS
 from emergency.stack import Broker, PostgresCluster, provision_units
 from emergency.stack.component import ComponentProcess
 from emergency.store import Store
 from firmware_sim import DeviceConfig, Fleet
+
+
+def test_the_units_of_each_partition_spread_over_every_commit_lane() -> None:
+    """A partition's units are split among its gateway's commit lanes (decision 38), none left idle or overfull,
+    whatever the number of partitions (the lane hash takes the partition's share out first)."""
+    units = [f"U{i:04d}" for i in range(600)]
+    for partitions in (1, 2, 3):
+        for lanes in (2, 3):
+            for index in range(partitions):
+                mine = [u for u in units if partition_of(u, partitions) == index]
+                counts = collections.Counter(lane_of(u, partitions, lanes) for u in mine)
+                assert set(counts) == set(range(lanes))
+                assert min(counts.values()) > len(mine) / lanes / 2
 
 
 async def _received(http: aiohttp.ClientSession, metrics_url: str) -> float:
