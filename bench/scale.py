@@ -161,15 +161,21 @@ class Child:
 @dataclass
 class Sampler:
     """CPU (cores over the window) and memory of processes, by role. PostgreSQL backends share their buffers, so
-    its memory is the sum of unique memory (USS); everything else is RSS."""
+    its memory is the sum of unique memory (USS); everything else is RSS. Our child processes are looked for again
+    at every sample: a backend that PostgreSQL starts during the window (a pool opening a second connection) counts
+    from its start."""
 
     roles: dict[int, str] = field(default_factory=dict)
     cpu_start: dict[int, float] = field(default_factory=dict)
     cpu_end: dict[int, float] = field(default_factory=dict)
     memory: dict[str, list[int]] = field(default_factory=dict)  # role → samples of the role's total
+    stack_pid: int | None = None
+    window_started: float | None = None  # epoch s of `reset_cpu`
 
     def discover(self, stack_pid: int | None, named: dict[int, str]) -> None:
         self.roles.update(named)
+        if stack_pid is not None:
+            self.stack_pid = stack_pid
         me = psutil.Process()
         for proc in me.children(recursive=True):
             with contextlib.suppress(psutil.Error):
@@ -184,10 +190,15 @@ class Sampler:
                     self.roles[proc.pid] = "console"
                 elif "emergency.cli gateway" in cmdline:
                     self.roles[proc.pid] = "gateway"
-        if stack_pid is not None:
-            self.roles[stack_pid] = "gateway"
+                else:
+                    continue
+                if self.window_started is not None and proc.create_time() >= self.window_started:
+                    self.cpu_start[proc.pid] = 0.0  # born in the window: all of its CPU is the window's
+        if self.stack_pid is not None:
+            self.roles[self.stack_pid] = "gateway"
 
     def sample(self) -> dict[str, int]:
+        self.discover(None, {})
         totals: dict[str, int] = {}
         for pid, role in list(self.roles.items()):
             try:
@@ -206,6 +217,7 @@ class Sampler:
     def reset_cpu(self) -> None:
         self.cpu_start.clear()
         self.cpu_end.clear()
+        self.window_started = time.time()
         self.sample()
 
     def cpu_cores(self, seconds: float) -> dict[str, float]:
