@@ -16,16 +16,21 @@ from dataclasses import dataclass
 from emergency.protocol import DEVICE_STREAMS, device_topic
 
 
+def _unit_hash(unit: str) -> int:
+    """The one hash both splits are made from: partitions across processes, lanes within one."""
+    return zlib.crc32(unit.encode())
+
+
 def partition_of(unit: str, count: int) -> int:
     """The partition of `unit` among `count`; the same in every process and across restarts."""
-    return zlib.crc32(unit.encode()) % count
+    return _unit_hash(unit) % count
 
 
 @functools.lru_cache(maxsize=16_384)
 def lane_of(unit: str, partitions: int, lanes: int) -> int:
     """Which of a gateway's `lanes` commit lanes takes `unit` (decision 38): the same hash as the partition, with the
     partition's share taken out first, so that the units of one partition spread over every lane."""
-    return zlib.crc32(unit.encode()) // partitions % lanes
+    return _unit_hash(unit) // partitions % lanes
 
 
 @dataclass(frozen=True, slots=True)
