@@ -8,7 +8,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -18,7 +18,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from console._auth import AUTH, Auth, Principal, audit, principal_of, require, setup_auth
 from console._care import CareContext, CareView, care_topic_of, setup_care
-from console._hub import Client, ClientDropped, Hub, needs_of, visible_care, visible_units
+from console._hub import Client, ClientDropped, Hub, Json, needs_of, visible_care, visible_units
 from console._state import FleetState, ecg_json
 from console._streets import STREET_LAYER, setup_streets
 from emergency.access import Permission
@@ -147,8 +147,7 @@ class ConsoleCore:
                     self.bus_ready.set()
                     log.info("console connected to the bus at %s:%s", self.mqtt.host, self.mqtt.port)
                     async for batch in client.batches():
-                        for message in batch:
-                            self.on_bus_message(message.topic, message.payload)
+                        self.on_bus_batch((message.topic, message.payload) for message in batch)
             except MqttLinkError as exc:
                 log.warning("bus connection lost (%s); reconnecting", exc)
             finally:
@@ -157,7 +156,18 @@ class ConsoleCore:
             attempt += 1
             await asyncio.sleep(backoff_delay(attempt))
 
-    def on_bus_message(self, topic: str, payload: bytes) -> None:
+    def on_bus_batch(self, messages: Iterable[tuple[str, bytes]]) -> None:
+        """What was read from the bus at once (topic, payload). Its unit updates go to the clients together at the
+        end (Hub.broadcast_updates); nothing awaits in between, so no client's sender can tell the difference."""
+        updates: list[tuple[Json, Permission]] = []
+        for topic, payload in messages:
+            update = self._on_bus_message(topic, payload)
+            if update is not None:
+                updates.append((update, needs_of(update)))
+        self.hub.broadcast_updates(updates)
+
+    def _on_bus_message(self, topic: str, payload: bytes) -> Json | None:
+        """Handle one bus message; returns the coalescable unit update it makes, if any, for the batch to send."""
         rx = now_us()
         if topic.startswith(_CARE_PREFIX):
             record = self.care.decode(topic, payload)
@@ -166,28 +176,24 @@ class ConsoleCore:
                 self.hub.broadcast_event(care_message, needs=needs_of(care_message))
                 if isinstance(record, Alert):
                     self._note_delivery(record)
-            return
+            return None
         try:
             kind, unit, stream = parse_bus_topic(topic)
             if kind == "link":
-                self.hub.broadcast_update(self.fleet.apply_link(LinkState.decode(payload)), needs=Permission.VIEW_FLEET)
-                return
+                return self.fleet.apply_link(LinkState.decode(payload))  # VIEW_FLEET
             message = decode_device_message(device_topic(unit, Stream(stream or "")), payload)
         except (ValueError, KeyError, RejectedMessage) as exc:
             # The bus is written only by the gateway, after validation: this is a bug, not bad input.
             log.error("malformed bus message on %s: %s", topic, exc)
-            return
+            return None
         if isinstance(message, EcgFrame):
             self.hub.send_ecg(unit, ecg_json(message, rx))
-            return
+            return None
         update = self.fleet.apply(message, rx)
-        if update is None:
-            return
-        # gps and status: VIEW_FLEET; vitals and events: VIEW_PATIENT_LIVE.
-        if update["type"] == "event":
+        if update is not None and update["type"] == "event":
             self.hub.broadcast_event(update, needs=needs_of(update))
-        else:
-            self.hub.broadcast_update(update, needs=needs_of(update))
+            return None
+        return update  # gps and status: VIEW_FLEET; vitals: VIEW_PATIENT_LIVE
 
     async def _announce_watch(self, client: MqttLink) -> None:
         """Tell the gateways which units' 12-lead this console shows: they forward only those (emergency/bus.py)."""

@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
@@ -171,9 +171,10 @@ class Client:
         """Disconnect this client (SESSION_ENDED) once what is queued for it is abandoned."""
         self._close_soon(SESSION_ENDED, reason)
 
-    def offer_update(self, out: Outgoing, key: tuple[str, str]) -> None:
-        """`key` is (type, unit), which a broadcast works out once for all clients."""
-        self._updates[key] = out
+    def offer_updates(self, updates: Mapping[tuple[str, str], Outgoing]) -> None:
+        """Updates keyed by (type, unit), which a broadcast works out once for all clients; each replaces an unsent
+        one of its key."""
+        self._updates.update(updates)
         self._wake.set()
 
     def offer_event(self, message: Json | Outgoing) -> None:
@@ -285,13 +286,22 @@ class Hub:
 
     def broadcast_update(self, message: Json, needs: Permission = Permission.VIEW_PATIENT_LIVE) -> None:
         """A coalescable unit update, to every client whose role holds `needs`."""
+        self.broadcast_updates([(message, needs)])
+
+    def broadcast_updates(self, updates: Iterable[tuple[Json, Permission]]) -> None:
+        """Coalescable unit updates, each to every client whose role holds its permission. Given together (a bus
+        batch's), they reach each client in one call per permission, not one per update: at 2 000 units and 50
+        clients that was ~200 000 calls a second."""
         if not self.clients:
             return
-        out = Outgoing(message)  # encoded once, however many clients receive it
-        key = (message["type"], message["unit"])
-        for client in self.clients:
-            if client.may(needs):
-                client.offer_update(out, key)
+        by_needs: dict[Permission, dict[tuple[str, str], Outgoing]] = {}
+        for message, needs in updates:
+            # Encoded once, however many clients receive it; a later update of a key replaces the earlier.
+            by_needs.setdefault(needs, {})[(message["type"], message["unit"])] = Outgoing(message)
+        for needs, keyed in by_needs.items():
+            for client in self.clients:
+                if client.may(needs):
+                    client.offer_updates(keyed)
 
     def broadcast_event(self, message: Json, needs: Permission = Permission.VIEW_PATIENT_LIVE) -> None:
         """An event (never dropped), to every client whose role holds `needs`."""
