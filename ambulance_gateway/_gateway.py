@@ -30,7 +30,7 @@ from emergency.bus import (
     link_topic,
     live_topic,
 )
-from emergency.codec import RejectedMessage, decode_device_message, encode_ack
+from emergency.codec import RejectedMessage, decode_device_message, encode_acks
 from emergency.mqtt import MqttLink, MqttLinkError, backoff_delay
 from emergency.protocol import (
     DEVICE_STREAMS,
@@ -62,6 +62,7 @@ _SESSION_EXPIRY_S = 24 * 3600
 _LINK_EVENTS_MAX = 10_000
 _LOOP_PROBE_S = 0.1  # how often the event loop's lag is measured
 _SUBSCRIBE_CHUNK = 500  # topic filters per SUBSCRIBE packet when following a partition
+_ACK_SLOTS = 10  # the units' acks leave in this many turns per ack interval
 _ECG_SUFFIX = "/" + Stream.ECG.value
 
 
@@ -124,8 +125,10 @@ class Gateway:
         ]
         self._partitions = partition.count if partition is not None else 1
         self._link_events: collections.deque[LinkEvent] = collections.deque(maxlen=_LINK_EVENTS_MAX)
-        # Committed but not yet announced: at most one ack per (unit, boot, stream), so bounded by the fleet.
-        self._outgoing_acks: dict[Key, Ack] = {}
+        # Committed but not yet announced: at most one ack per (unit, boot, stream), so bounded by the fleet. Units
+        # are spread over _ACK_SLOTS, one flushed at a time, so that the fleet's acks do not leave in one burst.
+        self._outgoing_acks: list[dict[str, dict[tuple[int, Stream], Ack]]] = [{} for _ in range(_ACK_SLOTS)]
+        self._ack_slot = 0  # the slot the next flush sends
         self._client: MqttLink | None = None
         self._subscribed = asyncio.Event()
         self._store_failing = False
@@ -538,36 +541,43 @@ class Gateway:
                 acks.pop(key, None)
                 continue
             acks[key] = Ack(boot=key[1], stream=key[2], upto=upto, rejected=tuple(rejected))
-        for key, ack in acks.items():
+        for (unit, boot, stream), ack in acks.items():
             # Acks are cumulative: one per stream per interval carries what several batches settled.
-            earlier = self._outgoing_acks.get(key)
+            pending = self._outgoing_acks[hash(unit) % _ACK_SLOTS].setdefault(unit, {})
+            earlier = pending.get((boot, stream))
             if earlier is not None:
-                ack = Ack(ack.boot, ack.stream, max(ack.upto, earlier.upto),
+                ack = Ack(boot, stream, max(ack.upto, earlier.upto),
                           tuple(sorted(set(ack.rejected) | set(earlier.rejected))))  # fmt: skip
-            self._outgoing_acks[key] = ack
+            pending[(boot, stream)] = ack
         if self._settings.ack_interval_s == 0:
-            self._flush_acks()
+            for slot in range(_ACK_SLOTS):
+                self._flush_acks(slot)
 
-    def _flush_acks(self) -> None:
-        acks, self._outgoing_acks = self._outgoing_acks, {}
+    def _flush_acks(self, slot: int) -> None:
+        """Publish the acks of one slot's units: one message per unit, all its streams in it (docs/protocol.md)."""
+        by_unit, self._outgoing_acks[slot] = self._outgoing_acks[slot], {}
         client = self._client
-        if client is None or not acks:
+        if client is None or not by_unit:
             return  # not connected: devices keep the messages and send them again; nothing is lost
-        # Queued, not awaited: a lost ack costs only a retransmission, which is answered again.
+        # Queued, not awaited, and QoS 0: an ack is a cumulative watermark, and a lost one costs only a
+        # retransmission, which is answered again (decision 39).
         published = sum(
-            client.publish_nowait(device_topic(unit, Stream.ACK), encode_ack(ack), qos=1)
-            for (unit, _, _), ack in acks.items()
+            client.publish_nowait(device_topic(unit, Stream.ACK), encode_acks(list(acks.values())))
+            for unit, acks in by_unit.items()
         )
         self.metrics.acks.inc(published)
-        if published < len(acks):
+        if published < len(by_unit):
             log.info(
-                "%d acks not queued (connection lost); devices will resend and be answered again", len(acks) - published
+                "acks of %d units not queued (connection lost or backed up); devices will resend and be answered again",
+                len(by_unit) - published,
             )
 
     async def _flush_acks_forever(self) -> None:
+        """Each unit's acks every `ack_interval_s`; a slot of the units at a time."""
         while True:
-            await asyncio.sleep(self._settings.ack_interval_s)
-            self._flush_acks()
+            await asyncio.sleep(self._settings.ack_interval_s / _ACK_SLOTS)
+            self._flush_acks(self._ack_slot)
+            self._ack_slot = (self._ack_slot + 1) % _ACK_SLOTS
 
     # -- monitoring --------------------------------------------------------------------------------------------
 

@@ -29,7 +29,11 @@ class GatewayMetrics:
             registry=r,
         )
         self.rejected = Counter("emergency_gateway_rejected", "Messages rejected and recorded", ["stream"], registry=r)
-        self.acks = Counter("emergency_gateway_acks_published", "Acks published to devices", registry=r)
+        self.acks = Counter(
+            "emergency_gateway_acks_published",
+            "Ack messages published to devices (one per unit and flush, with every stream of the unit)",
+            registry=r,
+        )
         self.store_errors = Counter(
             "emergency_gateway_store_errors", "Failed commits (retried)", ["retryable"], registry=r
         )

@@ -459,20 +459,20 @@ class Fleet:
         if unit is None:
             return
         t = now_us()
-        ack = msgpack.unpackb(payload)
-        if ack.get("boot") != self.boot:
-            return
-        stream = STREAMS.index(ack["stream"]) if ack["stream"] in STREAMS else -1
-        if stream < 0:
-            return
-        sent, upto, window = unit.sent[stream], min(ack["upto"], len(unit.sent[stream]) - 1), self.window
-        for seq in range(unit.acked[stream] + 1, upto + 1):
-            ts = sent[seq]
-            if window.holds(ts):
-                self.ack_ms.append((t - ts) / 1000)
-                self.ack_sent_at.append(ts)
-        unit.acked[stream] = max(unit.acked[stream], upto)
-        unit.rejected += len(ack.get("rejected", ()))
+        for ack in msgpack.unpackb(payload)["acks"]:  # one message per unit, an ack per stream (docs/protocol.md)
+            if ack.get("boot") != self.boot:
+                continue
+            stream = STREAMS.index(ack["stream"]) if ack["stream"] in STREAMS else -1
+            if stream < 0:
+                continue
+            sent, upto, window = unit.sent[stream], min(ack["upto"], len(unit.sent[stream]) - 1), self.window
+            for seq in range(unit.acked[stream] + 1, upto + 1):
+                ts = sent[seq]
+                if window.holds(ts):
+                    self.ack_ms.append((t - ts) / 1000)
+                    self.ack_sent_at.append(ts)
+            unit.acked[stream] = max(unit.acked[stream], upto)
+            unit.rejected += len(ack.get("rejected", ()))
 
     def publish_slot(self, slot: int, cycle: int) -> None:
         ts = now_us()

@@ -35,7 +35,7 @@ import asyncpg
 import psutil
 import websockets
 
-from emergency.codec import decode_ack, encode_device_message
+from emergency.codec import decode_acks, encode_device_message
 from emergency.mqtt import NO_DELAY
 from emergency.protocol import STANDARD_LEADS, EcgFrame, GpsFix, Stream, Vitals, device_topic
 from emergency.stack import provision_units
@@ -88,14 +88,14 @@ async def run_unit(load: UnitLoad, host: str, port: int, frames: list[bytes], st
 
         async def read_acks() -> None:
             async for message in client.messages:
-                ack = decode_ack(message.payload)  # type: ignore[arg-type]
                 t = now_us()
-                sent = load.sent[ack.stream]
-                for seq in range(load.acked[ack.stream] + 1, ack.upto + 1):
-                    if seq in sent:
-                        load.ack_latency_ms.append((t - sent[seq]) / 1000)
-                load.acked[ack.stream] = max(load.acked[ack.stream], ack.upto)
-                load.rejected += len(ack.rejected)
+                for ack in decode_acks(message.payload):  # type: ignore[arg-type]
+                    sent = load.sent[ack.stream]
+                    for seq in range(load.acked[ack.stream] + 1, ack.upto + 1):
+                        if seq in sent:
+                            load.ack_latency_ms.append((t - sent[seq]) / 1000)
+                    load.acked[ack.stream] = max(load.acked[ack.stream], ack.upto)
+                    load.rejected += len(ack.rejected)
                 if stop.is_set() and all(load.acked[s] >= len(load.sent[s]) - 1 for s in load.sent):
                     all_acked.set()
 

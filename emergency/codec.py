@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -483,32 +483,41 @@ def encode_device_message(msg: DeviceMessage) -> bytes:
     return packed
 
 
-def encode_ack(ack: Ack) -> bytes:
+def encode_acks(acks: Sequence[Ack]) -> bytes:
+    """One unit's acks, one per (boot, stream) at most, in one payload (docs/protocol.md, "Acknowledgement")."""
     packed: bytes = msgpack.packb(
         {
             "v": PROTOCOL_VERSION,
-            "boot": ack.boot,
-            "stream": ack.stream.value,
-            "upto": ack.upto,
-            "rejected": list(ack.rejected),
+            "acks": [
+                {"boot": a.boot, "stream": a.stream.value, "upto": a.upto, "rejected": list(a.rejected)} for a in acks
+            ],
         },
         use_bin_type=True,
     )
     return packed
 
 
-def decode_ack(payload: bytes) -> Ack:
-    """Decode a center → device ack; raises RejectedMessage for anything malformed."""
+def decode_acks(payload: bytes) -> list[Ack]:
+    """Decode a center → device ack message; raises RejectedMessage for anything malformed."""
     raw = _unpack_map(payload)
-    f = _Fields(raw, RejectedMessage("", stream=Stream.ACK))
     if raw.get("v") != PROTOCOL_VERSION:
-        raise f.reject(f"unsupported protocol version {raw.get('v')!r}")
+        raise RejectedMessage(f"unsupported protocol version {raw.get('v')!r}", stream=Stream.ACK)
+    entries = raw.get("acks")
+    if type(entries) is not list or not entries:
+        raise RejectedMessage("field 'acks' must be a non-empty list", stream=Stream.ACK)
+    return [_decode_ack(entry) for entry in entries]
+
+
+def _decode_ack(entry: object) -> Ack:
+    if type(entry) is not dict:
+        raise RejectedMessage("each of 'acks' must be a map", stream=Stream.ACK)
+    f = _Fields(entry, RejectedMessage("", stream=Stream.ACK))
     stream_name = f.req_text("stream")
     try:
         stream = Stream(stream_name)
     except ValueError:
         raise f.reject(f"unknown stream {stream_name!r}") from None
-    rejected = raw.get("rejected", [])
+    rejected = entry.get("rejected", [])
     if type(rejected) is not list or any(type(s) is not int or not 0 <= s <= UINT32_MAX for s in rejected):
         raise f.reject("field 'rejected' must be a list of seqs")
     return Ack(

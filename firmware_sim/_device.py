@@ -26,7 +26,7 @@ from typing import IO, Self
 import aiomqtt
 from pydantic import SecretStr
 
-from emergency.codec import RejectedMessage, decode_ack, encode_device_message
+from emergency.codec import RejectedMessage, decode_acks, encode_device_message
 from emergency.mqtt import mqtt_client
 from emergency.protocol import (
     DEVICE_STREAMS,
@@ -691,11 +691,12 @@ class Device:
         async for message in client.messages:
             payload = message.payload if isinstance(message.payload, bytes) else b""
             try:
-                ack = decode_ack(payload)
+                acks = decode_acks(payload)
             except RejectedMessage as exc:
                 log.warning("%s: malformed ack ignored: %s", self.unit, exc)
                 continue
-            self._settle(ack)
+            for ack in acks:
+                self._settle(ack)
 
     def _settle(self, ack: Ack) -> None:
         assert self.outbox is not None

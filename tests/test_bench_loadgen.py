@@ -16,8 +16,11 @@ from bench._loadgen import (
     SHARED_ACCOUNT,
     SHARED_ACL,
     VITALS_REST,
+    Fleet,
     MqttConnection,
     PayloadTemplate,
+    Unit,
+    Window,
     _stamps_of,
     ecg_frames,
     ecg_rest,
@@ -27,7 +30,7 @@ from bench._loadgen import (
 )
 from console._hub import Outgoing, frame_texts
 from console._state import FleetState, ecg_json
-from emergency.codec import decode_device_message, encode_ack
+from emergency.codec import decode_device_message, encode_acks
 from emergency.protocol import STANDARD_LEADS, Ack, EcgFrame, GpsFix, Stream, Vitals, device_topic
 from emergency.stack import Broker
 from emergency.stack.provision import _write_accounts
@@ -119,7 +122,7 @@ async def test_shared_account_publishes_for_many_units_and_reads_their_acks(tmp_
             fleet.publish(mqtt_str(f"ems/v1/{unit}/ecg"), PayloadTemplate.of(unit, 1, ecg_rest(frame)).fill(0, 1))
         fleet.flush()
         for unit in ("B00001", "B00002"):
-            ack = encode_ack(Ack(boot=1, stream=Stream.ECG, upto=0))
+            ack = encode_acks([Ack(boot=1, stream=Stream.ECG, upto=0)])
             gateway.publish(mqtt_str(f"ems/v1/{unit}/ack"), ack)
         gateway.flush()
         async with asyncio.timeout(10):
@@ -130,6 +133,30 @@ async def test_shared_account_publishes_for_many_units_and_reads_their_acks(tmp_
         for conn in (gateway, fleet):
             assert conn.transport is not None
             conn.transport.close()
+
+
+def test_the_generator_reads_every_stream_of_a_units_ack_message() -> None:
+    """One ack message carries a unit's acks of several streams (docs/protocol.md): each moves its own stream, and
+    each newly covered message of the window gives one publish→ack latency."""
+    fleet = Fleet("B", 0, boot=7, window=Window(0, 2**62))
+    unit = Unit(
+        "B00000",
+        None,  # type: ignore[arg-type]  # never publishes here
+        (b"", b"", b""),
+        fleet.ecg.template("B00000", 7),
+        0,
+        PayloadTemplate.of("B00000", 7, VITALS_REST),
+        PayloadTemplate.of("B00000", 7, GPS_REST),
+    )
+    fleet.units.append(unit)
+    fleet.by_topic[b"ems/v1/B00000/ack"] = unit
+    for stream in unit.sent:
+        stream.extend([100, 200, 300])
+    acks = [Ack(7, Stream.ECG, 1), Ack(7, Stream.GPS, 2, rejected=(1,)), Ack(6, Stream.VITALS, 2)]  # boot 6: not ours
+    fleet.on_ack(b"ems/v1/B00000/ack", encode_acks(acks))
+    assert unit.acked == [1, -1, 2]
+    assert unit.rejected == 1
+    assert len(fleet.ack_ms) == 5
 
 
 def test_a_template_for_another_unit_decodes_to_that_units_message_and_shares_its_samples() -> None:

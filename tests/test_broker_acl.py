@@ -9,7 +9,7 @@ import aiomqtt
 import pytest
 from conftest import received_topics
 
-from emergency.codec import encode_ack
+from emergency.codec import encode_acks
 from emergency.mqtt import mqtt_client
 from emergency.protocol import Ack, Stream
 from emergency.settings import MqttEndpoint
@@ -42,7 +42,7 @@ async def test_unit_cannot_publish_as_another_unit(make_unit, gateway_endpoint) 
 async def test_unit_cannot_read_another_units_acks(make_unit, gateway_endpoint) -> None:
     """A unit subscribed to another unit's ack topic, or to everything, receives only its own acks."""
     (a, a_endpoint), (b, _) = await make_unit(), await make_unit()
-    ack = encode_ack(Ack(boot=0, stream=Stream.ECG, upto=3))
+    ack = encode_acks([Ack(boot=0, stream=Stream.ECG, upto=3)])
     async with client(a_endpoint) as device, client(gateway_endpoint) as center:
         await device.subscribe(f"ems/v1/{b}/ack", qos=1)
         await device.subscribe("ems/v1/#", qos=1)

@@ -19,7 +19,7 @@ import psutil
 import pytest_asyncio
 from conftest import free_port
 
-from emergency.codec import decode_ack, encode_device_message
+from emergency.codec import decode_acks, encode_device_message
 from emergency.protocol import Stream, Vitals, device_topic
 
 
@@ -83,9 +83,9 @@ async def test_up_serves_provisions_and_stops_cleanly(stack) -> None:  # type: i
         async with asyncio.timeout(30):
             async for message in device.messages:
                 assert isinstance(message.payload, bytes)
-                ack = decode_ack(message.payload)
+                acks = decode_acks(message.payload)
                 break
-    assert (ack.stream, ack.upto, ack.rejected) == (Stream.VITALS, 0, ())
+    assert [(ack.stream, ack.upto, ack.rejected) for ack in acks] == [(Stream.VITALS, 0, ())]
 
     async with aiohttp.ClientSession() as http:
         async with http.get(info["console_url"]) as response:

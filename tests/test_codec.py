@@ -14,9 +14,9 @@ from emergency.codec import (
     Topic,
     _decode_fast,
     _decode_full,
-    decode_ack,
+    decode_acks,
     decode_device_message,
-    encode_ack,
+    encode_acks,
     encode_device_message,
     parse_topic,
 )
@@ -75,9 +75,26 @@ def test_round_trip(message: object) -> None:
 
 
 def test_ack_round_trip() -> None:
-    """Acks survive encode → decode unchanged."""
-    ack = Ack(boot=4, stream=Stream.VITALS, upto=99, rejected=(3, 17))
-    assert decode_ack(encode_ack(ack)) == ack
+    """A unit's acks, one per stream, survive encode → decode unchanged and in order, in one message."""
+    acks = [Ack(boot=4, stream=Stream.VITALS, upto=99, rejected=(3, 17)), Ack(boot=4, stream=Stream.ECG, upto=0)]
+    assert decode_acks(encode_acks(acks)) == acks
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"v": 2, "acks": [{"boot": 1, "stream": "ecg", "upto": 3}]}, "protocol version"),
+        ({"v": 1, "boot": 1, "stream": "ecg", "upto": 3}, "'acks' must be a non-empty list"),
+        ({"v": 1, "acks": []}, "'acks' must be a non-empty list"),
+        ({"v": 1, "acks": [7]}, "must be a map"),
+        ({"v": 1, "acks": [{"boot": 1, "stream": "ekg", "upto": 3}]}, "unknown stream"),
+        ({"v": 1, "acks": [{"boot": 1, "stream": "ecg", "upto": -1}]}, "out of range"),
+        ({"v": 1, "acks": [{"boot": 1, "stream": "ecg", "upto": 3, "rejected": ["2"]}]}, "list of seqs"),
+    ],
+)
+def test_malformed_acks_are_rejected(body: dict[str, object], reason: str) -> None:
+    with pytest.raises(RejectedMessage, match=reason):
+        decode_acks(msgpack.packb(body, use_bin_type=True))
 
 
 @pytest.mark.parametrize(

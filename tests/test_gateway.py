@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from ambulance_gateway import Gateway, lane_of
 from ambulance_gateway._metrics import BatchHistogram
 from emergency.bus import LIVE_FILTER, LinkCondition, LinkState, encode_watch, link_topic, watch_topic
-from emergency.codec import decode_ack, encode_device_message
+from emergency.codec import decode_acks, encode_device_message
 from emergency.mqtt import mqtt_client
 from emergency.protocol import (
     Ack,
@@ -74,7 +74,8 @@ async def connected_device(unit: str, endpoint: MqttEndpoint) -> AsyncIterator[T
         async def read_acks() -> None:
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
-                device.acks.put_nowait(decode_ack(message.payload))
+                for ack in decode_acks(message.payload):
+                    device.acks.put_nowait(ack)
 
         reader = asyncio.create_task(read_acks(), name=f"test.acks[{unit}]")
         try:

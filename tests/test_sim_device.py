@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import firmware_sim._device
-from emergency.codec import decode_device_message, encode_ack
+from emergency.codec import decode_device_message, encode_acks
 from emergency.mqtt import mqtt_client
 from emergency.protocol import (
     Ack,
@@ -83,7 +83,7 @@ class FakeCenter:
 
     async def ack(self, stream: Stream, boot: int, upto: int, rejected: tuple[int, ...] = ()) -> None:
         await self._client.publish(
-            device_topic(self.unit, Stream.ACK), encode_ack(Ack(boot, stream, upto, rejected)), qos=1
+            device_topic(self.unit, Stream.ACK), encode_acks([Ack(boot, stream, upto, rejected)]), qos=1
         )
 
     async def ack_everything_received(self) -> None:
