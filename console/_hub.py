@@ -284,10 +284,6 @@ class Hub:
     def watched_units(self) -> list[str]:
         return list(self._watchers)
 
-    def broadcast_update(self, message: Json, needs: Permission = Permission.VIEW_PATIENT_LIVE) -> None:
-        """A coalescable unit update, to every client whose role holds `needs`."""
-        self.broadcast_updates([(message, needs)])
-
     def broadcast_updates(self, updates: Iterable[tuple[Json, Permission]]) -> None:
         """Coalescable unit updates, each to every client whose role holds its permission. Given together (a bus
         batch's), they reach each client in one call per permission, not one per update: at 2 000 units and 50

@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from console import Console
 from console._hub import FRAME_TEXT_MAX, Outgoing, frame_texts
+from emergency.access import Permission
 from emergency.bus import LinkCondition, LinkState, decode_watch, link_topic, live_topic, watch_topic
 from emergency.codec import encode_device_message
 from emergency.mqtt import mqtt_client
@@ -193,13 +194,41 @@ async def test_pending_messages_arrive_in_one_frame_in_order(console: Console, h
         await _frame_with(ws, "CO1")  # watched
         # No await between the offers: all of them are pending when the client's sender next runs.
         hub.send_ecg("CO1", ecg)
-        hub.broadcast_update(older_fix)
+        hub.broadcast_updates([(older_fix, Permission.VIEW_PATIENT_LIVE)])
         hub.broadcast_event(contact)
-        hub.broadcast_update(fix)
+        hub.broadcast_updates([(fix, Permission.VIEW_PATIENT_LIVE)])
         hub.broadcast_event(finding)
         frame = await _frame_with(ws, "CO1")
     assert [m["type"] for m in connect_time] == ["session", "fleet", "care_snapshot"]
     assert [m for m in frame if m.get("unit") == "CO1"] == [contact, finding, fix, ecg]
+
+
+async def test_a_batch_of_updates_reaches_each_client_as_its_role_allows(console: Console, logged_in: LoggedIn) -> None:
+    """Updates offered together (a bus batch) go to each client in one frame, each only where the role holds its
+    permission: a dispatcher gets a unit's position and not its vitals; a nurse gets both, and a later update of a
+    key replaces the earlier one."""
+    ts = _now_us()
+    first_fix = {"type": "gps", "unit": "CR1", "ts": ts, "lat": 31.0}
+    fix = {"type": "gps", "unit": "CR1", "ts": ts + 1, "lat": 31.1}
+    vitals = {"type": "vitals", "unit": "CR1", "ts": ts, "hr": 120}
+    async with (
+        ws_connect(console.url, await logged_in(console.url, "dispatcher")) as dispatcher,
+        ws_connect(console.url, await logged_in(console.url, "ed_nurse")) as nurse,
+    ):
+        await dispatcher.recv()  # the connect-time frames
+        await nurse.recv()
+        console.core.hub.broadcast_updates(
+            [
+                (first_fix, Permission.VIEW_FLEET),
+                (vitals, Permission.VIEW_PATIENT_LIVE),
+                (fix, Permission.VIEW_FLEET),
+            ]
+        )
+        # Offered with no await between them: whatever a client was given is in its next frame about CR1.
+        seen_by_dispatcher = [m for m in await _frame_with(dispatcher, "CR1") if m.get("unit") == "CR1"]
+        seen_by_nurse = [m for m in await _frame_with(nurse, "CR1") if m.get("unit") == "CR1"]
+    assert seen_by_dispatcher == [fix]
+    assert seen_by_nurse == [fix, vitals]
 
 
 async def test_updates_wait_out_the_send_interval_and_an_event_does_not(
@@ -216,11 +245,11 @@ async def test_updates_wait_out_the_send_interval_and_an_event_does_not(
         event = {"type": "event", "unit": "CP3", "ts": ts, "kind": "finding", "detail": {"text": "pale"}}
         async with ws_connect(running.url, await logged_in(running.url, "ed_physician")) as ws:
             await ws.recv()  # the connect-time frame: a send, so the interval starts now
-            hub.broadcast_update(first)
+            hub.broadcast_updates([(first, Permission.VIEW_PATIENT_LIVE)])
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.5):
                     await ws.recv()  # held: unpaced, `first` would have gone alone by now
-            hub.broadcast_update(second)
+            hub.broadcast_updates([(second, Permission.VIEW_PATIENT_LIVE)])
             hub.broadcast_event(event)
             async with asyncio.timeout(30):
                 frame = json.loads(await ws.recv())
