@@ -403,6 +403,12 @@ def standard_batches(writer: int, units: int, batch: int, count: int) -> list[li
     return out
 
 
+def batch_watermarks(items: list[Received]) -> list[Watermark]:
+    """The ack watermarks a gateway would commit with this batch: each key's highest seq in it."""
+    marks = {(r.message.unit, r.message.boot, r.message.stream): r.message.seq for r in items}
+    return [Watermark(unit, boot, stream, seq) for (unit, boot, stream), seq in marks.items()]
+
+
 async def store_baseline(timescaledb: bool, seconds: float, writers: int, batch: int) -> dict[str, Any]:
     """PostgreSQL alone through the gateway's own commit path, `writers` concurrent writers (one per partition)."""
     root = private_root()
@@ -423,12 +429,7 @@ async def store_baseline(timescaledb: bool, seconds: float, writers: int, batch:
                 for items in prepared[w]:
                     if time.time() >= deadline:
                         return
-                    marks = {(r.message.unit, r.message.boot, r.message.stream): r.message.seq for r in items}
-                    await store.commit(
-                        IngestBatch(
-                            received=items, watermarks=[Watermark(u, b, s, q) for (u, b, s), q in marks.items()]
-                        )
-                    )
+                    await store.commit(IngestBatch(received=items, watermarks=batch_watermarks(items)))
                     committed[w] += len(items)
                 log(f"  writer {w} used every prepared batch before the deadline")
 

@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from scale import Sampler, free_port, private_root, standard_batches  # noqa: E402
+from scale import Sampler, batch_watermarks, free_port, private_root, standard_batches  # noqa: E402
 
 from emergency.settings import StoreSettings  # noqa: E402
 from emergency.stack import PostgresCluster  # noqa: E402
-from emergency.store import IngestBatch, Store, Watermark  # noqa: E402
+from emergency.store import IngestBatch, Store  # noqa: E402
 
 UNITS_PER_WRITER = 1000
 WAL = (
@@ -70,8 +70,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     delay = started + k / per_writer_s - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    keys = {(r.message.unit, r.message.boot, r.message.stream): r.message.seq for r in items}
-                    marks = [] if args.no_watermarks else [Watermark(u, b, s, q) for (u, b, s), q in keys.items()]
+                    marks = [] if args.no_watermarks else batch_watermarks(items)
                     t = time.monotonic()
                     await store.commit(IngestBatch(received=items, watermarks=marks))
                     commits.append((t - started, (time.monotonic() - t) * 1000))
