@@ -168,6 +168,8 @@ class Sampler:
     roles: dict[int, str] = field(default_factory=dict)
     cpu_start: dict[int, float] = field(default_factory=dict)
     cpu_end: dict[int, float] = field(default_factory=dict)
+    system_start: dict[int, float] = field(default_factory=dict)  # the kernel's share of the CPU above
+    system_end: dict[int, float] = field(default_factory=dict)
     memory: dict[str, list[int]] = field(default_factory=dict)  # role → samples of the role's total
     stack_pid: int | None = None
     window_started: float | None = None  # epoch s of `reset_cpu`
@@ -194,6 +196,7 @@ class Sampler:
                     continue
                 if self.window_started is not None and proc.create_time() >= self.window_started:
                     self.cpu_start[proc.pid] = 0.0  # born in the window: all of its CPU is the window's
+                    self.system_start[proc.pid] = 0.0
         if self.stack_pid is not None:
             self.roles[self.stack_pid] = "gateway"
 
@@ -210,6 +213,8 @@ class Sampler:
             totals[role] = totals.get(role, 0) + used
             self.cpu_start.setdefault(pid, times.user + times.system)
             self.cpu_end[pid] = times.user + times.system
+            self.system_start.setdefault(pid, times.system)
+            self.system_end[pid] = times.system
         for role, used in totals.items():
             self.memory.setdefault(role, []).append(used)
         return totals
@@ -217,15 +222,25 @@ class Sampler:
     def reset_cpu(self) -> None:
         self.cpu_start.clear()
         self.cpu_end.clear()
+        self.system_start.clear()
+        self.system_end.clear()
         self.window_started = time.time()
         self.sample()
 
     def cpu_cores(self, seconds: float) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.per_role(self.cpu_end, self.cpu_start, seconds).items()}
+
+    def system_cores(self, seconds: float) -> dict[str, float]:
+        """The part of `cpu_cores` spent in the kernel (system calls, and the loopback network they drive)."""
+        return {k: round(v, 2) for k, v in self.per_role(self.system_end, self.system_start, seconds).items()}
+
+    def per_role(self, end: dict[int, float], start: dict[int, float], seconds: float) -> dict[str, float]:
+        """Cores by role between two readings of CPU seconds by pid (a pid missing from `start` counts from `end`)."""
         used: dict[str, float] = {}
-        for pid, end in self.cpu_end.items():
+        for pid, at_end in end.items():
             role = self.roles[pid]
-            used[role] = used.get(role, 0.0) + (end - self.cpu_start.get(pid, end)) / seconds
-        return {k: round(v, 2) for k, v in used.items()}
+            used[role] = used.get(role, 0.0) + (at_end - start.get(pid, at_end)) / seconds
+        return used
 
 
 async def sample_window(sampler: Sampler, until: float) -> tuple[float, dict[str, int], dict[str, int], float]:
@@ -296,22 +311,22 @@ async def track(
             return {s.name.removeprefix("emergency_gateway_"): s.value for s in samples if s.name in wanted}
 
         started = time.time()
-        before_db, before_gw, before_cpu = await database(), await gateway(), dict(sampler.cpu_end)
+        before_db, before_gw = await database(), await gateway()
+        before_cpu, before_system = dict(sampler.cpu_end), dict(sampler.system_end)
         before_busy = busy_cpu_seconds()
         while time.time() + every <= until + 0.5:
             await asyncio.sleep(every)
-            db, gw, cpu, busy = await database(), await gateway(), dict(sampler.cpu_end), busy_cpu_seconds()
-            cores: dict[str, float] = {}
-            for pid, end in cpu.items():
-                role = sampler.roles[pid]
-                cores[role] = (
-                    cores.get(role, 0.0) + (end - before_cpu.get(pid, sampler.cpu_start.get(pid, end))) / every
-                )
+            db, gw, busy = await database(), await gateway(), busy_cpu_seconds()
+            cpu, system = dict(sampler.cpu_end), dict(sampler.system_end)
+            # A process born since the last row counts from its start in the window.
+            cores = sampler.per_role(cpu, {**sampler.cpu_start, **before_cpu}, every)
+            system_cores = sampler.per_role(system, {**sampler.system_start, **before_system}, every)
 
             rows.append({
                 "t_s": round(time.time() - started),
                 "machine_cores": round((busy - before_busy) / every, 2),
                 "cores": {k: round(v, 2) for k, v in cores.items()},
+                "system_cores": {k: round(v, 2) for k, v in system_cores.items()},
                 "rss_mib": {k: round(v[-1] / 2**20) for k, v in sampler.memory.items()},
                 "gateway_pending": gw.get("pending_messages"),
                 "commit_ms_mean": histogram_mean_ms(gw, before_gw, "commit_seconds"),
@@ -324,7 +339,7 @@ async def track(
                 "autovacuum": db["autovacuum"],
                 "timescaledb_jobs": db["jobs"],
             })  # fmt: skip
-            before_db, before_gw, before_cpu, before_busy = db, gw, cpu, busy
+            before_db, before_gw, before_cpu, before_system, before_busy = db, gw, cpu, system, busy
     finally:
         await conn.close()
     return rows
@@ -699,6 +714,7 @@ async def system_run(
                 "console_clients_closed": watched["closed_count"],
                 "console_close_reasons": watched["closed_by_console"],
                 "cpu_cores": sampler.cpu_cores(elapsed),
+                "system_cores": sampler.system_cores(elapsed),
                 "memory_mib_idle": {k: round(v / 2**20, 1) for k, v in idle.items()},
                 "memory_mib_peak": {k: round(v / 2**20, 1) for k, v in peak.items()},
                 "memory_mib_window_start": {k: round(v / 2**20, 1) for k, v in at_start.items()},
