@@ -81,17 +81,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 writers = asyncio.gather(*(writer(w) for w in range(args.writers)))
                 wal, marks = await conn.fetchrow(WAL), await conn.fetchrow(WATERMARKS)
                 sampler.reset_cpu()
+                last = time.monotonic()
                 while not writers.done():
                     await asyncio.wait([writers], timeout=args.every)
-                    at = time.monotonic() - started
+                    now = time.monotonic()
+                    at, seconds, last = now - started, now - last, now  # the last row may be shorter
                     sampler.sample()
-                    cores = sampler.cpu_cores(args.every)
+                    cores = sampler.cpu_cores(seconds)
                     sampler.reset_cpu()
                     wal_now, marks_now = await conn.fetchrow(WAL), await conn.fetchrow(WATERMARKS)
                     d = [int(a) - int(b) for a, b in zip(wal_now, wal, strict=True)]
                     upd, hot = int(marks_now[0]) - int(marks[0]), int(marks_now[1]) - int(marks[1])
                     wal, marks = wal_now, marks_now
-                    recent = [ms for t, ms in commits if at - args.every <= t < at]
+                    recent = [ms for t, ms in commits if at - seconds <= t < at]
                     rows.append(
                         {
                             "t_s": round(at),
