@@ -1,8 +1,9 @@
 """End-to-end acknowledgement state: per (unit, boot, stream), the watermark below which every seq is settled.
 
-Pure and synchronous. The gateway plans a batch's effect (`plan`), commits the batch together with the planned
-watermarks, and only then applies the plan and publishes the acks — so a watermark is durable before any device
-hears of it, and a gateway restarted from the database never acknowledges less than it already did.
+Pure and synchronous. The gateway plans a batch's effect (`plan`), commits the batch, and only then applies the plan
+and publishes the acks — so everything below a watermark is durable before any device hears of it. Watermarks
+themselves are saved every few seconds (`take_unsaved`); a gateway restarted from the database derives the rest from
+the stored record above the saved one, so it never acknowledges less than it already did (decision 40).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class GapReport:
 class AckTracker:
     def __init__(self) -> None:
         self._progress: dict[Key, _Progress] = {}
+        self._unsaved: dict[Key, int] = {}  # watermarks moved since they were last taken for saving
 
     def unknown(self, keys: Iterable[Key]) -> set[Key]:
         return {k for k in keys if k not in self._progress}
@@ -188,7 +190,20 @@ class AckTracker:
         """The plan's batch is committed: make its watermarks current."""
         for key, delta in plan.deltas.items():
             self._progress[key] = delta.progress
+            if delta.upto > delta.progress.upto:
+                self._unsaved[key] = delta.upto
             delta.apply()
+
+    def take_unsaved(self) -> dict[Key, int]:
+        """The watermarks that moved since the last call, to be saved; hand them back with `keep_unsaved` if the
+        save fails."""
+        unsaved, self._unsaved = self._unsaved, {}
+        return unsaved
+
+    def keep_unsaved(self, marks: dict[Key, int]) -> None:
+        for key, upto in marks.items():
+            if upto > self._unsaved.get(key, -1):
+                self._unsaved[key] = upto
 
     def open_gaps(self, now: float, older_than: float) -> list[GapReport]:
         """Gaps (missing seqs below settled ones) open for longer than `older_than`, each reported once."""

@@ -17,7 +17,7 @@ from typing import Protocol, Self
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ambulance_gateway._acks import AckTracker, Key, Loss, Settlement
+from ambulance_gateway._acks import MAX_PENDING_PER_KEY, AckTracker, Key, Loss, Settlement
 from ambulance_gateway._metrics import GatewayMetrics
 from ambulance_gateway._monitor import LinkChange, SilenceMonitor
 from ambulance_gateway._partition import Partition, lane_of, unit_filters
@@ -151,6 +151,7 @@ class Gateway:
                 for n, lane in enumerate(self._lanes)
             ),
             self._tasks.create_task(self._monitor_forever(), name="gateway.monitor"),
+            self._tasks.create_task(self._save_watermarks_forever(), name="gateway.watermarks"),
             self._tasks.create_task(self._measure_loop_forever(), name="gateway.loop-lag"),
         ]
         if self._settings.ack_interval_s > 0:
@@ -183,6 +184,7 @@ class Gateway:
                 task.cancel()
             if self._tasks is not None:
                 await self._tasks.__aexit__(None, None, None)
+            await self._save_watermarks()  # spares the next start deriving them (decision 40)
         finally:
             self._tasks, self._reader, self._background = None, None, []
             if self._runner is not None:
@@ -440,7 +442,6 @@ class Gateway:
         batch = IngestBatch(
             received=received,
             rejections=rejections,
-            watermarks=[Watermark(k[0], k[1], k[2], ack.upto) for k, ack in plan.advanced.items()],
             link_events=link_events,
         )
         try:
@@ -476,20 +477,47 @@ class Gateway:
         await self._settle([_Incoming(item.topic, item.payload, item.rx_us, item.rx_mono, rejection, item.lane)])
 
     async def _seed(self, keys: set[Key]) -> None:
+        """Start tracking the keys not yet seen: from the saved watermark, moved over what the store holds above it
+        (a watermark is saved only every few seconds; decision 40)."""
         unknown = self._tracker.unknown(keys)
         if not unknown:
             return
         attempt = 0
         while True:
             try:
-                persisted = await self._store.watermarks(sorted(unknown))
+                saved = await self._store.watermarks(sorted(unknown))
+                marks = {key: saved.get(key, -1) for key in unknown}
+                record = await self._store.settled_above(marks, per_key=MAX_PENDING_PER_KEY)
                 break
             except StoreError as exc:
                 log.warning("cannot read ack watermarks (%s); retrying", exc)
             await asyncio.sleep(backoff_delay(attempt))
             attempt += 1
-        for key in unknown:
-            self._tracker.seed(key, persisted.get(key, -1))
+        for key, upto in marks.items():
+            self._tracker.seed(key, upto)
+        if record.settled or record.losses:
+            settlements = [Settlement((s.unit, s.boot, s.stream), s.seq, s.rejected) for s in record.settled]
+            losses = [Loss((x.unit, x.boot, x.stream), x.first, x.last) for x in record.losses]
+            self._tracker.apply(self._tracker.plan(settlements, losses))
+
+    async def _save_watermarks(self) -> None:
+        marks = self._tracker.take_unsaved()
+        if not marks:
+            return
+        try:
+            await self._store.save_watermarks([Watermark(*key, upto) for key, upto in marks.items()])
+        except StoreError as exc:
+            # Nothing is at risk meanwhile: the store's record above the saved watermarks covers these.
+            self._tracker.keep_unsaved(marks)
+            log.warning("cannot save %d ack watermarks (%s); trying again later", len(marks), exc)
+        except asyncio.CancelledError:
+            self._tracker.keep_unsaved(marks)
+            raise
+
+    async def _save_watermarks_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.watermark_save_interval_s)
+            await self._save_watermarks()
 
     async def _commit(self, batch: IngestBatch) -> CommitResult:
         """Commit, retrying with backoff while the database is unavailable; acks are withheld meanwhile."""

@@ -44,6 +44,9 @@ class GatewaySettings(_Section):
     # Acks of one stream are coalesced over this interval (0: one per committed batch). Halves the ack traffic at
     # the standard load; the device keeps those messages this much longer.
     ack_interval_s: float = Field(default=0.5, ge=0)
+    # Ack watermarks are saved this often, not with every commit: a gateway that starts derives the rest from the
+    # stored record above the saved watermark (decision 40), so this only bounds how much it reads to do so.
+    watermark_save_interval_s: float = Field(default=5.0, gt=0)
     silence_after_s: float = Field(default=10.0, gt=0)
     gap_open_after_s: float = Field(default=30.0, gt=0)
     monitor_interval_s: float = Field(default=1.0, gt=0)

@@ -47,6 +47,23 @@ def test_seeded_watermark_continues_after_restart() -> None:
     assert plan.replayed == {KEY: 40}
 
 
+def test_moved_watermarks_are_handed_out_for_saving_once_and_kept_if_the_save_fails() -> None:
+    """Each key's latest watermark since the last take is handed out once; a failed save hands them back, without
+    undoing what moved meanwhile (decision 40)."""
+    tracker, other = AckTracker(), ("A1", 2, Stream.GPS)
+    _settle(tracker, 0, 1)
+    _settle(tracker, 2)
+    tracker.apply(tracker.plan([Settlement(other, 0, False)]))
+    taken = tracker.take_unsaved()
+    assert taken == {KEY: 2, other: 0}
+    assert tracker.take_unsaved() == {}
+    _settle(tracker, 3)
+    tracker.keep_unsaved(taken)
+    assert tracker.take_unsaved() == {KEY: 3, other: 0}
+    _settle(tracker, 5)  # a gap: the watermark does not move, so nothing is to be saved
+    assert tracker.take_unsaved() == {}
+
+
 def test_declared_loss_moves_the_watermark_past_given_up_seqs() -> None:
     """An outbox_drop range lets the watermark pass seqs the device gave up."""
     tracker = AckTracker()

@@ -202,6 +202,35 @@ async def test_restarted_gateway_continues_from_the_persisted_watermark(store, g
     assert await _count(store, "ecg_frames", unit) == 6
 
 
+async def test_a_gateway_started_behind_the_saved_watermark_derives_it_from_the_store(
+    store, gateway_endpoint, make_unit
+) -> None:
+    """Watermarks are saved every few seconds, not with each commit (decision 40). A gateway that starts where the
+    saved watermark is behind what was acknowledged (here: none saved, as after a crash before the first save) moves
+    it over the stored, rejected and declared-lost seqs. The device, which no longer holds what it was acked for,
+    has its next message acknowledged."""
+    unit, endpoint = await make_unit()
+    settings = _gateway_settings(watermark_save_interval_s=3600)
+    key = (unit, 7, Stream.ECG)
+    bad = EcgFrame(unit, 7, 1, _now_us(), 500.0, ("I", "II"), 2.5, 125, b"\x00" * 10)
+    drop = {"stream": "ecg", "of_boot": 7, "first_seq": 3, "last_seq": 4, "reason": "outbox_full"}
+    async with connected_device(unit, endpoint) as device:
+        async with Gateway(settings, gateway_endpoint, store):
+            for message in (ecg(unit, 7, 0), bad, ecg(unit, 7, 2), ecg(unit, 7, 5)):
+                await device.send(message)
+            await device.send(DeviceEvent(unit, 7, 0, _now_us(), EventKind.OUTBOX_DROP, drop))
+            ack = await device.ack_covering(Stream.ECG, 7, 5)
+            assert (ack.upto, ack.rejected) == (5, (1,))
+            assert await store.watermarks([key]) == {}  # not yet saved
+        assert await store.watermarks([key]) == {key: 5}  # saved when the gateway stopped
+        await store.pool.execute("DELETE FROM ack_watermarks WHERE unit = $1", unit)
+        async with Gateway(settings, gateway_endpoint, store):
+            await device.send(ecg(unit, 7, 6))
+            ack = await device.ack_covering(Stream.ECG, 7, 6)
+            assert (ack.upto, ack.rejected) == (6, ())
+    assert await _count(store, "ecg_frames", unit) == 4
+
+
 async def test_declared_outbox_loss_moves_the_watermark_and_is_recorded(store, gateway_endpoint, make_unit) -> None:
     """An outbox_drop event lets later seqs be acknowledged and records the lost range."""
     unit, endpoint = await make_unit()

@@ -19,7 +19,17 @@ from emergency.protocol import DeviceEvent, EcgFrame, EventKind, GpsFix, Stream,
 from emergency.settings import StoreSettings
 from emergency.stack import PostgresCluster, timescaledb_available
 from emergency.stack.postgres import pg_bindir
-from emergency.store import IngestBatch, Received, Rejection, Store, Watermark, _migrations, to_us
+from emergency.store import (
+    IngestBatch,
+    LinkEvent,
+    Received,
+    Rejection,
+    SettledRecord,
+    Store,
+    Watermark,
+    _migrations,
+    to_us,
+)
 from emergency.store._migrations import MIGRATIONS, partitions_of
 
 HAS_TIMESCALEDB = timescaledb_available(pg_bindir())
@@ -79,7 +89,6 @@ async def test_commit_stores_once_and_keeps_raw_samples(store: Store) -> None:
             Received(DeviceEvent(unit, 1, 0, now, EventKind.FINDING, {"code": "gcs", "value": 14}), now),
         ],
         rejections=[Rejection(now, f"ems/v1/{unit}/ecg", "bad", b"xx", 2, unit, Stream.ECG, 1, 3)],
-        watermarks=[Watermark(unit, 1, Stream.ECG, 3)],
     )
     first = await store.commit(batch)
     second = await store.commit(batch)
@@ -97,7 +106,6 @@ async def test_commit_stores_once_and_keeps_raw_samples(store: Store) -> None:
     kind, detail = await store.pool.fetchrow("SELECT kind, detail FROM device_events WHERE unit = $1", unit)
     assert (kind, json.loads(detail)) == ("finding", {"code": "gcs", "value": 14})
     assert await store.rejected_seqs(unit, 1, Stream.ECG, 0, 10) == [3]
-    assert await store.watermarks([(unit, 1, Stream.ECG)]) == {(unit, 1, Stream.ECG): 3}
     times = await store.pool.fetch("SELECT seq, ts, rx_ts, nibp_ts FROM vitals WHERE unit = $1 ORDER BY seq", unit)
     assert [(r["seq"], to_us(r["ts"]), to_us(r["rx_ts"])) for r in times] == [(0, now, now), (1, now + 1, now + 7)]
     assert [None if r["nibp_ts"] is None else to_us(r["nibp_ts"]) for r in times] == [now - 10, None]
@@ -105,19 +113,54 @@ async def test_commit_stores_once_and_keeps_raw_samples(store: Store) -> None:
     assert [to_us(r["ts"]) for r in ecg_times] == [now, now + 1, now + 2]
 
 
-async def test_watermarks_of_many_keys_commit_together_and_never_move_back(store: Store) -> None:
-    """One commit moves many keys' watermarks; a key named twice keeps the higher, and a lower one later changes
+async def test_watermarks_of_many_keys_save_together_and_never_move_back(store: Store) -> None:
+    """One save moves many keys' watermarks; a key named twice keeps the higher, and a lower one later changes
     nothing (a gateway restarted from the database never acknowledges less than it already did)."""
     unit = f"W{time.monotonic_ns() % 10**8}"
     keys = [(unit, boot, stream) for boot in (1, 2) for stream in (Stream.ECG, Stream.VITALS, Stream.GPS)]
     marks = [Watermark(u, b, s, 10 * i) for i, (u, b, s) in enumerate(keys)]
-    await store.commit(
-        IngestBatch(watermarks=[*marks, Watermark(unit, 1, Stream.ECG, 7), Watermark(unit, 1, Stream.ECG, 5)])
-    )
+    await store.save_watermarks([*marks, Watermark(unit, 1, Stream.ECG, 7), Watermark(unit, 1, Stream.ECG, 5)])
     assert await store.watermarks(keys) == {(unit, 1, Stream.ECG): 7} | {k: 10 * i for i, k in enumerate(keys) if i}
-    await store.commit(IngestBatch(watermarks=[Watermark(unit, 1, Stream.ECG, 6), Watermark(unit, 2, Stream.GPS, 99)]))
+    await store.save_watermarks([Watermark(unit, 1, Stream.ECG, 6), Watermark(unit, 2, Stream.GPS, 99)])
     assert (await store.watermarks(keys))[(unit, 1, Stream.ECG)] == 7
     assert (await store.watermarks(keys))[(unit, 2, Stream.GPS)] == 99
+
+
+async def test_the_record_above_a_watermark_names_stored_rejected_and_declared_lost_seqs(store: Store) -> None:
+    """What a gateway derives a watermark from (decision 40): per key, the seqs above the given one that were stored
+    or rejected (the lowest so many of each), and the declared losses reaching above it. Other boots, other streams
+    and seqs at or below the watermark are not named."""
+    unit, now = f"R{time.monotonic_ns() % 10**8}", time.time_ns() // 1000
+    await store.commit(
+        IngestBatch(
+            received=[Received(_ecg(unit, seq, now + seq), now) for seq in (0, 1, 2, 5)]
+            + [Received(Vitals(unit, 1, seq, now + seq, hr=60.0), now) for seq in (0, 1)]
+            + [Received(Vitals(unit, 2, 0, now, hr=60.0), now)],
+            rejections=[
+                Rejection(now, f"ems/v1/{unit}/ecg", "bad", b"x", 1, unit, Stream.ECG, 1, 3),
+                Rejection(now, f"ems/v1/{unit}/vitals", "bad", b"x", 1, unit, Stream.VITALS, 1, 2),
+            ],
+            link_events=[
+                LinkEvent(now, unit, "data_loss", Stream.ECG, 1, 6, 9),
+                LinkEvent(now, unit, "data_loss", Stream.ECG, 1, 0, 0),  # at or below the watermark
+                LinkEvent(now, unit, "seq_gap", Stream.ECG, 1, 10, 12),  # an observation, not a declaration
+            ],
+        )
+    )
+    record = await store.settled_above({(unit, 1, Stream.ECG): 1, (unit, 1, Stream.VITALS): -1}, per_key=100)
+    assert sorted((s.stream, s.seq, s.rejected) for s in record.settled) == [
+        (Stream.ECG, 2, False),
+        (Stream.ECG, 3, True),
+        (Stream.ECG, 5, False),
+        (Stream.VITALS, 0, False),
+        (Stream.VITALS, 1, False),
+        (Stream.VITALS, 2, True),
+    ]
+    assert {(s.unit, s.boot) for s in record.settled} == {(unit, 1)}
+    assert [(x.unit, x.boot, x.stream, x.first, x.last) for x in record.losses] == [(unit, 1, Stream.ECG, 6, 9)]
+    lowest = await store.settled_above({(unit, 1, Stream.ECG): -1}, per_key=2)
+    assert sorted((s.seq, s.rejected) for s in lowest.settled) == [(0, False), (1, False), (3, True)]
+    assert await store.settled_above({}, per_key=100) == SettledRecord([], [])
 
 
 async def test_numbers_are_stored_as_given(store: Store) -> None:

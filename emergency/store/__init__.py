@@ -2,10 +2,13 @@
 
 from emergency.store._store import (
     CommitResult,
+    DeclaredLoss,
     IngestBatch,
     LinkEvent,
     Received,
     Rejection,
+    Settled,
+    SettledRecord,
     Store,
     StoreError,
     Watermark,
@@ -15,10 +18,13 @@ from emergency.store._store import (
 
 __all__ = [
     "CommitResult",
+    "DeclaredLoss",
     "IngestBatch",
     "LinkEvent",
     "Received",
     "Rejection",
+    "Settled",
+    "SettledRecord",
     "Store",
     "StoreError",
     "Watermark",

@@ -92,13 +92,40 @@ class Watermark:
     upto: int
 
 
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """One seq of (unit, boot, stream) that the store holds a record of: stored, or rejected."""
+
+    unit: str
+    boot: int
+    stream: Stream
+    seq: int
+    rejected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeclaredLoss:
+    """A range of (unit, boot, stream) its device declared given up (a recorded `data_loss` link event)."""
+
+    unit: str
+    boot: int
+    stream: Stream
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettledRecord:
+    settled: list[Settled]
+    losses: list[DeclaredLoss]
+
+
 @dataclass(slots=True)
 class IngestBatch:
     """Everything one gateway commit makes durable, atomically."""
 
     received: list[Received] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
-    watermarks: list[Watermark] = field(default_factory=list)
     link_events: list[LinkEvent] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -352,8 +379,8 @@ class Store:
                 await conn.execute(f"DROP TABLE {name}")
 
     async def commit(self, batch: IngestBatch) -> CommitResult:
-        """Make a batch durable in one transaction: rows (duplicates dropped by unique key), rejections,
-        link events and the ack watermarks. Either all of it is committed or none; raises StoreError."""
+        """Make a batch durable in one transaction: rows (duplicates dropped by unique key), rejections and
+        link events. Either all of it is committed or none; raises StoreError."""
         by_stream: dict[Stream, list[tuple[Any, ...]]] = {}
         for item in batch.received:
             by_stream.setdefault(item.message.stream, []).append(_record(item))
@@ -369,22 +396,6 @@ class Store:
                     await self._insert_rejections(conn, batch.rejections)
                 if batch.link_events:
                     await self._insert_link_events(conn, batch.link_events)
-                if batch.watermarks:
-                    # One statement, not one per key: a batch moves about one watermark per two messages, and each
-                    # row of an executemany is a round of its own in the server (decision 37).
-                    await conn.execute(
-                        "INSERT INTO ack_watermarks (unit, boot, stream, upto) "
-                        "SELECT unit, boot, stream, max(upto) "
-                        "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) "
-                        "AS w (unit, boot, stream, upto) "
-                        "GROUP BY unit, boot, stream ORDER BY unit, boot, stream "
-                        "ON CONFLICT (unit, boot, stream) DO UPDATE "
-                        "SET upto = GREATEST(ack_watermarks.upto, EXCLUDED.upto), updated_at = now()",
-                        [w.unit for w in batch.watermarks],
-                        [w.boot for w in batch.watermarks],
-                        [w.stream.value for w in batch.watermarks],
-                        [w.upto for w in batch.watermarks],
-                    )
         except (
             asyncpg.PostgresConnectionError,
             asyncpg.CannotConnectNowError,
@@ -457,6 +468,29 @@ class Store:
         except DB_ERRORS as exc:
             raise StoreError(f"could not record link events: {exc}", retryable=True) from exc
 
+    async def save_watermarks(self, marks: Sequence[Watermark]) -> None:
+        """Persist ack watermarks; a watermark never moves back (a key named twice keeps the higher). Raises
+        StoreError."""
+        if not marks:
+            return
+        try:
+            # One statement, not one per key: each row of an executemany is a round of its own in the server.
+            await self.pool.execute(
+                "INSERT INTO ack_watermarks (unit, boot, stream, upto) "
+                "SELECT unit, boot, stream, max(upto) "
+                "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) "
+                "AS w (unit, boot, stream, upto) "
+                "GROUP BY unit, boot, stream ORDER BY unit, boot, stream "
+                "ON CONFLICT (unit, boot, stream) DO UPDATE "
+                "SET upto = GREATEST(ack_watermarks.upto, EXCLUDED.upto), updated_at = now()",
+                [w.unit for w in marks],
+                [w.boot for w in marks],
+                [w.stream.value for w in marks],
+                [w.upto for w in marks],
+            )
+        except DB_ERRORS as exc:
+            raise StoreError(f"could not save ack watermarks: {exc}", retryable=True) from exc
+
     async def watermarks(self, keys: Sequence[tuple[str, int, Stream]]) -> dict[tuple[str, int, Stream], int]:
         """The persisted ack watermark of each (unit, boot, stream) that has one."""
         if not keys:
@@ -471,6 +505,56 @@ class Store:
             [k[2].value for k in keys],
         )
         return {(r["unit"], r["boot"], Stream(r["stream"])): r["upto"] for r in rows}
+
+    async def settled_above(self, marks: Mapping[tuple[str, int, Stream], int], per_key: int) -> SettledRecord:
+        """What the store holds of each (unit, boot, stream) above the given seq: the lowest `per_key` seqs stored
+        and as many rejected, and the ranges declared lost. From these and a saved watermark, the watermark a
+        gateway had reached is derived (decision 40). Raises StoreError."""
+        settled: list[Settled] = []
+        if not marks:
+            return SettledRecord(settled, [])
+        by_stream: dict[Stream, list[tuple[str, int, int]]] = {}
+        for (unit, boot, stream), upto in marks.items():
+            by_stream.setdefault(stream, []).append((unit, boot, upto))
+        keys = "unnest($1::text[], $2::bigint[], $3::bigint[]) AS k (unit, boot, upto)"
+        for stream, group in by_stream.items():
+            units, boots, uptos = (list(column) for column in zip(*group, strict=True))
+            rows = await self._read(
+                self.pool.fetch,
+                f"SELECT k.unit, k.boot, d.seq FROM {keys} "
+                f"JOIN LATERAL (SELECT seq FROM {_TABLES[stream]} d "
+                "WHERE d.unit = k.unit AND d.boot = k.boot AND d.seq > k.upto ORDER BY seq LIMIT $4) d ON true",
+                units,
+                boots,
+                uptos,
+                per_key,
+            )
+            settled += [Settled(r["unit"], r["boot"], stream, r["seq"], rejected=False) for r in rows]
+            rows = await self._read(
+                self.pool.fetch,
+                f"SELECT k.unit, k.boot, r.seq FROM {keys} "
+                "JOIN LATERAL (SELECT seq FROM rejected_messages r WHERE r.unit = k.unit AND r.stream = $4 "
+                "AND r.boot = k.boot AND r.seq > k.upto ORDER BY seq LIMIT $5) r ON true",
+                units,
+                boots,
+                uptos,
+                stream.value,
+                per_key,
+            )
+            settled += [Settled(r["unit"], r["boot"], stream, r["seq"], rejected=True) for r in rows]
+        rows = await self._read(
+            self.pool.fetch,
+            "SELECT k.unit, k.boot, k.stream, l.first_seq, l.last_seq "
+            "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) AS k (unit, boot, stream, upto) "
+            "JOIN link_events l ON l.unit = k.unit AND l.kind = 'data_loss' AND l.stream = k.stream "
+            "AND l.boot = k.boot AND l.last_seq > k.upto",
+            [unit for unit, _, _ in marks],
+            [boot for _, boot, _ in marks],
+            [stream.value for _, _, stream in marks],
+            list(marks.values()),
+        )
+        losses = [DeclaredLoss(r["unit"], r["boot"], Stream(r["stream"]), r["first_seq"], r["last_seq"]) for r in rows]
+        return SettledRecord(settled, losses)
 
     async def rejected_seqs(self, unit: str, boot: int, stream: Stream, lo: int, hi: int) -> list[int]:
         """Seqs of (unit, boot, stream) in [lo, hi] that were rejected (for re-acknowledging a replay)."""
