@@ -3,14 +3,14 @@
     .venv/bin/python bench/store_rate.py --rate 12000 --seconds 150            # 2 000 units' worth, two lanes
     .venv/bin/python bench/store_rate.py --rate 12000 --seconds 150 --no-watermarks
 
-bench/scale.py's "PostgreSQL alone" commits as fast as it can for a few seconds; a stack runs for hours. This commits
-the gateway's batches (`Store.commit`, the standard mix, `--writers` concurrent writers like the gateway's commit
-lanes) at a steady `--rate` messages a second into a private PostgreSQL (TimescaleDB when installed), and every
-`--every` seconds prints PostgreSQL's CPU (its backends and background processes), the mean and worst commit time,
-the WAL written (records, full-page images, MB), buffers written by backends, checkpoints, and the ack watermark
-table (updates, how many were HOT, dead rows, pages of the table and its index, autovacuums). A rise in CPU per
-message at a constant rate shows what the stack's latency depends on over a long run, beside the machine's own
-drift (docs/benchmarks.md, "PostgreSQL over time").
+bench/scale.py's "PostgreSQL alone" commits as fast as it can for a few seconds; a stack runs for hours. This
+commits the gateway's batches (`Store.commit`, the standard mix, `--writers` concurrent writers like the gateway's
+commit lanes, and the ack watermarks saved every few seconds beside them, decision 40) at a steady `--rate` messages
+a second into a private PostgreSQL (TimescaleDB when installed), and every `--every` seconds prints PostgreSQL's CPU
+(its backends and background processes), the mean and worst commit time, the WAL written (records, full-page images,
+MB), buffers written by backends, checkpoints, and the ack watermark table (updates, how many were HOT, dead rows,
+pages of the table and its index, autovacuums). A rise in CPU per message at a constant rate shows what the stack's
+latency depends on over a long run, beside the machine's own drift (docs/benchmarks.md, "PostgreSQL over time").
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from scale import Sampler, batch_watermarks, free_port, private_root, standard_batches  # noqa: E402
+from scale import Sampler, WatermarkSaver, free_port, private_root, standard_batches  # noqa: E402
 
 from emergency.settings import StoreSettings  # noqa: E402
 from emergency.stack import PostgresCluster  # noqa: E402
@@ -63,6 +63,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             sampler = Sampler()
             sampler.discover(None, {os.getpid(): "writer"})
             commits: list[tuple[float, float]] = []  # (seconds since start, commit ms)
+            saver = WatermarkSaver(store)
             started = time.monotonic()
 
             async def writer(w: int) -> None:
@@ -70,13 +71,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     delay = started + k / per_writer_s - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    marks = [] if args.no_watermarks else batch_watermarks(items)
                     t = time.monotonic()
-                    await store.commit(IngestBatch(received=items, watermarks=marks))
+                    await store.commit(IngestBatch(received=items))
                     commits.append((t - started, (time.monotonic() - t) * 1000))
+                    saver.committed(items)
 
             rows: list[dict[str, Any]] = []
             conn = await asyncpg.connect(pg.dsn)
+            saving = None if args.no_watermarks else asyncio.create_task(saver.save_forever())
             try:
                 writers = asyncio.gather(*(writer(w) for w in range(args.writers)))
                 wal, marks = await conn.fetchrow(WAL), await conn.fetchrow(WATERMARKS)
@@ -118,6 +120,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
                 await writers
             finally:
+                if saving is not None:
+                    saving.cancel()
                 await conn.close()
             return {
                 "rate": args.rate,
@@ -155,7 +159,7 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=10, help="seconds per row")
     parser.add_argument("--writers", type=int, default=2, help="concurrent writers (the gateway's commit lanes)")
     parser.add_argument("--batch", type=int, default=300, help="messages per commit")
-    parser.add_argument("--no-watermarks", action="store_true", help="commit the messages without ack watermarks")
+    parser.add_argument("--no-watermarks", action="store_true", help="save no ack watermarks")
     parser.add_argument("--no-timescaledb", action="store_true")
     parser.add_argument("--out", help="write the result as JSON here")
     args = parser.parse_args()
