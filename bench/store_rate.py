@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/store_rate.py --rate 12000 --seconds 150            # 2 000 units' worth, two lanes
     .venv/bin/python bench/store_rate.py --rate 12000 --seconds 150 --no-watermarks
+    .venv/bin/python bench/store_rate.py --rate 12000 --seconds 150 --hold-memory 18   # memory in use, as on a server
 
 bench/scale.py's "PostgreSQL alone" commits as fast as it can for a few seconds; a stack runs for hours. This
 commits the gateway's batches (`Store.commit`, the standard mix, `--writers` concurrent writers like the gateway's
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from scale import Sampler, WatermarkSaver, free_port, private_root, standard_batches  # noqa: E402
+from scale import Sampler, WatermarkSaver, free_port, held_memory, private_root, standard_batches  # noqa: E402
 
 from emergency.settings import StoreSettings  # noqa: E402
 from emergency.stack import PostgresCluster  # noqa: E402
@@ -89,7 +90,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     now = time.monotonic()
                     at, seconds, last = now - started, now - last, now  # the last row may be shorter
                     sampler.sample()
-                    cores = sampler.cpu_cores(seconds)
+                    cores, system = sampler.cpu_cores(seconds), sampler.system_cores(seconds)
                     sampler.reset_cpu()
                     wal_now, marks_now = await conn.fetchrow(WAL), await conn.fetchrow(WATERMARKS)
                     d = [int(a) - int(b) for a, b in zip(wal_now, wal, strict=True)]
@@ -100,6 +101,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         {
                             "t_s": round(at),
                             "postgres_cores": cores.get("postgres", 0.0),
+                            "postgres_system_cores": system.get("postgres", 0.0),
                             "writer_cores": cores.get("writer", 0.0),
                             "commits": len(recent),
                             "commit_ms_mean": round(sum(recent) / len(recent), 1) if recent else None,
@@ -128,6 +130,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "writers": args.writers,
                 "batch": args.batch,
                 "watermarks": not args.no_watermarks,
+                "hold_memory_gib": args.hold_memory,
                 "timescaledb": pg.timescaledb,
                 "rows": rows,
             }
@@ -137,15 +140,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "| s | postgres cores | µs per message | commit ms mean / max | WAL MB (full-page images) | backend buffer "
-        "writes | checkpoints | watermark updates (HOT) | watermark table / index pages |",
+        "| s | postgres cores (system) | µs per message | commit ms mean / max | WAL MB (full-page images) "
+        "| backend buffer writes | checkpoints | watermark updates (HOT) | watermark table / index pages |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         per_message = r["postgres_cores"] * 1e6 / result["rate"]
         hot = f"{r['watermark_hot_share']:.0%}" if r["watermark_hot_share"] is not None else "–"
         lines.append(
-            f"| {r['t_s']} | {r['postgres_cores']} | {per_message:.0f} | {r['commit_ms_mean']} / {r['commit_ms_max']} "
+            f"| {r['t_s']} | {r['postgres_cores']} ({r.get('postgres_system_cores', '–')}) | {per_message:.0f} "
+            f"| {r['commit_ms_mean']} / {r['commit_ms_max']} "
             f"| {r['wal_mb']} ({r['wal_fpi']}) | {r['buffers_written_by_backends']} | {r['checkpoints']} "
             f"| {r['watermark_updates']} ({hot}) | {r['watermark_pages']} / {r['watermark_index_pages']} |"
         )
@@ -161,9 +165,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=300, help="messages per commit")
     parser.add_argument("--no-watermarks", action="store_true", help="save no ack watermarks")
     parser.add_argument("--no-timescaledb", action="store_true")
+    parser.add_argument(
+        "--hold-memory", type=float, default=0.0, metavar="GIB",
+        help="hold this much memory while measuring, as a server's page cache would (bench/scale.py held_memory)",
+    )  # fmt: skip
     parser.add_argument("--out", help="write the result as JSON here")
     args = parser.parse_args()
-    result = asyncio.run(run(args))
+    with held_memory(args.hold_memory):
+        result = asyncio.run(run(args))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     print(markdown(result))
