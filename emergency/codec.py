@@ -224,7 +224,7 @@ def _decode_ecg(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: i
     expected = 2 * len(leads_obj) * n
     if len(data) != expected:
         raise f.reject(f"field 'data' has {len(data)} bytes, expected 2*{len(leads_obj)}*{n}={expected}")
-    return EcgFrame(unit, boot, seq, ts, fs, tuple(leads_obj), lsb_uv, n, data)
+    return EcgFrame(unit, boot, seq, ts, fs, _shared_leads(tuple(leads_obj)), lsb_uv, n, data)
 
 
 def _decode_vitals(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: int, ts: int) -> Vitals:
@@ -389,6 +389,14 @@ def _known_leads(leads: tuple[str, ...]) -> bool:
     return bool(leads) and ALLOWED_LEADS.issuperset(leads) and len(set(leads)) == len(leads)
 
 
+@functools.lru_cache(maxsize=64)
+def _shared_leads(leads: tuple[str, ...]) -> tuple[str, ...]:
+    """One tuple for every frame that names the same leads. The care loop keeps each unit's recent frames, and a
+    tuple of every frame's own would be ~130 000 objects at 2 000 units for each young collection to walk, as
+    the frames replace one another unseen by the collector's count (decision 41)."""
+    return leads
+
+
 def _decode_fast(parsed: Topic, payload: bytes) -> DeviceMessage | None:
     """The common case, typed and range-checked in C (msgspec, decision 36): a 12-lead frame, vitals or a GPS fix
     that is one msgpack map of at most 15 entries, all of them the protocol's fields and valid. None for anything
@@ -407,7 +415,7 @@ def _decode_fast(parsed: Topic, payload: bytes) -> DeviceMessage | None:
         leads = m.leads
         if not _known_leads(leads) or m.n / m.fs > 2.0 or len(m.data) != 2 * len(leads) * m.n:
             return None
-        return EcgFrame(parsed.unit, m.boot, m.seq, m.ts, m.fs, leads, m.lsb_uv, m.n, m.data)
+        return EcgFrame(parsed.unit, m.boot, m.seq, m.ts, m.fs, _shared_leads(leads), m.lsb_uv, m.n, m.data)
     if parsed.stream is Stream.VITALS:
         signs = (m.hr, m.sbp, m.dbp, m.map, m.spo2, m.rr, m.temp, m.etco2)  # VITAL_FIELDS, in Vitals' order
         if signs.count(None) == len(signs):

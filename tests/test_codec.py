@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -284,6 +286,19 @@ def test_the_fast_path_takes_valid_telemetry() -> None:
         GpsFix("A1", 1, 3, TS, 31.23, 121.47),
     ):
         assert _decode_fast(_parsed(f"ems/v1/A1/{message.stream.value}"), encode_device_message(message)) == message
+
+
+def test_decoded_12_lead_frames_are_left_out_of_the_garbage_collectors_walks() -> None:
+    """The care loop keeps each unit's recent 12-lead frames; neither a frame nor its lead list (one tuple shared by
+    every frame naming the same leads) is an object the collector walks (decision 41), by either decoder."""
+    payloads = [msgpack.packb(_ecg(seq=seq), use_bin_type=True) for seq in (1, 2)]
+    for decode in (_decode_fast, _decode_full):
+        first, second = (decode(_parsed("ems/v1/A1/ecg"), payload) for payload in payloads)
+        assert isinstance(first, EcgFrame) and isinstance(second, EcgFrame)
+        assert first.leads == ("I", "II") and first.leads is second.leads
+        assert not gc.is_tracked(first)
+    gc.collect()
+    assert not gc.is_tracked(first.leads)
 
 
 def _check_fast_against_full(topic: str, payload: bytes) -> None:

@@ -5,8 +5,10 @@
 and every Python process started under it (the stack's gateway and console, the benchmark itself) writes
 `slow.<pid>.log` there: each event-loop step longer than EMERGENCY_LOOPPROBE_MS (default 15) with its wall and CPU
 time, the garbage collection inside it, and for a task the await it resumed from and the one it stopped at; each
-collection over 5 ms; at exit, collections per generation. A diagnostic: it slows what it measures a little and is
-never loaded by the project itself (docs/benchmarks.md, "Nearer the target").
+collection over 5 ms; at exit, collections per generation. With EMERGENCY_LOOPPROBE_BIG=1, a collection over 40 ms
+also says what it walked: its objects by type and its largest containers (length, a short repr). A young collection's
+time is its objects and their lengths, so a slow one shows what piles up between collections. A diagnostic: it slows
+what it measures a little and is never loaded by the project itself (docs/benchmarks.md, "Nearer the target").
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import atexit
 import collections
 import gc
 import os
+import reprlib
 import sys
 import time
 from typing import Any
@@ -31,6 +34,27 @@ _run_step = asyncio.events.Handle._run
 _collections: collections.Counter[int] = collections.Counter()
 _gc_started = 0.0
 _gc_in_step = [0.0, 0]  # seconds, collections
+_BIG = os.environ.get("EMERGENCY_LOOPPROBE_BIG") == "1"
+_walked: list[str] = []  # what the running collection walks (_largest)
+
+
+def _largest(generation: int) -> list[str]:
+    """What a collection of `generation` is about to walk: its object count by type, and its largest containers."""
+    walked = [obj for g in range(generation + 1) for obj in gc.get_objects(generation=g)]
+    kinds = collections.Counter(type(obj).__qualname__ for obj in walked)
+    sized = []
+    for obj in walked:
+        try:
+            n = len(obj)
+        except Exception:  # no length, or a type whose __len__ fails (half-built objects)
+            continue
+        if n >= 1000:
+            sized.append((n, obj))
+    sized.sort(key=lambda pair: pair[0], reverse=True)
+    return [
+        f"{len(walked)} objects: " + ", ".join(f"{kind} {n}" for kind, n in kinds.most_common(6)),
+        *(f"{n} {type(obj).__module__}.{type(obj).__qualname__} {reprlib.repr(obj)[:120]}" for n, obj in sized[:5]),
+    ]
 
 
 def _await_point(task: asyncio.Task[Any]) -> str | None:
@@ -66,6 +90,8 @@ def _timed_step(handle: asyncio.events.Handle) -> None:
 def _on_gc(phase: str, info: dict[str, int]) -> None:
     global _gc_started
     if phase == "start":
+        if _BIG:
+            _walked[:] = _largest(info["generation"]) if info["generation"] < 2 else []
         _gc_started = time.perf_counter()
         return
     took = time.perf_counter() - _gc_started
@@ -74,6 +100,9 @@ def _on_gc(phase: str, info: dict[str, int]) -> None:
     _collections[info["generation"]] += 1
     if took > 0.005:
         _log.write(f"{time.time():.3f} GC gen{info['generation']} {took * 1e3:.1f}ms collected={info['collected']}\n")
+        if took > 0.040:
+            for line in _walked:
+                _log.write(f"    {line}\n")
 
 
 asyncio.events.Handle._run = _timed_step  # type: ignore[method-assign,assignment]
