@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import shutil
 import sys
@@ -49,6 +48,7 @@ from typing import Any, ClassVar
 import aiohttp
 import asyncpg
 import msgpack
+import msgspec
 import psutil
 import websockets
 
@@ -70,6 +70,7 @@ from firmware_sim import EcgSynth
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import MqttConnection, PayloadTemplate, mqtt_str
 from _scrape import busy_cpu_seconds, scrape
+from scale import held_memory
 from telemetry import ProcessSampler, now_us, pct, running_stack
 
 FS = 500.0
@@ -91,7 +92,7 @@ def checked(template: PayloadTemplate, message: DeviceMessage) -> PayloadTemplat
     """`template`, once its payload is found byte for byte equal to the codec's encoding of `message` (any seq
     and ts), so that the gateway receives exactly what a device would send."""
     seq, ts = 41, 1_700_000_000_123_456
-    if template.fill(seq, ts) != encode_device_message(dataclasses.replace(message, seq=seq, ts=ts)):
+    if template.fill(seq, ts) != encode_device_message(msgspec.structs.replace(message, seq=seq, ts=ts)):
         raise AssertionError(f"the {message.stream} template of {message.unit} differs from the codec's encoding")
     return template
 
@@ -117,10 +118,10 @@ class Payloads:
     def of(cls, unit: str, boot: int, frames: list[EcgFrame]) -> Payloads:
         """The payloads of `unit`; `frames` (any unit, any seq and ts) give the 12-lead's samples."""
         return cls(
-            [template_of(dataclasses.replace(f, unit=unit, boot=boot)) for f in frames],
-            template_of(dataclasses.replace(NORMAL_VITALS, unit=unit, boot=boot)),
-            template_of(dataclasses.replace(VIOLATING_VITALS, unit=unit, boot=boot)),
-            template_of(dataclasses.replace(GPS_FIX, unit=unit, boot=boot)),
+            [template_of(msgspec.structs.replace(f, unit=unit, boot=boot)) for f in frames],
+            template_of(msgspec.structs.replace(NORMAL_VITALS, unit=unit, boot=boot)),
+            template_of(msgspec.structs.replace(VIOLATING_VITALS, unit=unit, boot=boot)),
+            template_of(msgspec.structs.replace(GPS_FIX, unit=unit, boot=boot)),
         )
 
     def for_unit(self, unit: str, boot: int, frame: EcgFrame) -> Payloads:
@@ -128,7 +129,7 @@ class Payloads:
         codec (of the 12-lead, the first frame, `frame`: the other frames differ from it only in shared bytes)."""
 
         def of(template: PayloadTemplate, message: DeviceMessage) -> PayloadTemplate:
-            return checked(template.for_unit(unit, boot), dataclasses.replace(message, unit=unit, boot=boot))
+            return checked(template.for_unit(unit, boot), msgspec.structs.replace(message, unit=unit, boot=boot))
 
         return Payloads(
             [of(self.ecg[0], frame)] + [t.for_unit(unit, boot) for t in self.ecg[1:]],
@@ -184,7 +185,8 @@ class LeanDevice:
         seq = self.seq[EVENT]
         self.seq[EVENT] += 1
         self.sent[EVENT].append(ts)
-        self.connection.publish(self.topics[EVENT], encode_device_message(dataclasses.replace(event, seq=seq, ts=ts)))
+        payload = encode_device_message(msgspec.structs.replace(event, seq=seq, ts=ts))
+        self.connection.publish(self.topics[EVENT], payload)
         self.connection.flush()
 
     def vitals_due(self) -> bool:
@@ -607,19 +609,25 @@ def main() -> None:
         "--warmup", type=float, default=10, help="seconds of load before measuring (every crew's contact is taken in)"
     )
     parser.add_argument("--login-path", default="/api/login", help="the console's login endpoint, if it has one")
+    parser.add_argument(
+        "--hold-memory", type=float, default=0.0, metavar="GIB",
+        help="hold this much memory while measuring, as a server's page cache would (bench/scale.py held_memory)",
+    )  # fmt: skip
     args = parser.parse_args()
-    result = asyncio.run(
-        bench(
-            args.units,
-            args.probes,
-            args.seconds,
-            args.ecg_every,
-            not args.no_ecg,
-            args.vitals_every,
-            args.warmup,
-            args.login_path,
+    with held_memory(args.hold_memory):
+        result = asyncio.run(
+            bench(
+                args.units,
+                args.probes,
+                args.seconds,
+                args.ecg_every,
+                not args.no_ecg,
+                args.vitals_every,
+                args.warmup,
+                args.login_path,
+            )
         )
-    )
+    result["hold_memory_gib"] = args.hold_memory
     print(json.dumps(result, indent=2))
 
 

@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from bench._loadgen import (
@@ -167,6 +168,20 @@ def test_a_template_for_another_unit_decodes_to_that_units_message_and_shares_it
     expected = EcgFrame("P0042", 9, 3, 1_700_000_000_123_456, 500.0, STANDARD_LEADS, 2.5, 125, frame)
     assert decode_device_message(device_topic("P0042", Stream.ECG), other.fill(3, 1_700_000_000_123_456)) == expected
     assert other.suffix is template.suffix
+
+
+def test_the_alert_benchmarks_payloads_are_the_codecs_encoding_for_every_unit() -> None:
+    """bench/alert_latency.py's payloads, made for one unit and then for another, each checked byte for byte against
+    the codec as they are made; filled, they decode to that unit's messages (its violating vitals among them)."""
+    from bench.alert_latency import VIOLATING_VITALS, Payloads
+
+    frames = [EcgFrame("-", 7, 0, 0, 500.0, STANDARD_LEADS, 2.5, 125, frame) for frame in ecg_frames(2)]
+    payloads = Payloads.of("B00001", 7, frames).for_unit("P0042", 9, frames[0])
+    ts = 1_700_000_000_123_456
+    violating = decode_device_message(device_topic("P0042", Stream.VITALS), payloads.violating.fill(5, ts))
+    assert violating == msgspec.structs.replace(VIOLATING_VITALS, unit="P0042", boot=9, seq=5, ts=ts)
+    second = decode_device_message(device_topic("P0042", Stream.ECG), payloads.ecg[1].fill(6, ts))
+    assert second == msgspec.structs.replace(frames[1], unit="P0042", boot=9, seq=6, ts=ts)
 
 
 async def test_a_counted_flood_sends_the_standard_mix_in_two_parts(tmp_path: Path) -> None:
