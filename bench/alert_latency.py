@@ -9,9 +9,12 @@ a critical systolic band and a critical shock index) at a moment spread evenly o
 normal again. One console websocket client, connected like the browser, receives everything a dispatcher's
 console receives (every unit's position and vitals, every care record). The latency of a probe is from its
 publish (the device `ts`, taken just before the write, on this process's clock) to the first alert for that unit
-raised at that `ts` arriving on the websocket.
+raised at that `ts` arriving on the websocket. `--clients N` adds N more console clients in a process of their own
+(bench/_loadgen.py consoles, as bench/scale.py runs them), each watching two units' 12-lead, so that the console
+fans out to a center's screens while alerts are timed; their own latencies are reported beside.
 
     .venv/bin/python bench/alert_latency.py --units 500 --probes 60 --seconds 60
+    .venv/bin/python bench/alert_latency.py --units 1740 --probes 260 --seconds 120 --clients 49 --hold-memory 18
 
 Options reduce the load when the machine cannot carry it (`--ecg-every 4`: one 12-lead frame of 1 s per second
 instead of four of 250 ms, same samples and bytes; `--no-ecg`: no 12-lead from background units; `--vitals-every N`:
@@ -70,7 +73,7 @@ from firmware_sim import EcgSynth
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import MqttConnection, PayloadTemplate, mqtt_str
 from _scrape import busy_cpu_seconds, scrape
-from scale import held_memory
+from scale import Child, held_memory
 from telemetry import ProcessSampler, now_us, pct, running_stack
 
 FS = 500.0
@@ -330,6 +333,7 @@ async def bench(
     vitals_every: int,
     warmup: float,
     login_path: str,
+    clients: int = 0,
 ) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="emergency-alertbench-"))
     root.chmod(0o755)
@@ -347,6 +351,7 @@ async def bench(
                 vitals_every,
                 warmup,
                 login_path,
+                clients,
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -364,9 +369,11 @@ async def _measure(
     vitals_every: int,
     warmup: float,
     login_path: str,
+    clients: int,
 ) -> dict[str, object]:
-    names = [(f"B{i:04d}", f"pw-{i}-bench") for i in range(units)] + [
-        (f"P{i:04d}", f"pw-{i}-probe") for i in range(probes_n)
+    # Named as bench/_loadgen.py's console clients name the units they watch: prefix and five digits.
+    names = [(f"B{i:05d}", f"pw-{i}-bench") for i in range(units)] + [
+        (f"P{i:05d}", f"pw-{i}-probe") for i in range(probes_n)
     ]
     provision_units(data, dict(names))
     await asyncio.sleep(1)
@@ -416,6 +423,16 @@ async def _measure(
     ws_url = info["console_url"].replace("http", "ws", 1) + "ws"
     stop, ws_stop = asyncio.Event(), asyncio.Event()
     watcher = asyncio.create_task(watch_alerts(ws_url, headers, probes, stats, ws_stop))
+    # More console clients, as a center's screens would be, in a process of their own (bench/_loadgen.py consoles,
+    # as bench/scale.py runs them): each watches two background units' 12-lead and receives every unit's updates.
+    others: Child | None = None
+    if clients:
+        window_from = time.time() + warmup
+        others = Child(
+            "consoles", "--from", str(window_from), "--until", str(window_from + seconds), "--url", ws_url,
+            "--cookie", headers.get("Cookie", ""), "--clients", str(clients), "--prefix", "B", "--units", str(units),
+        )  # fmt: skip
+        await others.start()
 
     # Every crew makes patient contact before the load starts: an encounter per unit in the clinical loop.
     for i, device in enumerate(devices):
@@ -447,6 +464,8 @@ async def _measure(
     sampler.sample()
     me = psutil.Process()
     loadgen_cpu = sum(me.cpu_times()[:2])
+    others_process = psutil.Process(others.proc.pid) if others is not None and others.proc is not None else None
+    others_cpu = sum(others_process.cpu_times()[:2]) if others_process is not None else 0.0
     machine_busy = busy_cpu_seconds()
     started = time.monotonic()
     stats.window_start_us = now_us()
@@ -466,6 +485,8 @@ async def _measure(
     sampler.sample()
     cpu = sampler.cpu_cores(elapsed)
     cpu["load generator (this process)"] = (sum(me.cpu_times()[:2]) - loadgen_cpu) / elapsed
+    if others_process is not None:
+        cpu["more console clients"] = (sum(others_process.cpu_times()[:2]) - others_cpu) / elapsed
     # The machine is shared: what other processes took in the window says how much of it this run had.
     cpu["other processes on the machine"] = max(0.0, (busy_cpu_seconds() - machine_busy) / elapsed - sum(cpu.values()))
     # The last probes are given up to 10 s to fire and for their alerts to arrive: the last one's fire_at is within
@@ -479,6 +500,7 @@ async def _measure(
     await driver
     ws_stop.set()
     await watcher
+    more_clients = await others.result(60) if others is not None else None
     for device in devices:
         device.close()
 
@@ -524,6 +546,8 @@ async def _measure(
         "console_messages": {"care": stats.care_messages, "updates": stats.updates},
         "publish_to_ack_ms": {"p50": round(pct(acks, 0.5), 1), "p99": round(pct(acks, 0.99), 1)},
         "by_minute": by_minute(stats, probes),
+        # The other console clients' own view (bench/_loadgen.py consoles), over about the same window.
+        "more_console_clients": more_clients,
         "rejected": stats.rejected,
         "cpu_cores": {k: round(v, 2) for k, v in cpu.items()},
         "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in sampler.peak_rss.items()},
@@ -610,6 +634,10 @@ def main() -> None:
     )
     parser.add_argument("--login-path", default="/api/login", help="the console's login endpoint, if it has one")
     parser.add_argument(
+        "--clients", type=int, default=0,
+        help="more console websocket clients beside the one timing alerts (each watching two units' 12-lead)",
+    )  # fmt: skip
+    parser.add_argument(
         "--hold-memory", type=float, default=0.0, metavar="GIB",
         help="hold this much memory while measuring, as a server's page cache would (bench/scale.py held_memory)",
     )  # fmt: skip
@@ -625,6 +653,7 @@ def main() -> None:
                 args.vitals_every,
                 args.warmup,
                 args.login_path,
+                args.clients,
             )
         )
     result["hold_memory_gib"] = args.hold_memory

@@ -90,8 +90,8 @@ async def receive(client: str, port: int, seconds: float, forward: bool) -> dict
                     first, cpu0 = time.monotonic(), cpu_seconds()
                 count += len(batch)
                 if forward:
-                    for message in batch:
-                        link.publish_nowait("center/v1/live/" + message.topic[7:], message.payload)
+                    for packet in batch:
+                        link.publish_nowait("center/v1/live/" + packet.topic[7:], packet.payload)
                 if time.monotonic() - first >= seconds:
                     break
     elapsed = time.monotonic() - first

@@ -89,7 +89,7 @@ async def run_unit(load: UnitLoad, host: str, port: int, frames: list[bytes], st
         async def read_acks() -> None:
             async for message in client.messages:
                 t = now_us()
-                for ack in decode_acks(message.payload):  # type: ignore[arg-type]
+                for ack in decode_acks(message.payload):
                     sent = load.sent[ack.stream]
                     for seq in range(load.acked[ack.stream] + 1, ack.upto + 1):
                         if seq in sent:
@@ -106,7 +106,7 @@ async def run_unit(load: UnitLoad, host: str, port: int, frames: list[bytes], st
         try:
             while not stop.is_set():
                 ts = now_us()
-                messages = [
+                messages: list[EcgFrame | Vitals | GpsFix] = [
                     EcgFrame(
                         load.unit, boot, seq[Stream.ECG], ts, FS, STANDARD_LEADS, 2.5, ECG_N, frames[tick % len(frames)]
                     )
@@ -273,7 +273,8 @@ async def _measure(
         )
         await asyncio.sleep(0.005)
     await asyncio.sleep(3)  # warm-up
-    ecg_ms.clear(), upd_ms.clear()
+    ecg_ms.clear()
+    upd_ms.clear()
     for load in loads:
         load.ack_latency_ms.clear()
     sampler.sample()
