@@ -423,16 +423,6 @@ async def _measure(
     ws_url = info["console_url"].replace("http", "ws", 1) + "ws"
     stop, ws_stop = asyncio.Event(), asyncio.Event()
     watcher = asyncio.create_task(watch_alerts(ws_url, headers, probes, stats, ws_stop))
-    # More console clients, as a center's screens would be, in a process of their own (bench/_loadgen.py consoles,
-    # as bench/scale.py runs them): each watches two background units' 12-lead and receives every unit's updates.
-    others: Child | None = None
-    if clients:
-        window_from = time.time() + warmup
-        others = Child(
-            "consoles", "--from", str(window_from), "--until", str(window_from + seconds), "--url", ws_url,
-            "--cookie", headers.get("Cookie", ""), "--clients", str(clients), "--prefix", "B", "--units", str(units),
-        )  # fmt: skip
-        await others.start()
 
     # Every crew makes patient contact before the load starts: an encounter per unit in the clinical loop.
     for i, device in enumerate(devices):
@@ -458,14 +448,23 @@ async def _measure(
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     driver = asyncio.create_task(drive())
+    # More console clients, as a center's screens would be, in a process of their own (bench/_loadgen.py consoles,
+    # as bench/scale.py runs them): each watches two background units' 12-lead and receives every unit's updates.
+    # Their own window (and CPU) starts once the warm-up is over and ends a little before this one does.
+    others: Child | None = None
+    if clients:
+        window_from = time.time() + warmup + 1
+        others = Child(
+            "consoles", "--from", str(window_from), "--until", str(window_from + seconds - 2), "--url", ws_url,
+            "--cookie", headers.get("Cookie", ""), "--clients", str(clients), "--prefix", "B", "--units", str(units),
+        )  # fmt: skip
+        await others.start()
     await asyncio.sleep(warmup)  # the clinical loop takes ids, opens encounters, starts its 12-lead analyses
     stats.ack_ms.clear()
     sampler = ProcessSampler(stack.pid)
     sampler.sample()
     me = psutil.Process()
     loadgen_cpu = sum(me.cpu_times()[:2])
-    others_process = psutil.Process(others.proc.pid) if others is not None and others.proc is not None else None
-    others_cpu = sum(others_process.cpu_times()[:2]) if others_process is not None else 0.0
     machine_busy = busy_cpu_seconds()
     started = time.monotonic()
     stats.window_start_us = now_us()
@@ -485,8 +484,6 @@ async def _measure(
     sampler.sample()
     cpu = sampler.cpu_cores(elapsed)
     cpu["load generator (this process)"] = (sum(me.cpu_times()[:2]) - loadgen_cpu) / elapsed
-    if others_process is not None:
-        cpu["more console clients"] = (sum(others_process.cpu_times()[:2]) - others_cpu) / elapsed
     # The machine is shared: what other processes took in the window says how much of it this run had.
     cpu["other processes on the machine"] = max(0.0, (busy_cpu_seconds() - machine_busy) / elapsed - sum(cpu.values()))
     # The last probes are given up to 10 s to fire and for their alerts to arrive: the last one's fire_at is within
@@ -501,6 +498,10 @@ async def _measure(
     ws_stop.set()
     await watcher
     more_clients = await others.result(60) if others is not None else None
+    if more_clients is not None:  # their CPU over their own window, taken out of the machine's other work
+        cpu["more console clients"] = float(more_clients["cpu_cores"])
+        other = cpu["other processes on the machine"] - cpu["more console clients"]
+        cpu["other processes on the machine"] = max(0.0, other)
     for device in devices:
         device.close()
 
