@@ -73,7 +73,7 @@ from firmware_sim import EcgSynth
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import MqttConnection, PayloadTemplate, mqtt_str
 from _scrape import busy_cpu_seconds, scrape
-from scale import Child, held_memory
+from scale import Child, add_hold_memory_option, held_memory
 from telemetry import ProcessSampler, now_us, pct, running_stack
 
 FS = 500.0
@@ -638,10 +638,7 @@ def main() -> None:
         "--clients", type=int, default=0,
         help="more console websocket clients beside the one timing alerts (each watching two units' 12-lead)",
     )  # fmt: skip
-    parser.add_argument(
-        "--hold-memory", type=float, default=0.0, metavar="GIB",
-        help="hold this much memory while measuring, as a server's page cache would (bench/scale.py held_memory)",
-    )  # fmt: skip
+    add_hold_memory_option(parser)
     args = parser.parse_args()
     with held_memory(args.hold_memory):
         result = asyncio.run(

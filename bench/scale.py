@@ -949,6 +949,14 @@ sys.stdin.read()  # until the benchmark ends (or dies: its end of the pipe close
 """
 
 
+def add_hold_memory_option(parser: argparse.ArgumentParser) -> None:
+    """`--hold-memory GIB`, for each benchmark that runs PostgreSQL long enough to meet the VM's memory."""
+    parser.add_argument(
+        "--hold-memory", type=float, default=0.0, metavar="GIB",
+        help="hold this much memory while measuring, as a server's page cache would (bench/scale.py held_memory)",
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def held_memory(gib: float) -> Iterator[None]:
     """Hold `gib` GiB of written memory in a child process while the benchmark runs.
@@ -1049,10 +1057,7 @@ def main() -> None:
         "--timeline", type=float, default=0.0,
         help="seconds per row of a timeline of each run (latency, CPU, memory, gateway backlog, database work)",
     )  # fmt: skip
-    parser.add_argument(
-        "--hold-memory", type=float, default=0.0, metavar="GIB",
-        help="hold this much memory while measuring, as a server's page cache would (see held_memory)",
-    )  # fmt: skip
+    add_hold_memory_option(parser)
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "scale.json"))
     parser.add_argument("--update-docs", action="store_true", help="rewrite the generated part of docs/benchmarks.md")
     parser.add_argument(

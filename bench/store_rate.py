@@ -32,7 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from scale import Sampler, WatermarkSaver, free_port, held_memory, private_root, standard_batches  # noqa: E402
+from scale import (  # noqa: E402
+    Sampler,
+    WatermarkSaver,
+    add_hold_memory_option,
+    free_port,
+    held_memory,
+    private_root,
+    standard_batches,
+)
 
 from emergency.settings import StoreSettings  # noqa: E402
 from emergency.stack import PostgresCluster  # noqa: E402
@@ -165,10 +173,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=300, help="messages per commit")
     parser.add_argument("--no-watermarks", action="store_true", help="save no ack watermarks")
     parser.add_argument("--no-timescaledb", action="store_true")
-    parser.add_argument(
-        "--hold-memory", type=float, default=0.0, metavar="GIB",
-        help="hold this much memory while measuring, as a server's page cache would (bench/scale.py held_memory)",
-    )  # fmt: skip
+    add_hold_memory_option(parser)
     parser.add_argument("--out", help="write the result as JSON here")
     args = parser.parse_args()
     with held_memory(args.hold_memory):
