@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import math
@@ -161,6 +162,24 @@ async def test_the_record_above_a_watermark_names_stored_rejected_and_declared_l
     lowest = await store.settled_above({(unit, 1, Stream.ECG): -1}, per_key=2)
     assert sorted((s.seq, s.rejected) for s in lowest.settled) == [(0, False), (1, False), (3, True)]
     assert await store.settled_above({}, per_key=100) == SettledRecord([], [])
+
+
+async def test_commits_making_new_chunks_with_streams_in_opposite_orders_both_commit(store: Store) -> None:
+    """Two commit lanes at once, their batches holding 12-lead and vitals in opposite orders, each making new
+    TimescaleDB chunks (as at start, and when a day begins): both commit, because every commit takes the stream
+    tables in one order (a chunk's creation locks its hypertable until the commit)."""
+    run, now = time.monotonic_ns() % 10**8, time.time_ns() // 1000
+    day_us = 86_400_000_000
+    first = to_us(dt.datetime(2031, 1, 1, tzinfo=dt.UTC))
+    for day in range(0, 6, 2):  # new chunks of both tables each time
+        ts = first + day * day_us
+        a, b = f"DA{run}-{day}", f"DB{run}-{day}"
+        vitals_first = IngestBatch(
+            received=[Received(Vitals(a, 1, 0, ts, hr=80.0), now), Received(_ecg(a, 0, ts), now)]
+        )
+        ecg_first = IngestBatch(received=[Received(_ecg(b, 0, ts), now), Received(Vitals(b, 1, 0, ts, hr=80.0), now)])
+        results = await asyncio.gather(store.commit(vitals_first), store.commit(ecg_first))
+        assert [r.stored for r in results] == [{Stream.VITALS: 1, Stream.ECG: 1}] * 2
 
 
 async def test_numbers_are_stored_as_given(store: Store) -> None:

@@ -381,14 +381,19 @@ class Store:
     async def commit(self, batch: IngestBatch) -> CommitResult:
         """Make a batch durable in one transaction: rows (duplicates dropped by unique key), rejections and
         link events. Either all of it is committed or none; raises StoreError."""
-        by_stream: dict[Stream, list[tuple[Any, ...]]] = {}
+        # Every commit takes the stream tables in one order, whatever its messages' order: a commit that makes a
+        # TimescaleDB chunk locks that hypertable (ShareUpdateExclusiveLock) until it ends, and two commit lanes
+        # taking two tables in opposite orders would deadlock (at start, and when a day's chunks begin).
+        by_stream: dict[Stream, list[tuple[Any, ...]]] = {stream: [] for stream in self._inserts}
         for item in batch.received:
-            by_stream.setdefault(item.message.stream, []).append(_record(item))
+            by_stream[item.message.stream].append(_record(item))
         stored: Counter[Stream] = Counter()
         duplicates: Counter[Stream] = Counter()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
                 for stream, records in by_stream.items():
+                    if not records:
+                        continue
                     inserted = await self._insert_deduplicated(conn, stream, records)
                     stored[stream] = inserted
                     duplicates[stream] = len(records) - inserted
@@ -404,7 +409,13 @@ class Store:
         ) as exc:
             raise StoreError(f"database unavailable: {exc}", retryable=True) from exc
         except asyncpg.PostgresError as exc:
-            retryable = isinstance(exc, asyncpg.exceptions.OperatorInterventionError | asyncpg.TooManyConnectionsError)
+            # A deadlock or serialization failure (class 40) rolled back a transaction that would succeed again.
+            retryable = isinstance(
+                exc,
+                asyncpg.exceptions.OperatorInterventionError
+                | asyncpg.TooManyConnectionsError
+                | asyncpg.exceptions.TransactionRollbackError,
+            )
             raise StoreError(f"commit failed: {exc}", retryable=retryable) from exc
         return CommitResult(stored=dict(stored), duplicates=dict(duplicates))
 
