@@ -224,7 +224,9 @@ def _decode_ecg(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: i
     expected = 2 * len(leads_obj) * n
     if len(data) != expected:
         raise f.reject(f"field 'data' has {len(data)} bytes, expected 2*{len(leads_obj)}*{n}={expected}")
-    return EcgFrame(unit, boot, seq, ts, fs, _shared_leads(tuple(leads_obj)), lsb_uv, n, data)
+    leads = _known_leads(tuple(leads_obj))
+    assert leads is not None  # every lead was checked above, with its reason
+    return EcgFrame(unit, boot, seq, ts, fs, leads, lsb_uv, n, data)
 
 
 def _decode_vitals(f: _Fields, raw: Mapping[str, Any], unit: str, boot: int, seq: int, ts: int) -> Vitals:
@@ -384,17 +386,15 @@ _FAST: dict[Stream, msgspec.msgpack.Decoder[Any]] = {
 
 
 @functools.lru_cache(maxsize=64)  # a fleet sends a few lead sets, each in every frame
-def _known_leads(leads: tuple[str, ...]) -> bool:
-    """At least one lead, every one known, none repeated."""
-    return bool(leads) and ALLOWED_LEADS.issuperset(leads) and len(set(leads)) == len(leads)
+def _known_leads(leads: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The lead set if it has at least one lead, every one known, none repeated; else None.
 
-
-@functools.lru_cache(maxsize=64)
-def _shared_leads(leads: tuple[str, ...]) -> tuple[str, ...]:
-    """One tuple for every frame that names the same leads. The care loop keeps each unit's recent frames, and a
-    tuple of every frame's own would be ~130 000 objects at 2 000 units for each young collection to walk, as
-    the frames replace one another unseen by the collector's count (decision 41)."""
-    return leads
+    What it returns is one tuple for every frame that names the same leads (the first one seen). The care loop keeps
+    each unit's recent frames, and a tuple of every frame's own would be ~130 000 objects at 2 000 units for each
+    young collection to walk, as the frames replace one another unseen by the collector's count (decision 41)."""
+    if leads and ALLOWED_LEADS.issuperset(leads) and len(set(leads)) == len(leads):
+        return leads
+    return None
 
 
 def _decode_fast(parsed: Topic, payload: bytes) -> DeviceMessage | None:
@@ -412,10 +412,10 @@ def _decode_fast(parsed: Topic, payload: bytes) -> DeviceMessage | None:
     if m.v != PROTOCOL_VERSION or m.unit != parsed.unit:
         return None
     if parsed.stream is Stream.ECG:
-        leads = m.leads
-        if not _known_leads(leads) or m.n / m.fs > 2.0 or len(m.data) != 2 * len(leads) * m.n:
+        leads = _known_leads(m.leads)
+        if leads is None or m.n / m.fs > 2.0 or len(m.data) != 2 * len(leads) * m.n:
             return None
-        return EcgFrame(parsed.unit, m.boot, m.seq, m.ts, m.fs, _shared_leads(leads), m.lsb_uv, m.n, m.data)
+        return EcgFrame(parsed.unit, m.boot, m.seq, m.ts, m.fs, leads, m.lsb_uv, m.n, m.data)
     if parsed.stream is Stream.VITALS:
         signs = (m.hr, m.sbp, m.dbp, m.map, m.spo2, m.rr, m.temp, m.etco2)  # VITAL_FIELDS, in Vitals' order
         if signs.count(None) == len(signs):
