@@ -654,6 +654,7 @@ async def system_run(
     profile_dir: Path | None,
     keep_logs: Path | None,
     timeline_s: float = 0.0,
+    compress: bool = True,
 ) -> dict[str, Any]:
     root = private_root()
     prefix = "S"
@@ -706,9 +707,20 @@ async def system_run(
             health = await gateway_health(info)
             generated = await fleet.result(600)  # its drain, then percentiles over every message
             watched = await consoles.result(300)
-            stored, distinct, received_in_window = await count_stored(info["postgres_dsn"], list(names), window)
-            plain = await storage(info["postgres_dsn"], timescaledb, compress=False)
-            compressed = await storage(info["postgres_dsn"], timescaledb, compress=True) if timescaledb else None
+            # What the database holds. A failure here (a full disk after a long soak) must not cost the run's
+            # latency, memory and timeline figures: it is recorded beside them instead.
+            counted: tuple[int, int, int] | None = None
+            plain = compressed = None
+            measure_error = None
+            try:
+                counted = await count_stored(info["postgres_dsn"], list(names), window)
+                plain = await storage(info["postgres_dsn"], timescaledb, compress=False)
+                if timescaledb and compress:
+                    compressed = await storage(info["postgres_dsn"], timescaledb, compress=True)
+            except (asyncpg.PostgresError, OSError) as exc:
+                measure_error = f"{type(exc).__name__}: {exc}"
+                log(f"  counting what was stored failed: {measure_error}")
+            stored, distinct, received_in_window = counted or (None, None, None)
             peak = {role: max(v) for role, v in sampler.memory.items()}
             return {
                 "units": units,
@@ -720,13 +732,16 @@ async def system_run(
                 "login": bool(cookie),
                 "offered_msgs_per_s": generated["offered_msgs_per_s"],
                 # What the gateways received (and stored) within the window, per second.
-                "stored_msgs_per_s": round(received_in_window / (window[1] - window[0])),
+                "stored_msgs_per_s": (
+                    round(received_in_window / (window[1] - window[0])) if received_in_window is not None else None
+                ),
                 "other_cpu_cores": other_cpu,
                 "sent": generated["sent"],
                 "acked": generated["acked"],
                 "stored": stored,
-                "lost": generated["sent"] - distinct,
-                "doubled": stored - distinct,
+                "lost": generated["sent"] - distinct if distinct is not None else None,
+                "doubled": stored - distinct if stored is not None and distinct is not None else None,
+                "measure_error": measure_error,
                 "rejected": generated["rejected"],
                 "refused_by_broker": generated["refused_by_broker"],
                 "generator_outbox_left": generated["outbox_left"],
@@ -851,13 +866,16 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for r in runs:
         s, c = r["storage"], r["storage_compressed"]
+        if s is None:
+            lines.append(f"| {r['units']} | {r['partitions']} | – | not measured: {r.get('measure_error')} | – |")
+            continue
         lines.append(
             f"| {r['units']} | {r['partitions']} | {_n(s['messages'])} | {_n(s['bytes_per_unit_hour'])} B "
             f"({s['bytes_per_unit_hour'] / 2**20:.1f} MiB) | "
             + (
                 f"{_n(c['bytes_per_unit_hour'])} B ({c['bytes_per_unit_hour'] / 2**20:.1f} MiB)"
                 if c and c["bytes_per_unit_hour"]
-                else "– (no TimescaleDB)"
+                else ("– (not measured)" if results["timescaledb"] else "– (no TimescaleDB)")
             )
             + " |"
         )
@@ -956,6 +974,24 @@ sys.stdin.read()  # until the benchmark ends (or dies: its end of the pipe close
 """
 
 
+# As written, the time-series tables take ~60 MiB per unit-hour (docs/benchmarks.md, "Storage"); the WAL, the
+# indexes' growth between checkpoints and the count afterwards want room beside it.
+DISK_PER_UNIT_HOUR = 64 * 2**20
+DISK_SPARE = 4 * 2**30
+
+
+def enough_disk(units: int, seconds: float) -> None:
+    """Refuse a run whose rows would not fit on the disk the private cluster lives on (better than a soak that
+    fills it and loses its count at the end)."""
+    need = units * seconds / 3600 * DISK_PER_UNIT_HOUR + DISK_SPARE
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if free < need:
+        raise SystemExit(
+            f"{units} units for {seconds:g} s need about {need / 2**30:.0f} GiB on {tempfile.gettempdir()}; "
+            f"{free / 2**30:.0f} GiB are free"
+        )
+
+
 def add_hold_memory_option(parser: argparse.ArgumentParser) -> None:
     """`--hold-memory GIB`, for each benchmark that runs PostgreSQL long enough to meet the VM's memory."""
     parser.add_argument(
@@ -1022,11 +1058,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     for partitions in args.partitions:
         for units in args.units:
             load = await wait_for_quiet(args.quiet_load, args.quiet_wait)
+            enough_disk(units, args.seconds + args.warmup)
             log(f"system: {units} units, {partitions} gateway(s), {args.seconds:g} s")
             run = await system_run(
                 units, partitions, args.seconds, args.clients, timescaledb, args.warmup,
                 profile_dir if units == max(args.units) or args.profile_all else None,
-                Path(args.out).with_suffix(""), args.timeline,
+                Path(args.out).with_suffix(""), args.timeline, not args.no_compress,
             )  # fmt: skip
             run["load_average_1min_before"] = load
             results["runs"].append(run)
@@ -1035,7 +1072,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 f"ack {run['publish_to_ack_ms']} console {run['publish_to_console_ecg_ms']} cpu {run['cpu_cores']}"
             )
             Path(args.out).write_text(json.dumps(results, indent=2))
-            if run["acked"] < run["sent"] * 0.99 or run["stored_msgs_per_s"] < 0.95 * run["offered_msgs_per_s"]:
+            if run["acked"] < run["sent"] * 0.99 or (run["stored_msgs_per_s"] or 0) < 0.95 * run["offered_msgs_per_s"]:
                 log("  saturated (over 1 % unacknowledged, or stored under 95 % of offered): no larger fleets")
                 break
     return results
@@ -1056,6 +1093,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=600, help="messages per commit in the PostgreSQL baseline")
     parser.add_argument("--no-timescaledb", action="store_true")
     parser.add_argument("--no-baselines", action="store_true", help="only the system runs (no ratios)")
+    parser.add_argument(
+        "--no-compress", action="store_true", help="skip compress_chunk after each run (long soaks: tens of GiB)"
+    )
     parser.add_argument("--quiet-load", type=float, default=1.0, help="wait for a 1-min load average below this …")
     parser.add_argument("--quiet-wait", type=float, default=600, help="… but at most this many seconds per step")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway and console in the largest run")

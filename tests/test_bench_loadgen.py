@@ -235,3 +235,12 @@ async def test_a_counted_flood_sends_the_standard_mix_in_two_parts(tmp_path: Pat
         assert all(sorted(s) == list(range(len(s))) for s in seqs.values())
         assert sink.transport is not None
         sink.transport.close()
+
+
+def test_the_scale_benchmark_refuses_a_run_whose_rows_would_not_fit_on_the_disk() -> None:
+    """A soak that would fill the disk is refused before it starts, saying how much it needs and how much is free."""
+    from bench.scale import enough_disk
+
+    enough_disk(1, 1.0)  # a unit for a second fits anywhere
+    with pytest.raises(SystemExit, match=r"need about \d+ GiB .* GiB are free"):
+        enough_disk(10**9, 3600.0)
