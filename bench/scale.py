@@ -467,8 +467,10 @@ async def store_baseline(timescaledb: bool, seconds: float, writers: int, batch:
             sampler.reset_cpu()
             saving = asyncio.create_task(saver.save_forever())
             await asyncio.gather(*(writer(w) for w in range(writers)))
-            saving.cancel()
             elapsed = time.monotonic() - started
+            saving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saving  # a save that failed fails the baseline instead of vanishing with its task
             sampler.sample()
             cpu = sampler.cpu_cores(elapsed)
             return {
