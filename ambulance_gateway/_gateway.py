@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ambulance_gateway._acks import MAX_PENDING_PER_KEY, AckTracker, Key, Loss, Settlement
 from ambulance_gateway._metrics import GatewayMetrics
 from ambulance_gateway._monitor import LinkChange, SilenceMonitor
-from ambulance_gateway._partition import Partition, lane_of, unit_filters
+from ambulance_gateway._partition import Partition, fleet_filters, lane_of, unit_filters
 from emergency.bus import (
     WATCH_FILTER,
     LinkCondition,
@@ -33,7 +33,6 @@ from emergency.bus import (
 from emergency.codec import RejectedMessage, decode_device_message, encode_acks
 from emergency.mqtt import MqttLink, MqttLinkError, backoff_delay
 from emergency.protocol import (
-    DEVICE_STREAMS,
     Ack,
     DeviceEvent,
     DeviceMessage,
@@ -60,6 +59,7 @@ _SESSION_EXPIRY_S = 24 * 3600
 # Link events waiting to be recorded. They are observations about the link, not patient data: if the database is
 # unreachable for so long that this fills, the oldest observations are dropped (and counted).
 _LINK_EVENTS_MAX = 10_000
+_NOT_OWNED_LOGGED_MAX = 1_000  # topics of other partitions logged, once each
 _LOOP_PROBE_S = 0.1  # how often the event loop's lag is measured
 _SUBSCRIBE_CHUNK = 500  # topic filters per SUBSCRIBE packet when following a partition
 _ACK_SLOTS = 10  # the units' acks leave in this many turns per ack interval
@@ -106,6 +106,7 @@ class Gateway:
         # None: this gateway takes every unit. Otherwise only the units of its partition, subscribed by name.
         self._partition = partition if partition is not None and partition.count > 1 else None
         self._subscribed_units: set[str] = set()
+        self._not_owned_seen: set[str] = set()  # topics of another partition that reached this one (logged once)
         # Each console's watch list (center/v1/watch/{console}); a unit's ECG is forwarded only while watched.
         self._watch_lists: dict[str, frozenset[str]] = {}
         self._watched: frozenset[str] = frozenset()
@@ -219,10 +220,11 @@ class Gateway:
                 async with self._link() as client:
                     await client.subscribe([(WATCH_FILTER, 1)])  # retained: every console's list, now
                     if self._partition is None:
-                        await client.subscribe([(device_topic("+", s), 1) for s in DEVICE_STREAMS])
+                        await client.subscribe([(f, 1) for f in fleet_filters()])
                     else:
                         self._subscribed_units = set()
                         await self._follow_partition(client)
+                        await self._leave_other_partitions(client)
                     self._client, attempt = client, 0
                     self.metrics.mqtt_connected.set(1)
                     self._subscribed.set()
@@ -236,6 +238,8 @@ class Gateway:
                             topic = message.topic
                             if is_watch_topic(topic):
                                 self._note_watch(topic, message.payload)
+                            elif self._partition is not None and not self._partition.takes(topic):
+                                self._not_owned(topic)
                             elif topic.endswith(_ECG_SUFFIX):
                                 frames.append(message)
                             else:
@@ -261,6 +265,23 @@ class Gateway:
         if new:
             log.info("partition %d/%d: following %d more units", self._partition.index, self._partition.count, len(new))
         self._subscribed_units |= new
+
+    async def _leave_other_partitions(self, client: MqttLink) -> None:
+        """Unsubscribe what this persistent session may still hold from an earlier partition count: the units other
+        partitions own now, and the unpartitioned gateway's wildcards (decision 43). Unsubscribing what was never
+        subscribed is no error, so a restart with the same count costs one pass over the registry."""
+        assert self._partition is not None
+        filters = fleet_filters() + unit_filters(self._partition.others())
+        for start in range(0, len(filters), _SUBSCRIBE_CHUNK):
+            await client.unsubscribe(filters[start : start + _SUBSCRIBE_CHUNK])
+
+    def _not_owned(self, topic: str) -> None:
+        """A message for another partition's unit, queued in this session before it left that unit's subscription:
+        left unacknowledged, for the device to resend to the unit's owner. Counted; logged once per topic."""
+        self.metrics.not_owned.inc()
+        if topic not in self._not_owned_seen and len(self._not_owned_seen) < _NOT_OWNED_LOGGED_MAX:
+            self._not_owned_seen.add(topic)
+            log.warning("a message on %s, which another partition owns, reached this one: left to its owner", topic)
 
     async def _partition_forever(self) -> None:
         """Pick up units provisioned while running (a registry read every few seconds; cheap, and rare to change)."""

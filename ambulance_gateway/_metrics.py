@@ -28,6 +28,11 @@ class GatewayMetrics:
             ["stream"],
             registry=r,
         )
+        self.not_owned = Counter(
+            "emergency_gateway_not_owned",
+            "Messages for another partition's unit, left unacknowledged for the device to resend to their owner",
+            registry=r,
+        )
         self.rejected = Counter("emergency_gateway_rejected", "Messages rejected and recorded", ["stream"], registry=r)
         self.acks = Counter(
             "emergency_gateway_acks_published",

@@ -4,6 +4,11 @@ same process (its ack watermarks, its silence monitor and its clinical-loop stat
 MQTT topic filters cannot express a hash, and mosquitto's shared subscriptions deal messages round-robin, not by
 topic; so a partitioned gateway subscribes to each unit it owns by name, from the provisioning registry, and
 picks up newly provisioned units as they appear.
+
+A gateway's broker session is persistent and outlives a change of the partition count, with the subscriptions it
+held: so a partitioned gateway leaves, at each connect, the subscriptions of units it no longer owns (and the
+unpartitioned gateway's wildcards), and leaves to their owner any message that still reaches it for one of them
+(decision 43).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from emergency.codec import RejectedMessage, parse_topic
 from emergency.protocol import DEVICE_STREAMS, device_topic
 
 
@@ -33,6 +39,15 @@ def lane_of(unit: str, partitions: int, lanes: int) -> int:
     return _unit_hash(unit) // partitions % lanes
 
 
+@functools.lru_cache(maxsize=16_384)
+def topic_partition(topic: str, count: int) -> int | None:
+    """The partition of the unit a device topic names; None for a topic that names none (the codec rejects it)."""
+    try:
+        return partition_of(parse_topic(topic).unit, count)
+    except RejectedMessage:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Partition:
     index: int
@@ -42,7 +57,20 @@ class Partition:
     def owned(self) -> set[str]:
         return {u for u in self.units() if partition_of(u, self.count) == self.index}
 
+    def others(self) -> set[str]:
+        """The provisioned units another partition owns."""
+        return {u for u in self.units() if partition_of(u, self.count) != self.index}
+
+    def takes(self, topic: str) -> bool:
+        """Whether a message on `topic` is this partition's to ingest: its unit's, or no unit's (to be rejected)."""
+        return topic_partition(topic, self.count) in (self.index, None)
+
 
 def unit_filters(units: Iterable[str]) -> list[str]:
     """The device topics of `units` (never their ack topic, which the gateway writes)."""
     return [device_topic(unit, stream) for unit in sorted(units) for stream in DEVICE_STREAMS]
+
+
+def fleet_filters() -> list[str]:
+    """The unpartitioned gateway's subscriptions: every unit's device topics."""
+    return [device_topic("+", stream) for stream in DEVICE_STREAMS]

@@ -33,14 +33,28 @@ def test_the_units_of_each_partition_spread_over_every_commit_lane() -> None:
                 assert min(counts.values()) > len(mine) / lanes / 2
 
 
-async def _received(http: aiohttp.ClientSession, metrics_url: str) -> float:
+def _gateway(
+    broker: Broker, base: dict[str, str], index: int, count: int, port: int, client_id: str
+) -> ComponentProcess:
+    return ComponentProcess(
+        "gateway",
+        broker.root,
+        f"http://127.0.0.1:{port}/healthz",
+        env={
+            **base,
+            "EMERGENCY_GATEWAY__PARTITION_COUNT": str(count),
+            "EMERGENCY_GATEWAY__PARTITION_INDEX": str(index),
+            "EMERGENCY_GATEWAY__HTTP_PORT": str(port),
+            "EMERGENCY_GATEWAY__CLIENT_ID": client_id,
+        },
+        name=f"{client_id}-of-{count}",
+    )
+
+
+async def _metric(http: aiohttp.ClientSession, metrics_url: str, name: str) -> float:
     async with http.get(metrics_url) as response:
         text = await response.text()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("emergency_gateway_received_total")
-    )
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
 async def _sees_every_unit(url: str, units: set[str], login: aiohttp.ClientSession) -> None:
@@ -67,22 +81,7 @@ async def test_two_gateways_split_the_units_and_two_consoles_both_see_all(
             "EMERGENCY_STORE__DSN": pg.dsn}  # fmt: skip
     gateway_ports = [free_port(), free_port()]
     console_ports = [free_port(), free_port()]
-    gateways = [
-        ComponentProcess(
-            "gateway",
-            broker.root,
-            f"http://127.0.0.1:{port}/healthz",
-            env={
-                **base,
-                "EMERGENCY_GATEWAY__PARTITION_COUNT": "2",
-                "EMERGENCY_GATEWAY__PARTITION_INDEX": str(i),
-                "EMERGENCY_GATEWAY__HTTP_PORT": str(port),
-                "EMERGENCY_GATEWAY__CLIENT_ID": f"gw-scale-{i}",
-            },
-            name=f"gateway-scale-{i}",
-        )
-        for i, port in enumerate(gateway_ports)
-    ]
+    gateways = [_gateway(broker, base, i, 2, port, f"gw-scale-{i}") for i, port in enumerate(gateway_ports)]
     consoles = [
         ComponentProcess(
             "console",
@@ -113,7 +112,49 @@ async def test_two_gateways_split_the_units_and_two_consoles_both_see_all(
         for device in fleet.devices:
             await assert_ledger_matches_store(store, device)
         generated = sum(sum(device.next_seq(s) for s in DEVICE_STREAMS) for device in fleet.devices)
-        received = [await _received(http, f"http://127.0.0.1:{port}/metrics") for port in gateway_ports]
+        received = [
+            await _metric(http, f"http://127.0.0.1:{port}/metrics", "emergency_gateway_received_total")
+            for port in gateway_ports
+        ]
         assert all(r > 0 for r in received)
         # Each message reached one gateway (retransmissions may add a few); unpartitioned, it would be twice.
         assert generated <= sum(received) < 1.2 * generated
+
+
+async def test_a_gateway_restarted_with_another_partition_count_leaves_the_units_it_no_longer_owns(
+    postgres: PostgresCluster, broker: Broker, tmp_path: Path
+) -> None:
+    """One gateway takes every unit, stops while the fleet publishes (the broker queues for its persistent session),
+    and comes back, under the same client id, as partition 0 of 2 beside a new partition 1. It leaves the messages
+    queued for partition 1's units unacknowledged (counted), unsubscribes what its session held from before, and
+    receives none of them afterwards; partition 1 takes them; every unit's record is complete, stored once."""
+    pg = postgres
+    credentials = {f"PCC{i}": secrets.token_urlsafe(12) for i in range(6)}
+    provision_units(broker.root, credentials)
+    assert {partition_of(u, 2) for u in credentials} == {0, 1}
+    base = {"EMERGENCY_DATA_DIR": str(broker.root), "EMERGENCY_MQTT_PORT": str(broker.port),
+            "EMERGENCY_STORE__DSN": pg.dsn}  # fmt: skip
+    ports = [free_port(), free_port()]
+    configs = [DeviceConfig(u, p, backoff_cap_s=3.0) for u, p in credentials.items()]
+    async with (
+        Store.open(pg.dsn) as store,
+        Fleet(configs, broker.host, broker.port, tmp_path / "sim") as fleet,
+        aiohttp.ClientSession() as http,
+    ):
+        async with _gateway(broker, base, 0, 1, ports[0], "gw-count"):
+            await asyncio.sleep(3)
+        await asyncio.sleep(3)  # the broker queues every unit's messages for the stopped session
+        async with _gateway(broker, base, 0, 2, ports[0], "gw-count"), _gateway(broker, base, 1, 2, ports[1], "gw-1"):
+            metrics = f"http://127.0.0.1:{ports[0]}/metrics"
+            # Partition 1's messages queued while the session was away reach partition 0 and are left; then no
+            # more come, though the fleet goes on publishing (a subscription kept from before would go on).
+            counts = [0.0]
+            async with asyncio.timeout(60):
+                while counts[-1] == 0 or len(counts) < 3 or counts[-1] != counts[-3]:
+                    await asyncio.sleep(1)
+                    counts.append(await _metric(http, metrics, "emergency_gateway_not_owned_total"))
+            await asyncio.sleep(3)
+            assert await _metric(http, metrics, "emergency_gateway_not_owned_total") == counts[-1]
+            await settle(fleet)
+            for device in fleet.devices:
+                await assert_ledger_matches_store(store, device)
