@@ -437,8 +437,37 @@ class WatermarkSaver:
             await self._store.save_watermarks([Watermark(*key, upto) for key, upto in marks.items()])
 
 
-async def store_baseline(timescaledb: bool, seconds: float, writers: int, batch: int) -> dict[str, Any]:
-    """PostgreSQL alone through the gateway's own commit path, `writers` concurrent writers (one per partition)."""
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_COPY_COLUMNS = {
+    "ecg_frames": ("unit", "boot", "seq", "ts", "rx_ts", "fs", "leads", "lsb_uv", "n", "data"),
+    "vitals": ("unit", "boot", "seq", "ts", "rx_ts", "hr", "spo2", "rr"),
+    "gps_fixes": ("unit", "boot", "seq", "ts", "rx_ts", "lat", "lon", "speed"),
+}
+
+
+def copy_rows(items: list[Received]) -> dict[str, list[tuple[Any, ...]]]:
+    """A batch of the standard mix as COPY rows per table (`_COPY_COLUMNS`), times as datetimes."""
+    rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in _COPY_COLUMNS}
+    for item in items:
+        m = item.message
+        key = (m.unit, m.boot, m.seq, _EPOCH + dt.timedelta(microseconds=m.ts),
+               _EPOCH + dt.timedelta(microseconds=item.rx_ts))  # fmt: skip
+        if isinstance(m, EcgFrame):
+            rows["ecg_frames"].append((*key, m.fs, list(m.leads), m.lsb_uv, m.n, m.data))
+        elif isinstance(m, Vitals):
+            rows["vitals"].append((*key, m.hr, m.spo2, m.rr))
+        else:
+            assert isinstance(m, GpsFix)
+            rows["gps_fixes"].append((*key, m.lat, m.lon, m.speed))
+    return rows
+
+
+async def store_baseline(
+    timescaledb: bool, seconds: float, writers: int, batch: int, copy: bool = False
+) -> dict[str, Any]:
+    """PostgreSQL alone, `writers` concurrent writers (one per partition): through the gateway's own commit path,
+    or (`copy`) by plain binary COPY of the same messages into the same tables, one transaction per batch — the
+    database's own limit for these rows, with no deduplication and nothing of ours in the way."""
     root = private_root()
     try:
         async with (
@@ -447,7 +476,9 @@ async def store_baseline(timescaledb: bool, seconds: float, writers: int, batch:
         ):
             # Prepared beforehand (enough for the window at several times the expected rate): every message new, so
             # each is inserted, not skipped as a duplicate; making them is not part of what is measured.
-            prepared = [standard_batches(w, 1000, batch, round(seconds * 30_000 / batch)) for w in range(writers)]
+            rate = 60_000 if copy else 30_000
+            prepared = [standard_batches(w, 1000, batch, round(seconds * rate / batch)) for w in range(writers)]
+            rows = [[copy_rows(items) for items in batches] for batches in prepared] if copy else []
             sampler = Sampler()
             sampler.discover(None, {os.getpid(): "writer (the gateway's code, this process)"})
             committed = [0] * writers
@@ -463,10 +494,21 @@ async def store_baseline(timescaledb: bool, seconds: float, writers: int, batch:
                     committed[w] += len(items)
                 log(f"  writer {w} used every prepared batch before the deadline")
 
+            async def copier(w: int) -> None:
+                async with store.pool.acquire() as conn:
+                    for by_table in rows[w]:
+                        if time.time() >= deadline:
+                            return
+                        async with conn.transaction():
+                            for table, records in by_table.items():
+                                await conn.copy_records_to_table(table, records=records, columns=_COPY_COLUMNS[table])
+                        committed[w] += sum(len(records) for records in by_table.values())
+                log(f"  writer {w} used every prepared batch before the deadline")
+
             started, busy = time.monotonic(), busy_cpu_seconds()
             sampler.reset_cpu()
             saving = asyncio.create_task(saver.save_forever())
-            await asyncio.gather(*(writer(w) for w in range(writers)))
+            await asyncio.gather(*((copier if copy else writer)(w) for w in range(writers)))
             elapsed = time.monotonic() - started
             saving.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -474,6 +516,7 @@ async def store_baseline(timescaledb: bool, seconds: float, writers: int, batch:
             sampler.sample()
             cpu = sampler.cpu_cores(elapsed)
             return {
+                "method": "copy" if copy else "commit",
                 "writers": writers,
                 "batch": batch,
                 "msgs_per_s": round(sum(committed) / elapsed),
@@ -801,7 +844,10 @@ def markdown(results: dict[str, Any]) -> str:
     broker = base["broker"] or {"received_msgs_per_s": 0, "published_acked_msgs_per_s": 0,
                                 "received_mbytes_per_s": "–", "cpu_cores": {}, "connections": "–"}  # fmt: skip
     commits = base["store"]
-    store_best = max(c["msgs_per_s"] for c in commits) if commits else None
+    ours = [c["msgs_per_s"] for c in commits if c.get("method", "commit") == "commit"]
+    copies = [c["msgs_per_s"] for c in commits if c.get("method") == "copy"]
+    store_best = max(ours) if ours else None
+    copy_best = max(copies) if copies else None
     flavour = "TimescaleDB" if results["timescaledb"] else "native partitions (no TimescaleDB)"
     lines = [
         f"Command: `{results['command']}` ({results['date']}, commit `{results['commit']}`; PostgreSQL flavour: "
@@ -818,9 +864,14 @@ def markdown(results: dict[str, Any]) -> str:
         + f" | {broker.get('other_cpu_cores', '–')} |",
     ]
     for c in commits:
+        what = (
+            "PostgreSQL COPY alone (binary COPY of the same rows, no deduplication)"
+            if c.get("method") == "copy"
+            else "PostgreSQL alone: `Store.commit` (INSERT … unnest … ON CONFLICT; watermarks saved every 5 s)"
+        )
         lines.append(
-            "| PostgreSQL alone: `Store.commit` (INSERT … unnest … ON CONFLICT; watermarks saved every 5 s), "
-            f"{c['writers']} writer(s), {c['batch']}-message batches | {_n(c['msgs_per_s'])} | – | "
+            f"| {what}, {c['writers']} writer(s), {c['batch']}-message batches, one transaction each | "
+            f"{_n(c['msgs_per_s'])} | – | "
             + ", ".join(f"{k} {v}" for k, v in c["cpu_cores"].items())
             + f" | {c.get('other_cpu_cores', '–')} |"
         )
@@ -829,7 +880,8 @@ def markdown(results: dict[str, Any]) -> str:
         "**The whole system** (`emergency up`; one load-generator process; the console websocket clients in one more "
         "process, each watching two units' ECG and receiving every unit's updates):",
         "",
-        "| units | gateways | console clients | offered msg/s | stored msg/s (÷ broker / ÷ PostgreSQL alone) "
+        "| units | gateways | console clients | offered msg/s "
+        "| stored msg/s (÷ broker / ÷ PostgreSQL COPY alone / ÷ `Store.commit` alone) "
         "| lost / doubled "
         "| publish→ack p50 / p99 ms | publish→console ECG p50 / p99 ms | console updates p50 / p99 ms "
         "| CPU cores: gateways / console / postgres / mosquitto / generator / console clients "
@@ -840,8 +892,11 @@ def markdown(results: dict[str, Any]) -> str:
         cpu = r["cpu_cores"]
         stored = r["stored_msgs_per_s"]
         ratios = (
-            f"{stored / broker['received_msgs_per_s']:.2f} / {stored / store_best:.2f}"
-            if stored and store_best and broker["received_msgs_per_s"]
+            " / ".join(
+                f"{stored / limit:.2f}" if limit else "–"
+                for limit in (broker["received_msgs_per_s"], copy_best, store_best)
+            )
+            if stored
             else "–"
         )
         lost = f"{_n(r['lost'])} / {_n(r['doubled'])}"
@@ -1049,12 +1104,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         log("baseline: broker alone")
         results["baselines"]["broker"] = await broker_baseline(args.baseline_seconds, connections=4)
         log(f"  {results['baselines']['broker']}")
-    for writers in () if args.no_baselines else (1, 2):
-        await wait_for_quiet(args.quiet_load, args.quiet_wait)
-        log(f"baseline: PostgreSQL alone (Store.commit), {writers} writer(s)")
-        store = await store_baseline(timescaledb, args.baseline_seconds, writers, args.batch)
-        results["baselines"]["store"].append(store)
-        log(f"  {store}")
+    for copy in () if args.no_baselines else (True, False):
+        for writers in (1, 2):
+            await wait_for_quiet(args.quiet_load, args.quiet_wait)
+            log(f"baseline: PostgreSQL alone ({'COPY' if copy else 'Store.commit'}), {writers} writer(s)")
+            store = await store_baseline(timescaledb, args.baseline_seconds, writers, args.batch, copy)
+            results["baselines"]["store"].append(store)
+            log(f"  {store}")
     profile_dir = Path(args.out).with_suffix("") if args.profile or args.profile_all else None
     Path(args.out).with_suffix("").mkdir(parents=True, exist_ok=True)  # logs and profiles of every run
     for partitions in args.partitions:
