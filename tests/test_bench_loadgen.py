@@ -244,3 +244,13 @@ def test_the_scale_benchmark_refuses_a_run_whose_rows_would_not_fit_on_the_disk(
     enough_disk(1, 1.0)  # a unit for a second fits anywhere
     with pytest.raises(SystemExit, match=r"need about \d+ GiB .* GiB are free"):
         enough_disk(10**9, 3600.0)
+
+
+async def test_the_copy_baseline_writes_the_standard_mix_into_the_stores_own_tables() -> None:
+    """The PostgreSQL COPY baseline of bench/scale.py puts the same messages, as rows, into the tables the gateway
+    commits to (a real cluster, native partitions), and reports a rate."""
+    from bench.scale import store_baseline
+
+    result = await store_baseline(timescaledb=False, seconds=1.0, writers=1, batch=60, copy=True)
+    assert result["method"] == "copy"
+    assert result["msgs_per_s"] > 0
