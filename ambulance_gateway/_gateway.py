@@ -64,6 +64,7 @@ _LOOP_PROBE_S = 0.1  # how often the event loop's lag is measured
 _SUBSCRIBE_CHUNK = 500  # topic filters per SUBSCRIBE packet when following a partition
 _ACK_SLOTS = 10  # the units' acks leave in this many turns per ack interval
 _ECG_SUFFIX = "/" + Stream.ECG.value
+_FLUSH_EVERY = 128  # 12-lead frames taken between writes of their live copies to the broker
 
 
 def now_us() -> int:
@@ -244,8 +245,12 @@ class Gateway:
                                 frames.append(message)
                             else:
                                 await self._hand_over(self._take(client, topic, message.payload))
-                        for message in frames:
+                        # Live copies leave as they are made, not when a long batch is done (decision 44).
+                        client.flush()
+                        for n, message in enumerate(frames, start=1):
                             await self._hand_over(self._take(client, message.topic, message.payload))
+                            if n % _FLUSH_EVERY == 0:
+                                client.flush()
                         self._report_received()
             except MqttLinkError as exc:
                 log.warning("broker connection lost (%s); reconnecting", exc)
@@ -456,8 +461,12 @@ class Gateway:
                 if outcome.unit and outcome.stream and outcome.boot is not None and outcome.seq is not None:
                     key = (outcome.unit, outcome.boot, outcome.stream)
                     settlements.append(Settlement(key, outcome.seq, rejected=True))
+        # A batch's preparation is a few milliseconds per phase, more on a busy machine: between the phases the
+        # reader takes what arrived, so a console's live data does not wait for all of them (decision 44).
+        await asyncio.sleep(0)
         await self._seed({s.key for s in settlements} | {loss.key for loss in losses})
         plan = self._tracker.plan(settlements, losses)
+        await asyncio.sleep(0)
         observed = self._take_link_events()
         link_events = [*loss_events, *observed]
         batch = IngestBatch(
@@ -482,6 +491,7 @@ class Gateway:
             return
         self._tracker.apply(plan)
         self._record(result, items)
+        await asyncio.sleep(0)
         await self._acknowledge(plan.advanced, plan.replayed)
 
     async def _refuse(self, item: _Incoming, exc: StoreError) -> None:

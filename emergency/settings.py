@@ -128,6 +128,9 @@ class StoreSettings(_Section):
     compress_after_days: int = Field(default=2, ge=1)
     pool_min: int = 1
     pool_max: int = 8
+    # A commit inserts each stream's rows in statements of at most this many rows, inside its one transaction
+    # (decision 44): the event loop is held only while one such statement is prepared and encoded, not the batch.
+    insert_chunk_rows: int = Field(default=250, ge=1)
 
 
 class Settings(BaseSettings):

@@ -27,6 +27,7 @@ from emergency.store import (
     Rejection,
     SettledRecord,
     Store,
+    StoreError,
     Watermark,
     _migrations,
     to_us,
@@ -162,6 +163,27 @@ async def test_the_record_above_a_watermark_names_stored_rejected_and_declared_l
     lowest = await store.settled_above({(unit, 1, Stream.ECG): -1}, per_key=2)
     assert sorted((s.seq, s.rejected) for s in lowest.settled) == [(0, False), (1, False), (3, True)]
     assert await store.settled_above({}, per_key=100) == SettledRecord([], [])
+
+
+async def test_a_commit_in_several_statements_counts_every_row_and_is_still_all_or_nothing(store: Store) -> None:
+    """A stream's rows go in by `insert_chunk_rows` at a time (decision 44): every chunk's stored rows and duplicates
+    are counted, and a row the database refuses in the last chunk takes the earlier chunks back with it."""
+    unit, now = f"K{time.monotonic_ns() % 10**8}", time.time_ns() // 1000
+    async with Store.open(store._dsn, StoreSettings(insert_chunk_rows=2)) as chunked:
+        await chunked.commit(IngestBatch(received=[Received(_ecg(unit, seq, now + seq), now) for seq in (1, 3)]))
+        result = await chunked.commit(
+            IngestBatch(received=[Received(_ecg(unit, seq, now + seq), now) for seq in range(7)])
+        )
+        assert (result.stored, result.duplicates) == ({Stream.ECG: 5}, {Stream.ECG: 2})
+        seqs = await store.pool.fetch("SELECT seq FROM ecg_frames WHERE unit = $1 ORDER BY seq", unit)
+        assert [r["seq"] for r in seqs] == list(range(7))
+
+        refused = [Received(_ecg(unit, seq, now + seq), now) for seq in range(10, 15)]
+        refused.append(Received(_ecg(unit + "\x00", 15, now), now))  # text PostgreSQL cannot hold
+        with pytest.raises(StoreError) as caught:
+            await chunked.commit(IngestBatch(received=refused))
+        assert not caught.value.retryable
+        assert await store.pool.fetchval("SELECT count(*) FROM ecg_frames WHERE unit = $1 AND seq >= 10", unit) == 0
 
 
 async def test_commits_making_new_chunks_with_streams_in_opposite_orders_both_commit(store: Store) -> None:

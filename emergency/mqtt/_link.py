@@ -409,6 +409,11 @@ class MqttLink:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def flush(self) -> None:
+        """Write what is queued now rather than at the end of this event-loop iteration: for a caller that queues
+        many publishes in one long step and wants the first ones on their way."""
+        self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         out, self._out = self._out, []

@@ -384,19 +384,21 @@ class Store:
         # Every commit takes the stream tables in one order, whatever its messages' order: a commit that makes a
         # TimescaleDB chunk locks that hypertable (ShareUpdateExclusiveLock) until it ends, and two commit lanes
         # taking two tables in opposite orders would deadlock (at start, and when a day's chunks begin).
-        by_stream: dict[Stream, list[tuple[Any, ...]]] = {stream: [] for stream in self._inserts}
+        by_stream: dict[Stream, list[Received]] = {stream: [] for stream in self._inserts}
         for item in batch.received:
-            by_stream[item.message.stream].append(_record(item))
+            by_stream[item.message.stream].append(item)
+        chunk = self._settings.insert_chunk_rows
         stored: Counter[Stream] = Counter()
         duplicates: Counter[Stream] = Counter()
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                for stream, records in by_stream.items():
-                    if not records:
-                        continue
-                    inserted = await self._insert_deduplicated(conn, stream, records)
-                    stored[stream] = inserted
-                    duplicates[stream] = len(records) - inserted
+                for stream, items in by_stream.items():
+                    # In statements of `chunk` rows (decision 44): between them the loop serves the reader.
+                    for start in range(0, len(items), chunk):
+                        records = [_record(item) for item in items[start : start + chunk]]
+                        inserted = await self._insert_deduplicated(conn, stream, records)
+                        stored[stream] += inserted
+                        duplicates[stream] += len(records) - inserted
                 if batch.rejections:
                     await self._insert_rejections(conn, batch.rejections)
                 if batch.link_events:
@@ -484,21 +486,28 @@ class Store:
         StoreError."""
         if not marks:
             return
+        # Statements of `insert_chunk_rows` marks: not one per key (each row of an executemany is a round of its own
+        # in the server), nor one for the fleet's thousands, which holds the caller's event loop while it is encoded
+        # (decision 44). Each commits on its own and locks its rows in key order: a watermark only moves up, so a
+        # save cut short is made good by the next, and two savers of the same keys cannot deadlock.
+        chunk = self._settings.insert_chunk_rows
         try:
-            # One statement, not one per key: each row of an executemany is a round of its own in the server.
-            await self.pool.execute(
-                "INSERT INTO ack_watermarks (unit, boot, stream, upto) "
-                "SELECT unit, boot, stream, max(upto) "
-                "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) "
-                "AS w (unit, boot, stream, upto) "
-                "GROUP BY unit, boot, stream ORDER BY unit, boot, stream "
-                "ON CONFLICT (unit, boot, stream) DO UPDATE "
-                "SET upto = GREATEST(ack_watermarks.upto, EXCLUDED.upto), updated_at = now()",
-                [w.unit for w in marks],
-                [w.boot for w in marks],
-                [w.stream.value for w in marks],
-                [w.upto for w in marks],
-            )
+            async with self.pool.acquire() as conn:
+                for start in range(0, len(marks), chunk):
+                    part = marks[start : start + chunk]
+                    await conn.execute(
+                        "INSERT INTO ack_watermarks (unit, boot, stream, upto) "
+                        "SELECT unit, boot, stream, max(upto) "
+                        "FROM unnest($1::text[], $2::text::bigint[], $3::text[], $4::text::bigint[]) "
+                        "AS w (unit, boot, stream, upto) "
+                        "GROUP BY unit, boot, stream ORDER BY unit, boot, stream "
+                        "ON CONFLICT (unit, boot, stream) DO UPDATE "
+                        "SET upto = GREATEST(ack_watermarks.upto, EXCLUDED.upto), updated_at = now()",
+                        [w.unit for w in part],
+                        _array_literal([w.boot for w in part]),
+                        [w.stream.value for w in part],
+                        _array_literal([w.upto for w in part]),
+                    )
         except DB_ERRORS as exc:
             raise StoreError(f"could not save ack watermarks: {exc}", retryable=True) from exc
 
