@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -119,6 +120,37 @@ async def test_qos1_publish_waits_for_the_broker_and_reaches_subscribers(gateway
                 if len(topics) == 4:
                     break
     assert topics == [f"center/v1/live/LINKTEST/{t}" for t in ("n0", "n1", "n2", "last")]
+
+
+async def test_flush_sends_queued_publishes_before_the_event_loop_turns(gateway_endpoint, console_endpoint) -> None:
+    """`publish_nowait` leaves at the end of the loop's iteration; `flush` sends it at once, so a subscriber gets it
+    while the publisher's loop is still held (the gateway's reader in a long pass, decision 44)."""
+    topic = f"center/v1/live/FLUSHTEST/{client_id()}"
+    subscribed, arrived = threading.Event(), {b"queued": threading.Event(), b"flushed": threading.Event()}
+
+    async def subscriber() -> None:  # on a loop of its own: it runs while the test's loop is held
+        async with mqtt_client(console_endpoint, identifier=client_id()) as console:
+            await console.subscribe(topic, qos=1)
+            subscribed.set()
+            async with asyncio.timeout(20):
+                async for message in console.messages:
+                    arrived[bytes(message.payload)].set()  # type: ignore[arg-type]
+                    if all(event.is_set() for event in arrived.values()):
+                        return
+
+    thread = threading.Thread(target=asyncio.run, args=(subscriber(),), daemon=True)
+    thread.start()
+    assert await asyncio.to_thread(subscribed.wait, 10)
+    async with linked(gateway_endpoint, client_id=client_id()) as link:
+        assert link.publish_nowait(topic, b"queued")
+        # The loop held, as by a long step: what is only queued stays in this process.
+        assert not arrived[b"queued"].wait(0.5)
+        await asyncio.sleep(0)
+        assert await asyncio.to_thread(arrived[b"queued"].wait, 5)
+        assert link.publish_nowait(topic, b"flushed")
+        link.flush()
+        assert arrived[b"flushed"].wait(5)  # the loop still held
+    thread.join(10)
 
 
 async def test_refusals_are_errors_with_the_brokers_reason(broker, console_endpoint, gateway_endpoint) -> None:
