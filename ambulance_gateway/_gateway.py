@@ -579,8 +579,11 @@ class Gateway:
         for stream, count in result.duplicates.items():
             self.metrics.duplicates.labels(stream.value).inc(count)
         self.metrics.batch_size.observe(len(items))
-        done = time.monotonic()
+        done, done_us = time.monotonic(), now_us()
         self.metrics.lag_seconds.observe_many([done - item.rx_mono for item in items])
+        self.metrics.device_to_commit_seconds.observe_many(
+            [(done_us - r.message.ts) / 1e6 for r in (item.outcome for item in items) if isinstance(r, Received)]
+        )
 
     def _take_link_events(self) -> list[LinkEvent]:
         events = list(self._link_events)

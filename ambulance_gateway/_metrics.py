@@ -61,6 +61,14 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # The device's own timestamp of a message to its commit: publish→commit where the device's clock is the
+        # center's (a skewed clock shifts it by its offset). bench/scale.py reads the commit target from it.
+        self.device_to_commit_seconds = BatchHistogram(
+            "emergency_gateway_device_to_commit_seconds",
+            "From the device's timestamp of a message to its commit (the device clock's offset included)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.loop_lag_seconds = Histogram(
             "emergency_gateway_loop_lag_seconds",
             "How late the event loop ran a timer: how long ingest, alerting and commits waited for the process",

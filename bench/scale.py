@@ -259,6 +259,28 @@ async def sample_window(sampler: Sampler, until: float) -> tuple[float, dict[str
     return elapsed, first, last, round(other, 2)
 
 
+_COMMITTED_WITHIN = {
+    "n": "device_to_commit_seconds_count",
+    "within_0_5s": "device_to_commit_le_0.5",
+    "within_1s": "device_to_commit_le_1.0",
+}
+
+
+def commit_bounds(tracked: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Over a run's timeline (`--timeline`): the messages committed, and the share of them committed within 0.5 s
+    and 1 s of their device timestamp, from the gateway's histogram (its buckets bound the p99: a share of at least
+    0.99 within 1 s is a p99 of at most 1 s)."""
+    rows = [row["device_to_commit"] for row in tracked if row.get("device_to_commit", {}).get("n")]
+    n = sum(row["n"] for row in rows)
+    if not n:
+        return None
+    return {
+        "n": n,
+        "share_within_0_5s": round(sum(row["within_0_5s"] for row in rows) / n, 4),
+        "share_within_1s": round(sum(row["within_1s"] for row in rows) / n, 4),
+    }
+
+
 def histogram_mean_ms(now: dict[str, float], then: dict[str, float], metric: str) -> float | None:
     """The mean of a Prometheus histogram between two readings, in ms."""
     count = now.get(f"{metric}_count", 0.0) - then.get(f"{metric}_count", 0.0)
@@ -307,8 +329,14 @@ async def track(
             wanted = ("emergency_gateway_pending_messages", "emergency_gateway_commit_seconds_sum",
                       "emergency_gateway_commit_seconds_count", "emergency_gateway_receive_to_commit_seconds_sum",
                       "emergency_gateway_receive_to_commit_seconds_count", "emergency_gateway_loop_lag_seconds_sum",
-                      "emergency_gateway_loop_lag_seconds_count")  # fmt: skip
-            return {s.name.removeprefix("emergency_gateway_"): s.value for s in samples if s.name in wanted}
+                      "emergency_gateway_loop_lag_seconds_count",
+                      "emergency_gateway_device_to_commit_seconds_count")  # fmt: skip
+            values = {s.name.removeprefix("emergency_gateway_"): s.value for s in samples if s.name in wanted}
+            for sample in samples:  # the commit target's bounds: how many were committed within 0.5 s and 1 s
+                if sample.name == "emergency_gateway_device_to_commit_seconds_bucket":
+                    if sample.labels.get("le") in ("0.5", "1.0"):
+                        values[f"device_to_commit_le_{sample.labels['le']}"] = sample.value
+            return values
 
         started = time.time()
         before_db, before_gw = await database(), await gateway()
@@ -321,7 +349,12 @@ async def track(
             # A process born since the last row counts from its start in the window.
             cores = sampler.per_role(cpu, {**sampler.cpu_start, **before_cpu}, every)
             system_cores = sampler.per_role(system, {**sampler.system_start, **before_system}, every)
-
+            # Messages committed in this interval, and of them how many within 0.5 s and 1 s of their device
+            # timestamp (publish→commit; the generator's clock is the gateway's).
+            committed = {
+                key: round(gw.get(metric, 0.0) - before_gw.get(metric, 0.0))
+                for key, metric in _COMMITTED_WITHIN.items()
+            }
             rows.append({
                 "t_s": round(time.time() - started),
                 "machine_cores": round((busy - before_busy) / every, 2),
@@ -332,6 +365,7 @@ async def track(
                 "commit_ms_mean": histogram_mean_ms(gw, before_gw, "commit_seconds"),
                 "receive_to_commit_ms_mean": histogram_mean_ms(gw, before_gw, "receive_to_commit_seconds"),
                 "loop_lag_ms_mean": histogram_mean_ms(gw, before_gw, "loop_lag_seconds"),
+                "device_to_commit": committed,
                 "checkpoints": db["checkpoints"] - before_db["checkpoints"],
                 "checkpoints_requested": db["checkpoints_req"] - before_db["checkpoints_req"],
                 "wal_mib": round((db["wal"] - before_db["wal"]) / 2**20),
@@ -807,6 +841,7 @@ async def system_run(
                 "storage_compressed": compressed,
                 "profiles": profiles,
                 "gateway_health_at_window_end": health,
+                "publish_to_commit": commit_bounds(tracked),
                 "timeline": {
                     "every_s": timeline_s,
                     "system": tracked,
@@ -1127,7 +1162,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             results["runs"].append(run)
             log(
                 f"  offered {run['offered_msgs_per_s']}/s stored {run['stored_msgs_per_s']}/s lost {run['lost']} "
-                f"ack {run['publish_to_ack_ms']} console {run['publish_to_console_ecg_ms']} cpu {run['cpu_cores']}"
+                f"ack {run['publish_to_ack_ms']} commit {run['publish_to_commit']} "
+                f"console {run['publish_to_console_ecg_ms']} cpu {run['cpu_cores']}"
             )
             Path(args.out).write_text(json.dumps(results, indent=2))
             if run["acked"] < run["sent"] * 0.99 or (run["stored_msgs_per_s"] or 0) < 0.95 * run["offered_msgs_per_s"]:

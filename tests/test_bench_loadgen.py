@@ -246,6 +246,21 @@ def test_the_scale_benchmark_refuses_a_run_whose_rows_would_not_fit_on_the_disk(
         enough_disk(10**9, 3600.0)
 
 
+def test_the_scale_benchmark_bounds_publish_to_commit_by_the_share_committed_within_each_bucket() -> None:
+    """The commit target is read from the gateway's device→commit histogram over the run's timeline: the shares of
+    messages committed within 0.5 s and 1 s, intervals with nothing committed left out; no timeline, no figure."""
+    from bench.scale import commit_bounds
+
+    tracked = [
+        {"device_to_commit": {"n": 600, "within_0_5s": 300, "within_1s": 594}},
+        {"device_to_commit": {"n": 0, "within_0_5s": 0, "within_1s": 0}},
+        {"device_to_commit": {"n": 400, "within_0_5s": 400, "within_1s": 400}},
+        {"t_s": 10},  # a row from before the histogram existed
+    ]
+    assert commit_bounds(tracked) == {"n": 1000, "share_within_0_5s": 0.7, "share_within_1s": 0.994}
+    assert commit_bounds([]) is None
+
+
 async def test_the_copy_baseline_writes_the_standard_mix_into_the_stores_own_tables() -> None:
     """The PostgreSQL COPY baseline of bench/scale.py puts the same messages, as rows, into the tables the gateway
     commits to (a real cluster, native partitions), and reports a rate."""

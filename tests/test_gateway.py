@@ -12,6 +12,7 @@ import aiohttp
 import aiomqtt
 import pytest_asyncio
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.parser import text_string_to_metric_families
 
 from ambulance_gateway import Gateway, lane_of
 from ambulance_gateway._metrics import BatchHistogram
@@ -349,6 +350,30 @@ async def test_metrics_and_health_endpoints(store, gateway_endpoint, make_unit) 
     assert "emergency_gateway_loop_lag_seconds_count" in text
     assert status == 200 and health["status"] == "ok" and health["mqtt_connected"]
     assert health["pending_messages"] >= 0 and health["unread_messages"] >= 0
+
+
+async def test_the_time_from_a_devices_timestamp_to_the_commit_is_measured(store, gateway_endpoint, make_unit) -> None:
+    """Each committed message's age at its commit, from the device's own timestamp, goes into a histogram: the
+    benchmark's publish→commit (a frame made two seconds before it was sent is two seconds old when committed)."""
+    unit, endpoint = await make_unit()
+    made = _now_us() - 2_000_000
+    async with (
+        Gateway(_gateway_settings(), gateway_endpoint, store) as gateway,
+        connected_device(unit, endpoint) as device,
+    ):
+        await device.send(EcgFrame(unit, 1, 0, made, 500.0, ("I", "II"), 2.5, 125, bytes(range(250)) * 2))
+        await device.send(ecg(unit, 1, 1))
+        await device.ack_covering(Stream.ECG, 1, 1)
+        async with aiohttp.ClientSession() as http, http.get(gateway.metrics_url) as response:
+            text = await response.text()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    samples = {
+        (s.name, s.labels.get("le")): s.value for s in families["emergency_gateway_device_to_commit_seconds"].samples
+    }
+    assert samples[("emergency_gateway_device_to_commit_seconds_count", None)] == 2
+    assert samples[("emergency_gateway_device_to_commit_seconds_bucket", "1.0")] == 1  # the frame sent at once
+    assert samples[("emergency_gateway_device_to_commit_seconds_bucket", "2.5")] == 2
+    assert samples[("emergency_gateway_device_to_commit_seconds_sum", None)] >= 2.0
 
 
 async def test_the_observer_is_told_when_the_gateway_is_behind(store, gateway_endpoint, make_unit) -> None:
