@@ -201,7 +201,7 @@ class MqttLink:
                 else mqtt5.DisconnectReasonCode.DISCONNECT_WITH_WILL_MESSAGE
             )
             self._write(mqtt5.DisconnectPacket(reason_code=reason).write())
-            self._flush()
+            self.flush()
         self._fail("closed by us")
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -364,7 +364,7 @@ class MqttLink:
         self._outbox.append((topic, payload, retain, waiter))
         self._send_outbox()
         if now:
-            self._flush()
+            self.flush()
         return waiter
 
     async def acknowledged(self, waiter: asyncio.Future[int], topic: str) -> None:
@@ -407,14 +407,11 @@ class MqttLink:
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Write what is queued now rather than at the end of this event-loop iteration: for a caller that queues
-        many publishes in one long step and wants the first ones on their way."""
-        self._flush()
-
-    def _flush(self) -> None:
+        """Write what is queued now. Otherwise it is written at the end of this event-loop iteration; a caller that
+        queues many publishes in one long step calls this to send the first ones on their way."""
         self._flush_scheduled = False
         out, self._out = self._out, []
         if out and self._transport is not None and not self._transport.is_closing():
@@ -448,5 +445,5 @@ class MqttLink:
 
     def _close_transport(self) -> None:
         if self._transport is not None:
-            self._flush()
+            self.flush()
             self._transport.close()
