@@ -64,7 +64,7 @@ from emergency.settings import GatewaySettings, StoreSettings  # noqa: E402
 from emergency.stack import Broker, PostgresCluster, provision_units  # noqa: E402
 from emergency.stack.postgres import pg_bindir, timescaledb_available  # noqa: E402
 from emergency.stack.provision import _write_accounts  # noqa: E402
-from emergency.store import IngestBatch, Received, Store, Watermark  # noqa: E402
+from emergency.store import IngestBatch, Received, Store, Watermark, from_us  # noqa: E402
 
 MSGS_PER_UNIT_S = 6  # 4 ECG frames + 1 vitals + 1 GPS
 TIME_SERIES = ("ecg_frames", "vitals", "gps_fixes", "device_events")
@@ -331,11 +331,14 @@ async def track(
                       "emergency_gateway_receive_to_commit_seconds_count", "emergency_gateway_loop_lag_seconds_sum",
                       "emergency_gateway_loop_lag_seconds_count",
                       "emergency_gateway_device_to_commit_seconds_count")  # fmt: skip
-            values = {s.name.removeprefix("emergency_gateway_"): s.value for s in samples if s.name in wanted}
-            for sample in samples:  # the commit target's bounds: how many were committed within 0.5 s and 1 s
-                if sample.name == "emergency_gateway_device_to_commit_seconds_bucket":
-                    if sample.labels.get("le") in ("0.5", "1.0"):
-                        values[f"device_to_commit_le_{sample.labels['le']}"] = sample.value
+            values = {}
+            for sample in samples:
+                name = sample.name.removeprefix("emergency_gateway_")
+                if sample.name in wanted:
+                    values[name] = sample.value
+                elif name == "device_to_commit_seconds_bucket" and sample.labels.get("le") in ("0.5", "1.0"):
+                    # the commit target's bounds: how many were committed within 0.5 s and 1 s
+                    values[f"device_to_commit_le_{sample.labels['le']}"] = sample.value
             return values
 
         started = time.time()
@@ -471,7 +474,6 @@ class WatermarkSaver:
             await self._store.save_watermarks([Watermark(*key, upto) for key, upto in marks.items()])
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _COPY_COLUMNS = {
     "ecg_frames": ("unit", "boot", "seq", "ts", "rx_ts", "fs", "leads", "lsb_uv", "n", "data"),
     "vitals": ("unit", "boot", "seq", "ts", "rx_ts", "hr", "spo2", "rr"),
@@ -484,8 +486,7 @@ def copy_rows(items: list[Received]) -> dict[str, list[tuple[Any, ...]]]:
     rows: dict[str, list[tuple[Any, ...]]] = {table: [] for table in _COPY_COLUMNS}
     for item in items:
         m = item.message
-        key = (m.unit, m.boot, m.seq, _EPOCH + dt.timedelta(microseconds=m.ts),
-               _EPOCH + dt.timedelta(microseconds=item.rx_ts))  # fmt: skip
+        key = (m.unit, m.boot, m.seq, from_us(m.ts), from_us(item.rx_ts))
         if isinstance(m, EcgFrame):
             rows["ecg_frames"].append((*key, m.fs, list(m.leads), m.lsb_uv, m.n, m.data))
         elif isinstance(m, Vitals):
