@@ -107,6 +107,7 @@ class Loss:
 @dataclass(slots=True)
 class AckPlan:
     deltas: dict[Key, _Delta]
+    runs: dict[Key, tuple[_Progress, int]]  # keys whose batch only follows on from the watermark: the new one
     advanced: dict[Key, Ack]  # keys whose watermark moves, with the ack to publish after commit
     replayed: dict[Key, int]  # keys that saw seqs at or below their watermark: lowest such seq
 
@@ -148,21 +149,45 @@ class AckTracker:
     def plan(self, settlements: Iterable[Settlement], losses: Iterable[Loss] = ()) -> AckPlan:
         """What settling these would do; the tracker itself is unchanged until `apply`."""
         deltas: dict[Key, _Delta] = {}
+        runs: dict[Key, int] = {}
         replayed: dict[Key, int] = {}
+        known_progress = self._progress
 
         def of(key: Key) -> _Delta:
             d = deltas.get(key)
             if d is None:
-                d = deltas[key] = _Delta(self._progress.get(key) or _Progress())
+                progress = known_progress.get(key) or _Progress()
+                d = deltas[key] = _Delta(progress)
+                top = runs.pop(key, None)
+                if top is not None:
+                    d.additions = dict.fromkeys(range(progress.upto + 1, top + 1), False)
             return d
 
-        # Once per message in every batch: kept to plain dict operations, `of` written out (the writer runs this
-        # between reads).
+        # Once per message in every batch: kept to plain dict operations (the writer runs this between reads). The
+        # usual key's seqs follow on from its watermark, none rejected, with nothing pending or lost: such a run is
+        # its top seq alone, and becomes a `_Delta` only at the first seq that breaks it.
         for s in settlements:
             key, seq = s.key, s.seq
-            d = deltas.get(key)
-            if d is None:
-                d = deltas[key] = _Delta(self._progress.get(key) or _Progress())
+            top = runs.get(key)
+            if top is None:
+                d = deltas.get(key)
+                if d is None:
+                    progress = known_progress.get(key)
+                    if (
+                        progress is not None
+                        and seq == progress.upto + 1
+                        and not s.rejected
+                        and not progress.pending
+                        and not progress.lost
+                    ):
+                        runs[key] = seq
+                        continue
+                    d = of(key)
+            elif seq == top + 1 and not s.rejected:
+                runs[key] = seq
+                continue
+            else:
+                d = of(key)
             progress, additions = d.progress, d.additions
             if seq <= progress.upto:
                 replayed[key] = min(seq, replayed.get(key, seq))
@@ -178,16 +203,21 @@ class AckTracker:
             d = of(loss.key)
             if loss.last > d.progress.upto:
                 d.lost.append((max(loss.first, d.progress.upto + 1), loss.last))
-        advanced: dict[Key, Ack] = {}
+        advanced: dict[Key, Ack] = {key: Ack(key[1], key[2], top, ()) for key, top in runs.items()}
         for key, d in deltas.items():
             d.advance()
             if d.upto > d.progress.upto:
                 rejected = tuple(sorted(d.rejected)) if d.rejected else ()
                 advanced[key] = Ack(key[1], key[2], d.upto, rejected)
-        return AckPlan(deltas, advanced, replayed)
+        return AckPlan(deltas, {key: (known_progress[key], top) for key, top in runs.items()}, advanced, replayed)
 
     def apply(self, plan: AckPlan) -> None:
         """The plan's batch is committed: make its watermarks current."""
+        for key, (progress, top) in plan.runs.items():
+            self._progress[key] = progress
+            self._unsaved[key] = top
+            progress.upto = top
+            progress.gap_since = None
         for key, delta in plan.deltas.items():
             self._progress[key] = delta.progress
             if delta.upto > delta.progress.upto:

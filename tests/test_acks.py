@@ -36,6 +36,14 @@ def test_plan_changes_nothing_until_applied() -> None:
     tracker = AckTracker()
     tracker.plan([Settlement(KEY, 0, False)])
     assert tracker.watermark(KEY) == -1
+    tracker.seed(KEY, 4)  # a known key whose batch follows on from its watermark: the usual case
+    plan = tracker.plan([Settlement(KEY, 5, False), Settlement(KEY, 6, False)])
+    assert plan.advanced == {KEY: Ack(2, Stream.ECG, 6, ())}
+    assert tracker.watermark(KEY) == 4
+    assert tracker.take_unsaved() == {}
+    tracker.apply(plan)
+    assert tracker.watermark(KEY) == 6
+    assert tracker.take_unsaved() == {KEY: 6}
 
 
 def test_seeded_watermark_continues_after_restart() -> None:
