@@ -1,4 +1,4 @@
-"""The ambulance gateway: subscribe → validate → forward live → batch-commit → acknowledge.
+"""The ambulance gateway: subscribe → validate → batch-commit → acknowledge.
 
 Guarantees (see docs/protocol.md): a message is acknowledged only after it is durably committed (or rejected and
 recorded), each (unit, boot, stream, seq) is stored once, and no input can stop the gateway.
@@ -21,15 +21,7 @@ from ambulance_gateway._acks import MAX_PENDING_PER_KEY, AckTracker, Key, Loss, 
 from ambulance_gateway._metrics import GatewayMetrics
 from ambulance_gateway._monitor import LinkChange, SilenceMonitor
 from ambulance_gateway._partition import Partition, fleet_filters, lane_of, unit_filters
-from emergency.bus import (
-    WATCH_FILTER,
-    LinkCondition,
-    LinkState,
-    decode_watch,
-    is_watch_topic,
-    link_topic,
-    live_topic,
-)
+from emergency.bus import FORMER_WATCH_FILTER, LinkCondition, LinkState, link_topic
 from emergency.codec import RejectedMessage, decode_device_message, encode_acks
 from emergency.mqtt import MqttLink, MqttLinkError, backoff_delay
 from emergency.protocol import (
@@ -64,7 +56,6 @@ _LOOP_PROBE_S = 0.1  # how often the event loop's lag is measured
 _SUBSCRIBE_CHUNK = 500  # topic filters per SUBSCRIBE packet when following a partition
 _ACK_SLOTS = 10  # the units' acks leave in this many turns per ack interval
 _ECG_SUFFIX = "/" + Stream.ECG.value
-_FLUSH_EVERY = 128  # 12-lead frames taken between writes of their live copies to the broker
 
 
 def now_us() -> int:
@@ -108,9 +99,6 @@ class Gateway:
         self._partition = partition if partition is not None and partition.count > 1 else None
         self._subscribed_units: set[str] = set()
         self._not_owned_seen: set[str] = set()  # topics of another partition that reached this one (logged once)
-        # Each console's watch list (center/v1/watch/{console}); a unit's ECG is forwarded only while watched.
-        self._watch_lists: dict[str, frozenset[str]] = {}
-        self._watched: frozenset[str] = frozenset()
         self._mqtt = mqtt
         self._store = store
         self.metrics = GatewayMetrics()
@@ -219,7 +207,9 @@ class Gateway:
         while True:
             try:
                 async with self._link() as client:
-                    await client.subscribe([(WATCH_FILTER, 1)])  # retained: every console's list, now
+                    # Consoles read devices' topics themselves (decision 45): this session's subscription to
+                    # their former watch lists, if it holds one, would only bring messages that are not telemetry.
+                    await client.unsubscribe([FORMER_WATCH_FILTER])
                     if self._partition is None:
                         await client.subscribe([(f, 1) for f in fleet_filters()])
                     else:
@@ -237,20 +227,14 @@ class Gateway:
                         frames = []
                         for message in batch:
                             topic = message.topic
-                            if is_watch_topic(topic):
-                                self._note_watch(topic, message.payload)
-                            elif self._partition is not None and not self._partition.takes(topic):
+                            if self._partition is not None and not self._partition.takes(topic):
                                 self._not_owned(topic)
                             elif topic.endswith(_ECG_SUFFIX):
                                 frames.append(message)
                             else:
-                                await self._hand_over(self._take(client, topic, message.payload))
-                        # Live copies leave as they are made, not when a long batch is done (decision 44).
-                        client.flush()
-                        for n, message in enumerate(frames, start=1):
-                            await self._hand_over(self._take(client, message.topic, message.payload))
-                            if n % _FLUSH_EVERY == 0:
-                                client.flush()
+                                await self._hand_over(self._take(topic, message.payload))
+                        for message in frames:
+                            await self._hand_over(self._take(message.topic, message.payload))
                         self._report_received()
             except MqttLinkError as exc:
                 log.warning("broker connection lost (%s); reconnecting", exc)
@@ -308,7 +292,7 @@ class Gateway:
         """Messages taken and not yet committed, in every lane."""
         return sum(lane.qsize() for lane in self._lanes)
 
-    def _take(self, client: MqttLink, topic: str, payload: bytes) -> _Incoming:
+    def _take(self, topic: str, payload: bytes) -> _Incoming:
         rx_us, rx_mono = now_us(), time.monotonic()
         outcome: Received | RejectedMessage
         try:
@@ -322,10 +306,6 @@ class Gateway:
             outcome = Received(decoded, rx_us)
             lane = self._lane_of(decoded.unit)
             self._received_unreported[decoded.stream] += 1
-            # Live data reaches consoles now, not after the commit; best effort (QoS 0), never waited on. A 12-lead
-            # only while a console shows it (emergency/bus.py).
-            if decoded.stream is not Stream.ECG or decoded.unit in self._watched:
-                client.publish_nowait(live_topic(decoded.unit, decoded.stream), payload)
             self._tell_observer(decoded, rx_us, self._lanes[lane])
             change = self._silence.heard(decoded.unit, rx_mono, rx_us)
             if change is not None:
@@ -346,21 +326,6 @@ class Gateway:
             if count:
                 self._received[stream].inc(count)
                 self._received_unreported[stream] = 0
-
-    def _note_watch(self, topic: str, payload: bytes) -> None:
-        console = topic.rsplit("/", 1)[-1]
-        try:
-            units = decode_watch(payload)
-        except ValueError as exc:
-            # Only consoles write these: a bug, not bad input. Keep forwarding what was forwarded.
-            log.error("malformed watch list from %s: %s", console, exc)
-            return
-        if units:
-            self._watch_lists[console] = units
-        else:
-            self._watch_lists.pop(console, None)
-        self._watched = frozenset().union(*self._watch_lists.values())
-        log.debug("console %s watches %d units; %d watched in all", console, len(units), len(self._watched))
 
     def _tell_observer(
         self, item: DeviceMessage | LinkEvent, rx_us: int = 0, lane: asyncio.Queue[_Incoming] | None = None
@@ -462,7 +427,7 @@ class Gateway:
                     key = (outcome.unit, outcome.boot, outcome.stream)
                     settlements.append(Settlement(key, outcome.seq, rejected=True))
         # A batch's preparation is a few milliseconds per phase, more on a busy machine: between the phases the
-        # reader takes what arrived, so a console's live data does not wait for all of them (decision 44).
+        # reader takes what arrived, so the clinical loop's alerts do not wait for all of them (decision 44).
         await asyncio.sleep(0)
         await self._seed({s.key for s in settlements} | {loss.key for loss in losses})
         plan = self._tracker.plan(settlements, losses)

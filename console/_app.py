@@ -22,16 +22,7 @@ from console._hub import Client, ClientDropped, Hub, Json, needs_of, visible_car
 from console._state import FleetState, ecg_json
 from console._streets import STREET_LAYER, setup_streets
 from emergency.access import Permission
-from emergency.bus import (
-    BUS_ROOT,
-    CARE_FILTER,
-    LINK_FILTER,
-    LinkState,
-    encode_watch,
-    live_topic,
-    parse_bus_topic,
-    watch_topic,
-)
+from emergency.bus import BUS_ROOT, CARE_FILTER, LINK_FILTER, LinkState, is_link_topic
 from emergency.care._model import Alert, AlertState
 from emergency.care._wire import CareRecord, encode_record
 from emergency.codec import RejectedMessage, decode_device_message
@@ -46,9 +37,10 @@ from emergency.store._care import CareStore
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(str(resources.files("console") / "static"))
-# Always-on subscriptions: every unit's position, vitals and events, and link states. ECG is subscribed per unit
-# only while someone watches it, so an unwatched fleet's waveform never reaches this process.
-_ALWAYS = [f"{BUS_ROOT}/live/+/gps", f"{BUS_ROOT}/live/+/vitals", f"{BUS_ROOT}/live/+/event", LINK_FILTER]
+# Always-on subscriptions: every unit's position, vitals and events, straight from the devices (decision 45), and
+# link states. ECG is subscribed per unit only while someone watches it, so an unwatched fleet's waveform never
+# reaches this process.
+_ALWAYS = [*(device_topic("+", stream) for stream in (Stream.GPS, Stream.VITALS, Stream.EVENT)), LINK_FILTER]
 
 
 _CARE_PREFIX = f"{BUS_ROOT}/care/"
@@ -69,8 +61,10 @@ class ConsoleCore:
         self.care = CareView()
         self.hub = Hub(send_interval_s=settings.send_interval_s)
         self.bus_client: MqttLink | None = None
-        # This process's name on the bus, kept across reconnects: its watch list is one retained topic.
+        # This process's name on the broker, kept across reconnects.
         self.bus_id = f"{settings.client_id}-{random.randrange(16**8):08x}"
+        # Device messages the codec refused: the gateway records each as a rejection; a console shows none of them.
+        self.invalid_telemetry = 0
         self.bus_ready = asyncio.Event()
         self._deliveries: set[asyncio.Task[None]] = set()  # at most one per raised alert, each short-lived
 
@@ -136,13 +130,11 @@ class ConsoleCore:
         attempt = 0
         while True:
             try:
-                # The bus carries every unit's live data: read it as the gateway reads devices, what arrived
-                # meanwhile at a time, so that each client's next frame carries all of them (decision 24).
-                # The will clears this console's watch list when it goes, however it goes.
-                async with MqttLink(self.mqtt, client_id=self.bus_id, will=(watch_topic(self.bus_id), b"")) as client:
-                    watched = [(live_topic(unit, Stream.ECG), 0) for unit in self.hub.watched_units()]
+                # Every unit's live data: read it as the gateway reads devices, what arrived meanwhile at a time,
+                # so that each client's next frame carries all of them (decision 24).
+                async with MqttLink(self.mqtt, client_id=self.bus_id) as client:
+                    watched = [(device_topic(unit, Stream.ECG), 0) for unit in self.hub.watched_units()]
                     await client.subscribe([*((topic, 0) for topic in _ALWAYS), (CARE_FILTER, 1), *watched])
-                    await self._announce_watch(client)
                     self.bus_client, attempt = client, 0
                     self.bus_ready.set()
                     log.info("console connected to the bus at %s:%s", self.mqtt.host, self.mqtt.port)
@@ -177,17 +169,24 @@ class ConsoleCore:
                 if isinstance(record, Alert):
                     self._note_delivery(record)
             return None
+        if is_link_topic(topic):
+            try:
+                state = LinkState.decode(payload)
+            except (ValueError, KeyError) as exc:
+                # The link topics are written only by the gateway: this is a bug, not bad input.
+                log.error("malformed link state on %s: %s", topic, exc)
+                return None
+            return self.fleet.apply_link(state)  # VIEW_FLEET
         try:
-            kind, unit, stream = parse_bus_topic(topic)
-            if kind == "link":
-                return self.fleet.apply_link(LinkState.decode(payload))  # VIEW_FLEET
-            message = decode_device_message(device_topic(unit, Stream(stream or "")), payload)
-        except (ValueError, KeyError, RejectedMessage) as exc:
-            # The bus is written only by the gateway, after validation: this is a bug, not bad input.
-            log.error("malformed bus message on %s: %s", topic, exc)
+            # The same judge as the gateway's: a console shows exactly what the gateway accepts.
+            message = decode_device_message(topic, payload)
+        except RejectedMessage as exc:
+            # Bad input from a device, which the gateway records and tells the device about; not shown here.
+            self.invalid_telemetry += 1
+            log.debug("not shown: %s on %s", exc.reason, topic)
             return None
         if isinstance(message, EcgFrame):
-            self.hub.send_ecg(unit, ecg_json(message, rx))
+            self.hub.send_ecg(message.unit, ecg_json(message, rx))
             return None
         update = self.fleet.apply(message, rx)
         if update is not None and update["type"] == "event":
@@ -195,20 +194,15 @@ class ConsoleCore:
             return None
         return update  # gps and status: VIEW_FLEET; vitals: VIEW_PATIENT_LIVE
 
-    async def _announce_watch(self, client: MqttLink) -> None:
-        """Tell the gateways which units' 12-lead this console shows: they forward only those (emergency/bus.py)."""
-        await client.publish(watch_topic(self.bus_id), encode_watch(self.hub.watched_units()), retain=True)
-
     async def follow_ecg(self, unit: str, on: bool) -> None:
         client = self.bus_client
         if client is None:
             return  # subscribed on (re)connect from hub.watched_units()
         try:
             if on:
-                await client.subscribe([(live_topic(unit, Stream.ECG), 0)])
+                await client.subscribe([(device_topic(unit, Stream.ECG), 0)])
             else:
-                await client.unsubscribe([live_topic(unit, Stream.ECG)])
-            await self._announce_watch(client)
+                await client.unsubscribe([device_topic(unit, Stream.ECG)])
         except MqttLinkError as exc:
             log.info("ECG subscription for %s not changed now (%s); the reconnect will", unit, exc)
 
@@ -229,6 +223,7 @@ async def _health(request: web.Request) -> web.Response:
             "bus_connected": healthy,
             "clients": len(core.hub.clients),
             "units": len(core.fleet.units),
+            "invalid_telemetry": core.invalid_telemetry,
         },
         status=200 if healthy else 503,
     )

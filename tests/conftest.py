@@ -24,6 +24,7 @@ import pytest_asyncio
 import websockets
 
 from emergency.access import AccessStore, Role, hash_password
+from emergency.mqtt import mqtt_client
 from emergency.settings import MqttEndpoint
 from emergency.stack import CONSOLE_ACCOUNT, GATEWAY_ACCOUNT, Broker, PostgresCluster, provision_unit
 from emergency.store import Store
@@ -116,6 +117,39 @@ def make_unit(broker: Broker, request: pytest.FixtureRequest) -> Callable[[], Aw
         return unit, broker.endpoint_for(unit, password)
 
     return make
+
+
+class Devices:
+    """Publishes as the devices themselves, as consoles read them (decision 45): the unit named in a topic gets a
+    broker account and a connection on its first publish."""
+
+    def __init__(self, broker: Broker, stack: contextlib.AsyncExitStack) -> None:
+        self._broker = broker
+        self._stack = stack
+        self._clients: dict[str, aiomqtt.Client] = {}
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
+        unit = topic.split("/")[2]  # ems/v1/{unit}/{stream}
+        client = self._clients.get(unit)
+        if client is None:
+            endpoint = self._broker.endpoint_for(unit, provision_unit(self._broker.root, unit))
+            client = self._clients[unit] = await self._connect(endpoint)
+        await client.publish(topic, payload, qos=qos)
+
+    async def _connect(self, endpoint: MqttEndpoint) -> aiomqtt.Client:
+        # The broker reads a new account when it has handled the reload signal: retry until it has.
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    return await self._stack.enter_async_context(mqtt_client(endpoint, timeout=5))
+                except aiomqtt.MqttError:
+                    await asyncio.sleep(0.1)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def devices(broker: Broker) -> AsyncIterator[Devices]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield Devices(broker, stack)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

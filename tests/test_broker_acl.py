@@ -31,11 +31,11 @@ async def test_unit_cannot_publish_as_another_unit(make_unit, gateway_endpoint) 
         await center.subscribe("center/v1/#", qos=1)
         await device.publish(f"ems/v1/{b}/ecg", b"forged", qos=1)
         await device.publish(f"ems/v1/{b}/event", b"forged", qos=1)
-        await device.publish(f"center/v1/live/{b}/ecg", b"forged", qos=1)
+        await device.publish(f"center/v1/link/{b}", b"forged", qos=1)
         await device.publish(f"ems/v1/{a}/ack", b"forged ack", qos=1)
         await device.publish(f"ems/v1/{a}/gps", b"own", qos=1)
         # Other tests' units may still be talking on the shared broker: look only at these two.
-        topics = [t for t in await received_topics(center, 2) if t.split("/")[-2] in (a, b)]
+        topics = [t for t in await received_topics(center, 2) if {a, b} & set(t.split("/"))]
     assert topics == [f"ems/v1/{a}/gps"]
 
 
@@ -68,10 +68,24 @@ async def test_unauthenticated_clients_are_refused(make_unit, who: str) -> None:
             pass
 
 
-async def test_console_account_cannot_read_device_topics(make_unit, console_endpoint, gateway_endpoint) -> None:
-    """The console's account reads the bus only, never raw device traffic."""
+async def test_console_account_reads_device_telemetry_but_not_acks_and_writes_neither(
+    make_unit, console_endpoint, gateway_endpoint
+) -> None:
+    """The console's account reads the devices' telemetry (decision 45), never their acks, and can write on no
+    device topic."""
     unit, endpoint = await make_unit()
-    async with client(console_endpoint) as console, client(endpoint) as device:
+    async with (
+        client(console_endpoint) as console,
+        client(endpoint) as device,
+        client(gateway_endpoint) as center,
+    ):
         await console.subscribe("ems/v1/#", qos=1)
+        await center.subscribe(f"ems/v1/{unit}/#", qos=1)
         await device.publish(f"ems/v1/{unit}/gps", b"x", qos=1)
-        assert await received_topics(console, 1.5) == []
+        await center.publish(f"ems/v1/{unit}/ack", b"ack", qos=1)
+        await console.publish(f"ems/v1/{unit}/vitals", b"forged", qos=1)
+        await console.publish(f"ems/v1/{unit}/ack", b"forged", qos=1)
+        seen_by_console = [t for t in await received_topics(console, 1.5) if unit in t.split("/")]
+        seen_by_center = [t for t in await received_topics(center, 0.5) if unit in t.split("/")]
+    assert seen_by_console == [f"ems/v1/{unit}/gps"]
+    assert sorted(seen_by_center) == [f"ems/v1/{unit}/ack", f"ems/v1/{unit}/gps"]

@@ -20,13 +20,13 @@ import pytest_asyncio
 from console import Console
 from console._hub import FRAME_TEXT_MAX, Outgoing, frame_texts
 from emergency.access import Permission
-from emergency.bus import LinkCondition, LinkState, decode_watch, link_topic, live_topic, watch_topic
+from emergency.bus import LinkCondition, LinkState, link_topic
 from emergency.codec import encode_device_message
 from emergency.mqtt import mqtt_client
-from emergency.protocol import EcgFrame, GpsFix, Stream, Vitals
+from emergency.protocol import EcgFrame, GpsFix, Stream, Vitals, device_topic
 from emergency.settings import ConsoleSettings, MqttEndpoint
 from emergency.store import Store
-from tests.conftest import ConsoleConnect, ConsoleConnection, console_origin, session_cookie, ws_connect
+from tests.conftest import ConsoleConnect, ConsoleConnection, Devices, console_origin, session_cookie, ws_connect
 
 LoggedIn = Callable[[str, str], Awaitable[aiohttp.ClientSession]]
 
@@ -49,7 +49,7 @@ async def http(console: Console, logged_in: LoggedIn) -> aiohttp.ClientSession:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def bus(gateway_endpoint: MqttEndpoint) -> AsyncIterator[aiomqtt.Client]:
-    """A publisher on the bus with the gateway's account, as the gateway would publish."""
+    """A publisher of link states with the gateway's account, as the gateway would publish."""
     async with mqtt_client(gateway_endpoint) as client:
         yield client
 
@@ -76,48 +76,15 @@ async def _frame_with(ws: ConsoleConnection, unit: str, within_s: float = 10) ->
                 return frame
 
 
-async def _publish_until(bus: aiomqtt.Client, topic: str, payload: bytes, done: asyncio.Future[Any]) -> None:
+async def _publish_until(devices: Devices, topic: str, payload: bytes, done: asyncio.Future[Any]) -> None:
     """Publish repeatedly until `done`: the console subscribes to a unit's ECG asynchronously after a watch."""
     while not done.done():
-        await bus.publish(topic, payload, qos=0)
+        await devices.publish(topic, payload, qos=0)
         await asyncio.sleep(0.1)
 
 
-async def test_the_console_announces_its_watch_list_and_its_will_clears_it(
-    console_endpoint: MqttEndpoint, gateway_endpoint: MqttEndpoint, shared_store: Store, logged_in: LoggedIn
-) -> None:
-    """The units a console's clients watch are on its retained watch topic (what the gateways forward ECG for);
-    when the console stops, its will empties the topic."""
-    lists: list[frozenset[str]] = []
-
-    async def next_list(within_s: float = 10) -> frozenset[str]:
-        async with asyncio.timeout(within_s):
-            async for message in reader.messages:
-                assert isinstance(message.payload, bytes)
-                lists.append(decode_watch(message.payload))
-                return lists[-1]
-        raise AssertionError("no watch list")
-
-    async with mqtt_client(gateway_endpoint) as reader:
-        async with Console(ConsoleSettings(), 0, console_endpoint, shared_store) as running:
-            await reader.subscribe(watch_topic(running.core.bus_id), qos=1)
-            assert await next_list() == frozenset()
-            http = await logged_in(running.url, "ed_physician")
-            async with ws_connect(running.url, http) as ws:
-                await _next(ws, "fleet")
-                await ws.send(json.dumps({"type": "watch", "unit": "CWL1"}))
-                assert await next_list() == {"CWL1"}
-            assert await next_list() == frozenset()  # the client left: nobody watches
-            async with ws_connect(running.url, http) as ws:
-                await _next(ws, "fleet")
-                await ws.send(json.dumps({"type": "watch", "unit": "CWL2"}))
-                assert await next_list() == {"CWL2"}
-                # The console stops with the client still watching: its will clears the list.
-        assert await next_list() == frozenset()
-
-
 async def test_watched_unit_receives_ecg_bytes_unchanged(
-    console: Console, bus: aiomqtt.Client, http: aiohttp.ClientSession
+    console: Console, devices: Devices, http: aiohttp.ClientSession
 ) -> None:
     """A client watching a unit receives its ECG frames, whose base64 data are the device's exact bytes."""
     frame = EcgFrame("CW1", 1, 0, _now_us(), 500.0, ("I", "II"), 2.5, 125, bytes(range(250)) * 2)
@@ -126,14 +93,14 @@ async def test_watched_unit_receives_ecg_bytes_unchanged(
         await ws.send(json.dumps({"type": "watch", "unit": "CW1"}))
         await _next(ws, "watched", "CW1")
         received: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(_next(ws, "ecg", "CW1"))
-        await _publish_until(bus, live_topic("CW1", Stream.ECG), encode_device_message(frame), received)
+        await _publish_until(devices, device_topic("CW1", Stream.ECG), encode_device_message(frame), received)
         message = await received
     assert base64.b64decode(message["data"]) == frame.data
     assert (message["fs"], message["leads"], message["n"], message["ts"]) == (500.0, ["I", "II"], 125, frame.ts)
 
 
 async def test_unwatched_ecg_is_not_sent_but_positions_are(
-    console: Console, bus: aiomqtt.Client, http: aiohttp.ClientSession
+    console: Console, devices: Devices, http: aiohttp.ClientSession
 ) -> None:
     """Without a watch a client gets a unit's GPS but never its ECG."""
     frame = EcgFrame("CU1", 1, 0, _now_us(), 500.0, ("I",), 2.5, 125, bytes(250))
@@ -141,8 +108,8 @@ async def test_unwatched_ecg_is_not_sent_but_positions_are(
     async with _ws(console, http) as ws:
         await _next(ws, "fleet")
         for _ in range(3):
-            await bus.publish(live_topic("CU1", Stream.ECG), encode_device_message(frame), qos=0)
-        await bus.publish(live_topic("CU1", Stream.GPS), encode_device_message(fix), qos=0)
+            await devices.publish(device_topic("CU1", Stream.ECG), encode_device_message(frame), qos=0)
+        await devices.publish(device_topic("CU1", Stream.GPS), encode_device_message(fix), qos=0)
         seen = []
         async with asyncio.timeout(10):
             while True:
@@ -152,6 +119,27 @@ async def test_unwatched_ecg_is_not_sent_but_positions_are(
                     break
     assert message["lat"] == 31.2
     assert "ecg" not in seen
+
+
+async def test_a_device_message_the_codec_refuses_is_not_shown_and_is_counted(
+    console: Console, devices: Devices, http: aiohttp.ClientSession
+) -> None:
+    """The console reads devices' own topics (decision 45) and judges each message with the gateway's codec: what
+    it refuses (here garbage, and a fix naming another unit) reaches no client, is counted on /healthz, and the unit's
+    next valid message is shown as usual."""
+    fix = GpsFix("CI1", 1, 0, _now_us(), 31.2, 121.4)
+    forged = GpsFix("OTHER", 1, 1, _now_us(), 10.0, 10.0)
+    before = console.core.invalid_telemetry
+    async with _ws(console, http) as ws:
+        await _next(ws, "fleet")
+        await devices.publish(device_topic("CI1", Stream.GPS), b"\xc1 not msgpack", qos=1)
+        await devices.publish(device_topic("CI1", Stream.GPS), encode_device_message(forged), qos=1)
+        await devices.publish(device_topic("CI1", Stream.GPS), encode_device_message(fix), qos=1)
+        message = await _next(ws, "gps", "CI1")
+    assert (message["lat"], message["lon"]) == (31.2, 121.4)
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(console.url + "healthz") as response:
+        health = await response.json()
+    assert health["invalid_telemetry"] == before + 2
 
 
 async def test_malformed_client_messages_get_an_error_and_the_connection_survives(
@@ -338,7 +326,7 @@ async def _frozen_client(console: Console, http: aiohttp.ClientSession, request:
 
 
 async def test_stalled_client_does_not_delay_others_and_is_dropped(
-    console: Console, bus: aiomqtt.Client, http: aiohttp.ClientSession
+    console: Console, devices: Devices, http: aiohttp.ClientSession
 ) -> None:
     """A client that never reads does not hold up another client, and is eventually disconnected."""
     big = EcgFrame("CS1", 1, 0, _now_us(), 1000.0, tuple(f"V{i}" for i in range(1, 7)), 2.5, 2000, bytes(24_000))
@@ -349,7 +337,7 @@ async def test_stalled_client_does_not_delay_others_and_is_dropped(
             await healthy.send(json.dumps({"type": "watch", "unit": "CS1"}))
             await _next(healthy, "watched", "CS1")
             got: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(_next(healthy, "ecg", "CS1"))
-            await _publish_until(bus, live_topic("CS1", Stream.ECG), encode_device_message(big), got)
+            await _publish_until(devices, device_topic("CS1", Stream.ECG), encode_device_message(big), got)
             await got
             # Keep the stream going: the healthy client goes on receiving while the stalled one is cut off.
             seq = 0
@@ -357,7 +345,7 @@ async def test_stalled_client_does_not_delay_others_and_is_dropped(
                 while len(console.core.hub.clients) > 1:
                     seq += 1
                     frame = EcgFrame("CS1", 1, seq, _now_us(), 1000.0, big.leads, 2.5, 2000, bytes(24_000))
-                    await bus.publish(live_topic("CS1", Stream.ECG), encode_device_message(frame), qos=0)
+                    await devices.publish(device_topic("CS1", Stream.ECG), encode_device_message(frame), qos=0)
                     assert (await _next(healthy, "ecg", "CS1"))["seq"] == seq
             assert len(console.core.hub.clients) == 1
     finally:
@@ -389,12 +377,12 @@ async def test_health_and_fleet_endpoints(console: Console, http: aiohttp.Client
     assert '<canvas id="ecg">' in page
 
 
-async def test_vitals_carry_a_partial_news2(console: Console, bus: aiomqtt.Client, http: aiohttp.ClientSession) -> None:
+async def test_vitals_carry_a_partial_news2(console: Console, devices: Devices, http: aiohttp.ClientSession) -> None:
     """Vitals updates carry NEWS2 from the monitor's values, marked partial until oxygen and consciousness are known."""
     vitals = Vitals("CN1", 1, 0, _now_us(), hr=120.0, rr=26.0, spo2=91.0, sbp=95.0, temp=39.5)
     async with _ws(console, http) as ws:
         await _next(ws, "fleet")
-        await bus.publish(live_topic("CN1", Stream.VITALS), encode_device_message(vitals), qos=0)
+        await devices.publish(device_topic("CN1", Stream.VITALS), encode_device_message(vitals), qos=0)
         message = await _next(ws, "vitals", "CN1")
     # RR 26 → 3, SpO2 91 → 3, SBP 95 → 2, pulse 120 → 2, temp 39.5 → 2 (RCP 2017 chart)
     assert message["news2"] == {
@@ -406,7 +394,7 @@ async def test_vitals_carry_a_partial_news2(console: Console, bus: aiomqtt.Clien
 
 
 async def test_crew_findings_complete_the_units_news2(
-    console: Console, bus: aiomqtt.Client, http: aiohttp.ClientSession
+    console: Console, devices: Devices, http: aiohttp.ClientSession
 ) -> None:
     """Once the crew records consciousness and oxygen, the unit's NEWS2 is complete, not a lower bound."""
     from emergency.protocol import DeviceEvent, EventKind
@@ -420,8 +408,8 @@ async def test_crew_findings_complete_the_units_news2(
     async with _ws(console, http) as ws:
         await _next(ws, "fleet")
         for event in findings:
-            await bus.publish(live_topic("CN2", Stream.EVENT), encode_device_message(event), qos=0)
+            await devices.publish(device_topic("CN2", Stream.EVENT), encode_device_message(event), qos=0)
             await _next(ws, "event", "CN2")
-        await bus.publish(live_topic("CN2", Stream.VITALS), encode_device_message(vitals), qos=0)
+        await devices.publish(device_topic("CN2", Stream.VITALS), encode_device_message(vitals), qos=0)
         message = await _next(ws, "vitals", "CN2")
     assert message["news2"] == {"total": 12, "risk": "high", "partial": False, "missing": []}

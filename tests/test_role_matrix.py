@@ -23,13 +23,13 @@ import pytest_asyncio
 
 from console import Console
 from emergency.access import ROLE_PERMISSIONS, Permission, Role
-from emergency.bus import LinkCondition, LinkState, link_topic, live_topic
+from emergency.bus import LinkCondition, LinkState, link_topic
 from emergency.codec import encode_device_message
 from emergency.mqtt import mqtt_client
-from emergency.protocol import DeviceEvent, EventKind, GpsFix, Stream, Vitals
+from emergency.protocol import DeviceEvent, EventKind, GpsFix, Stream, Vitals, device_topic
 from emergency.settings import ConsoleSettings, MqttEndpoint
 from emergency.store import Store
-from tests.conftest import ConsoleConnection, login_to, ws_connect
+from tests.conftest import ConsoleConnection, Devices, login_to, ws_connect
 
 P = Permission
 MISSING = 999_999_999  # an id no record has: an allowed call answers 404, a refused one 403 before looking
@@ -167,7 +167,7 @@ class Inbox:
 
 
 async def test_websocket_message_classes_reach_only_roles_that_may_see_them(
-    console: Console, as_role: dict[Role, aiohttp.ClientSession], gateway_endpoint: MqttEndpoint
+    console: Console, as_role: dict[Role, aiohttp.ClientSession], gateway_endpoint: MqttEndpoint, devices: Devices
 ) -> None:
     """Positions, statuses and link states reach roles with VIEW_FLEET; vitals and events only VIEW_PATIENT_LIVE;
     the connect-time fleet snapshot carries vitals only for VIEW_PATIENT_LIVE; an ECG watch needs it too."""
@@ -180,19 +180,20 @@ async def test_websocket_message_classes_reach_only_roles_that_may_see_them(
         readers = [asyncio.create_task(inbox[r].read(ws)) for r, ws in sockets_by_role.items()]
         async with mqtt_client(gateway_endpoint) as bus:
             witness = inbox[Role.ED_PHYSICIAN]  # may see every class: when it has them all, the hub offered them
-            messages = [
-                (live_topic(unit, Stream.GPS), encode_device_message(GpsFix(unit, 1, 0, _now_us(), 31.2, 121.4))),
-                (live_topic(unit, Stream.VITALS), encode_device_message(Vitals(unit, 1, 1, _now_us(), hr=88.0))),
-                (live_topic(unit, Stream.EVENT), encode_device_message(
+            telemetry = [
+                (device_topic(unit, Stream.GPS), encode_device_message(GpsFix(unit, 1, 0, _now_us(), 31.2, 121.4))),
+                (device_topic(unit, Stream.VITALS), encode_device_message(Vitals(unit, 1, 1, _now_us(), hr=88.0))),
+                (device_topic(unit, Stream.EVENT), encode_device_message(
                     DeviceEvent(unit, 1, 2, _now_us(), EventKind.STATUS, {"status": "en_route"}))),
-                (live_topic(unit, Stream.EVENT), encode_device_message(
+                (device_topic(unit, Stream.EVENT), encode_device_message(
                     DeviceEvent(unit, 1, 3, _now_us(), EventKind.FINDING, {"text": "chest pain"}))),
-                (link_topic(unit), LinkState(unit, LinkCondition.SILENT, _now_us(), _now_us()).encode()),
             ]  # fmt: skip
+            link = LinkState(unit, LinkCondition.SILENT, _now_us(), _now_us()).encode()
             async with asyncio.timeout(30):
                 while not all(witness.has(kind, unit) for kind in LIVE_MESSAGES):
-                    for topic, payload in messages:
-                        await bus.publish(topic, payload, qos=1)
+                    for topic, payload in telemetry:
+                        await devices.publish(topic, payload, qos=1)
+                    await bus.publish(link_topic(unit), link, qos=1)
                     await asyncio.sleep(0.3)
         # Two round trips per socket: what the hub queued before them has been sent (events go before updates
         # within a batch, so the second answer follows the whole batch of the first).

@@ -33,7 +33,10 @@ topic readwrite center/v1/#
 user center.console
 topic read center/v1/#
 topic write center/v1/care/#
-topic write center/v1/watch/#
+topic read ems/v1/+/ecg
+topic read ems/v1/+/vitals
+topic read ems/v1/+/gps
+topic read ems/v1/+/event
 
 pattern write ems/v1/%u/ecg
 pattern write ems/v1/%u/vitals
