@@ -345,8 +345,12 @@ async def track(
         before_db, before_gw = await database(), await gateway()
         before_cpu, before_system = dict(sampler.cpu_end), dict(sampler.system_end)
         before_busy = busy_cpu_seconds()
-        while time.time() + every <= until + 0.5:
-            await asyncio.sleep(every)
+        intervals = 0
+        # Each row at its own deadline from the start: sleeping `every` after each row's reads would drift, and a
+        # ten-minute run lose its last minute.
+        while started + (intervals + 1) * every <= until + 0.5:
+            intervals += 1
+            await asyncio.sleep(max(0.0, started + intervals * every - time.time()))
             db, gw, busy = await database(), await gateway(), busy_cpu_seconds()
             cpu, system = dict(sampler.cpu_end), dict(sampler.system_end)
             # A process born since the last row counts from its start in the window.
