@@ -149,8 +149,9 @@ class ConsoleCore:
             await asyncio.sleep(backoff_delay(attempt))
 
     def on_bus_batch(self, messages: Iterable[tuple[str, bytes]]) -> None:
-        """What was read from the bus at once (topic, payload). Its unit updates go to the clients together at the
-        end (Hub.broadcast_updates); nothing awaits in between, so no client's sender can tell the difference."""
+        """What was read from the broker at once (topic, payload): device telemetry, link states and care records.
+        Its unit updates go to the clients together at the end (Hub.broadcast_updates); nothing awaits in between, so
+        no client's sender can tell the difference."""
         updates: list[tuple[Json, Permission]] = []
         for topic, payload in messages:
             update = self._on_bus_message(topic, payload)
@@ -159,7 +160,8 @@ class ConsoleCore:
         self.hub.broadcast_updates(updates)
 
     def _on_bus_message(self, topic: str, payload: bytes) -> Json | None:
-        """Handle one bus message; returns the coalescable unit update it makes, if any, for the batch to send."""
+        """Handle one message from the broker; returns the coalescable unit update it makes, if any, for the batch
+        to send."""
         rx = now_us()
         if topic.startswith(_CARE_PREFIX):
             record = self.care.decode(topic, payload)

@@ -124,7 +124,8 @@ async def test_qos1_publish_waits_for_the_broker_and_reaches_subscribers(gateway
 
 async def test_flush_sends_queued_publishes_before_the_event_loop_turns(gateway_endpoint, console_endpoint) -> None:
     """`publish_nowait` leaves at the end of the loop's iteration; `flush` sends it at once, so a subscriber gets it
-    while the publisher's loop is still held (the gateway's reader in a long pass, decision 44)."""
+    while the publisher's loop is still held (for a caller in one long step; since decision 45 no production caller
+    needs it, and the link itself flushes this way at the end of each iteration)."""
     topic = f"center/v1/live/FLUSHTEST/{client_id()}"
     subscribed, arrived = threading.Event(), {b"queued": threading.Event(), b"flushed": threading.Event()}
 
