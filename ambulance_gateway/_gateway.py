@@ -25,6 +25,7 @@ from emergency.bus import FORMER_WATCH_FILTER, LinkCondition, LinkState, link_to
 from emergency.codec import RejectedMessage, decode_device_message, encode_acks
 from emergency.mqtt import MqttLink, MqttLinkError, backoff_delay
 from emergency.protocol import (
+    DEVICE_STREAMS,
     Ack,
     DeviceEvent,
     DeviceMessage,
@@ -56,6 +57,25 @@ _LOOP_PROBE_S = 0.1  # how often the event loop's lag is measured
 _SUBSCRIBE_CHUNK = 500  # topic filters per SUBSCRIBE packet when following a partition
 _ACK_SLOTS = 10  # the units' acks leave in this many turns per ack interval
 _ECG_SUFFIX = "/" + Stream.ECG.value
+# 12-lead frames a reader takes in one step of the event loop (~30 µs each): a 12-lead backlog is read in steps of
+# a few milliseconds, between which the clinical session's reader and the writers run (decision 46).
+_FRAMES_PER_STEP = 250
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """One of the gateway's two persistent broker sessions (decision 46): the 12-lead's, and everything else's, so
+    that a vitals message is read, and its alert raised, while the 12-lead waits for the database."""
+
+    name: str
+    client_suffix: str  # added to the gateway's client id
+    streams: tuple[Stream, ...]
+    defers: bool  # when both sessions' readers are woken at once, this one lets the other go first
+
+
+_CLINICAL = _Session("clinical", "", (Stream.VITALS, Stream.GPS, Stream.EVENT), defers=False)
+_TWELVE_LEAD = _Session("12-lead", "-ecg", (Stream.ECG,), defers=True)
+_SESSIONS = (_CLINICAL, _TWELVE_LEAD)
 
 
 def now_us() -> int:
@@ -97,7 +117,7 @@ class Gateway:
         self._observer = observer
         # None: this gateway takes every unit. Otherwise only the units of its partition, subscribed by name.
         self._partition = partition if partition is not None and partition.count > 1 else None
-        self._subscribed_units: set[str] = set()
+        self._subscribed_units: dict[_Session, set[str]] = {session: set() for session in _SESSIONS}
         self._not_owned_seen: set[str] = set()  # topics of another partition that reached this one (logged once)
         self._mqtt = mqtt
         self._store = store
@@ -106,24 +126,30 @@ class Gateway:
         self._received_unreported = dict.fromkeys(Stream, 0)  # counted per message, reported per read
         self._tracker = AckTracker()
         self._silence = SilenceMonitor(settings.silence_after_s)
-        # Reader → writers hand-off, one queue per commit lane (decision 38). Bounded: when one is full, the reader
-        # waits, the link's inbox fills and it stops reading the socket, so the broker holds the rest in this
-        # gateway's persistent session (docs/protocol.md).
+        # Readers → writers hand-off, one queue per commit lane (decision 38). Bounded: when one is full, a reader
+        # waits, its link's inbox fills and it stops reading the socket, so the broker holds the rest in that
+        # persistent session (docs/protocol.md). The 12-lead's reader waits first, at `room`; the clinical reader
+        # has half as much again beyond it, so a backlog of 12-lead frames never holds up a vitals message
+        # (decision 46).
         room = max(1, settings.queue_max_messages // settings.commit_lanes)
+        self._ecg_room = room
+        self._clinical_room = room + max(1, room // 2)
         self._lanes: list[asyncio.Queue[_Incoming]] = [
-            asyncio.Queue(maxsize=room) for _ in range(settings.commit_lanes)
+            asyncio.Queue(maxsize=self._clinical_room) for _ in range(settings.commit_lanes)
         ]
+        self._taken = [asyncio.Event() for _ in self._lanes]  # set by a lane's writer when it takes a batch
         self._partitions = partition.count if partition is not None else 1
         self._link_events: collections.deque[LinkEvent] = collections.deque(maxlen=_LINK_EVENTS_MAX)
         # Committed but not yet announced: at most one ack per (unit, boot, stream), so bounded by the fleet. Units
         # are spread over _ACK_SLOTS, one flushed at a time, so that the fleet's acks do not leave in one burst.
         self._outgoing_acks: list[dict[str, dict[tuple[int, Stream], Ack]]] = [{} for _ in range(_ACK_SLOTS)]
         self._ack_slot = 0  # the slot the next flush sends
-        self._client: MqttLink | None = None
-        self._subscribed = asyncio.Event()
+        self._client: MqttLink | None = None  # the clinical session's link, which also writes acks and link states
+        self._links: dict[_Session, MqttLink] = {}  # each session's link while connected
+        self._subscribed = {session: asyncio.Event() for session in _SESSIONS}
         self._store_failing = False
         self._tasks: asyncio.TaskGroup | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._readers: list[asyncio.Task[None]] = []
         self._background: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self.metrics_url = ""
@@ -134,11 +160,14 @@ class Gateway:
         await self._start_http()
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
-        self._reader = self._tasks.create_task(self._read_forever(), name="gateway.mqtt")
+        self._readers = [
+            self._tasks.create_task(self._read_forever(session), name=f"gateway.mqtt[{session.name}]")
+            for session in _SESSIONS
+        ]
         self._background = [
             *(
-                self._tasks.create_task(self._write_forever(lane), name=f"gateway.writer[{n}]")
-                for n, lane in enumerate(self._lanes)
+                self._tasks.create_task(self._write_forever(n), name=f"gateway.writer[{n}]")
+                for n in range(len(self._lanes))
             ),
             self._tasks.create_task(self._monitor_forever(), name="gateway.monitor"),
             self._tasks.create_task(self._save_watermarks_forever(), name="gateway.watermarks"),
@@ -150,7 +179,8 @@ class Gateway:
             self._background.append(self._tasks.create_task(self._partition_forever(), name="gateway.partition"))
         try:
             async with asyncio.timeout(30):
-                await self._subscribed.wait()
+                for subscribed in self._subscribed.values():
+                    await subscribed.wait()
         except TimeoutError:
             log.warning(
                 "gateway not yet connected to the broker at %s:%s; still trying",
@@ -166,9 +196,9 @@ class Gateway:
         # Order matters: stop taking messages first, then commit what was taken, then stop the rest. Messages
         # still inside the MQTT client were never acknowledged, so devices send them again later.
         try:
-            if self._reader is not None:
-                self._reader.cancel()
-                await asyncio.gather(self._reader, return_exceptions=True)
+            for reader in self._readers:
+                reader.cancel()
+            await asyncio.gather(*self._readers, return_exceptions=True)
             await self._drain()
             for task in self._background:
                 task.cancel()
@@ -176,7 +206,7 @@ class Gateway:
                 await self._tasks.__aexit__(None, None, None)
             await self._save_watermarks()  # spares the next start deriving them (decision 40)
         finally:
-            self._tasks, self._reader, self._background = None, None, []
+            self._tasks, self._readers, self._background = None, [], []
             if self._runner is not None:
                 await self._runner.cleanup()
                 self._runner = None
@@ -192,38 +222,38 @@ class Gateway:
 
     # -- reading -----------------------------------------------------------------------------------------------
 
-    def _link(self) -> MqttLink:
+    def _link(self, session: _Session) -> MqttLink:
         # Not aiomqtt: the ingest path reads and writes in batches (docs/decisions.md, emergency/mqtt/_link.py).
         return MqttLink(
             self._mqtt,
-            client_id=self._settings.client_id,
+            client_id=self._settings.client_id + session.client_suffix,
             clean_start=False,  # a persistent session: the broker queues for us while we restart
             session_expiry_s=_SESSION_EXPIRY_S,
             max_pending=self._settings.queue_max_messages,
         )
 
-    async def _read_forever(self) -> None:
+    async def _read_forever(self, session: _Session) -> None:
+        """Read one session's messages into the commit lanes, reconnecting whenever its connection is lost."""
         attempt = 0
         while True:
             try:
-                async with self._link() as client:
-                    # Consoles read devices' topics themselves (decision 45): this session's subscription to
-                    # their former watch lists, if it holds one, would only bring messages that are not telemetry.
-                    await client.unsubscribe([FORMER_WATCH_FILTER])
-                    if self._partition is None:
-                        await client.subscribe([(f, 1) for f in fleet_filters()])
-                    else:
-                        self._subscribed_units = set()
-                        await self._follow_partition(client)
-                        await self._leave_other_partitions(client)
-                    self._client, attempt = client, 0
-                    self.metrics.mqtt_connected.set(1)
-                    self._subscribed.set()
-                    log.info("gateway connected to %s:%s", self._mqtt.host, self._mqtt.port)
+                async with self._link(session) as client:
+                    await self._subscribe(client, session)
+                    self._links[session] = client
+                    if session is _CLINICAL:
+                        self._client = client
+                    attempt = 0
+                    self.metrics.mqtt_connected.set(int(len(self._links) == len(_SESSIONS)))
+                    self._subscribed[session].set()
+                    log.info("gateway's %s session connected to %s:%s", session.name, self._mqtt.host, self._mqtt.port)
                     async for batch in client.batches():
-                        # What waited while the gateway was busy: its 12-lead frames (two thirds of the messages)
-                        # after the rest, so that a vitals message or a crew event that raises an alert does not
-                        # wait behind them. Each stream keeps its order (decision 31).
+                        # What waited while the gateway was busy: its 12-lead frames after the rest, so that a
+                        # vitals message or a crew event that raises an alert does not wait behind them (decision
+                        # 31). Since decision 46 the 12-lead has its own session, whose reader steps back once per
+                        # batch so that a clinical batch read in the same moment goes first; within a batch (what a
+                        # session's broker queued before then, say) frames still go last. Each stream keeps its order.
+                        if session.defers:
+                            await asyncio.sleep(0)
                         frames = []
                         for message in batch:
                             topic = message.topic
@@ -233,36 +263,53 @@ class Gateway:
                                 frames.append(message)
                             else:
                                 await self._hand_over(self._take(topic, message.payload))
-                        for message in frames:
+                        for n, message in enumerate(frames, start=1):
                             await self._hand_over(self._take(message.topic, message.payload))
+                            if n % _FRAMES_PER_STEP == 0:
+                                await asyncio.sleep(0)  # a clinical batch that came meanwhile goes in between
                         self._report_received()
             except MqttLinkError as exc:
-                log.warning("broker connection lost (%s); reconnecting", exc)
+                log.warning("broker connection of the %s session lost (%s); reconnecting", session.name, exc)
             finally:
-                self._client = None
+                if self._links.pop(session, None) is not None and session is _CLINICAL:
+                    self._client = None
                 self.metrics.mqtt_connected.set(0)
             await asyncio.sleep(backoff_delay(attempt))
             attempt += 1
 
-    async def _follow_partition(self, client: MqttLink) -> None:
-        """Subscribe to the units of this gateway's partition that are not yet subscribed."""
+    async def _subscribe(self, client: MqttLink, session: _Session) -> None:
+        """Subscribe `session` to its streams, and leave whatever else its persistent session may hold: another
+        session's streams (before decision 46 one session took them all), other partitions' units (decision 43),
+        and the consoles' former watch lists (decision 45). Unsubscribing what was never subscribed is no error."""
+        others = tuple(s for s in DEVICE_STREAMS if s not in session.streams)
+        leave = [FORMER_WATCH_FILTER]
+        if self._partition is None:
+            await client.unsubscribe([*leave, *fleet_filters(others)])
+            await client.subscribe([(f, 1) for f in fleet_filters(session.streams)])
+            return
+        self._subscribed_units[session] = set()
+        await self._follow_partition(client, session)
+        leave += fleet_filters() + unit_filters(self._partition.others())
+        leave += unit_filters(self._partition.owned(), others)
+        for start in range(0, len(leave), _SUBSCRIBE_CHUNK):
+            await client.unsubscribe(leave[start : start + _SUBSCRIBE_CHUNK])
+
+    async def _follow_partition(self, client: MqttLink, session: _Session) -> None:
+        """Subscribe `session` to the units of this gateway's partition that it does not yet follow."""
         assert self._partition is not None
-        new = self._partition.owned() - self._subscribed_units
-        filters = unit_filters(new)
+        new = self._partition.owned() - self._subscribed_units[session]
+        filters = unit_filters(new, session.streams)
         for start in range(0, len(filters), _SUBSCRIBE_CHUNK):
             await client.subscribe([(f, 1) for f in filters[start : start + _SUBSCRIBE_CHUNK]])
         if new:
-            log.info("partition %d/%d: following %d more units", self._partition.index, self._partition.count, len(new))
-        self._subscribed_units |= new
-
-    async def _leave_other_partitions(self, client: MqttLink) -> None:
-        """Unsubscribe what this persistent session may still hold from an earlier partition count: the units other
-        partitions own now, and the unpartitioned gateway's wildcards (decision 43). Unsubscribing what was never
-        subscribed is no error, so a restart with the same count costs one pass over the registry."""
-        assert self._partition is not None
-        filters = fleet_filters() + unit_filters(self._partition.others())
-        for start in range(0, len(filters), _SUBSCRIBE_CHUNK):
-            await client.unsubscribe(filters[start : start + _SUBSCRIBE_CHUNK])
+            log.info(
+                "partition %d/%d, %s session: following %d more units",
+                self._partition.index,
+                self._partition.count,
+                session.name,
+                len(new),
+            )
+        self._subscribed_units[session] |= new
 
     def _not_owned(self, topic: str) -> None:
         """A message for another partition's unit, queued in this session before it left that unit's subscription:
@@ -276,12 +323,11 @@ class Gateway:
         """Pick up units provisioned while running (a registry read every few seconds; cheap, and rare to change)."""
         while True:
             await asyncio.sleep(self._settings.partition_refresh_s)
-            client = self._client
-            if client is not None:
+            for session, client in list(self._links.items()):
                 try:
-                    await self._follow_partition(client)
+                    await self._follow_partition(client, session)
                 except MqttLinkError as exc:
-                    log.info("partition not refreshed now (%s); the reconnect will", exc)
+                    log.info("partition not refreshed in the %s session (%s); the reconnect will", session.name, exc)
 
     def _lane_of(self, unit: str | None) -> int:
         if unit is None or len(self._lanes) == 1:
@@ -306,15 +352,21 @@ class Gateway:
             outcome = Received(decoded, rx_us)
             lane = self._lane_of(decoded.unit)
             self._received_unreported[decoded.stream] += 1
-            self._tell_observer(decoded, rx_us, self._lanes[lane])
+            self._tell_observer(decoded, rx_us, self._lanes[lane], twelve_lead=decoded.stream is Stream.ECG)
             change = self._silence.heard(decoded.unit, rx_mono, rx_us)
             if change is not None:
                 self._announce(change, rx_us)
         return _Incoming(topic, payload, rx_us, rx_mono, outcome, lane)
 
     async def _hand_over(self, item: _Incoming) -> None:
-        """To its lane's writer; waits only while that queue is full (a coroutine per message costs ~0.5 µs)."""
+        """To its lane's writer; waits only while that queue has no room for the item's kind: a 12-lead frame at
+        `_ecg_room`, anything else when full (decision 46). A coroutine per message costs ~0.5 µs."""
         queue = self._lanes[item.lane]
+        if item.topic.endswith(_ECG_SUFFIX):
+            taken = self._taken[item.lane]
+            while queue.qsize() >= self._ecg_room:
+                taken.clear()
+                await taken.wait()
         if queue.full():
             await queue.put(item)
         else:
@@ -328,7 +380,12 @@ class Gateway:
                 self._received_unreported[stream] = 0
 
     def _tell_observer(
-        self, item: DeviceMessage | LinkEvent, rx_us: int = 0, lane: asyncio.Queue[_Incoming] | None = None
+        self,
+        item: DeviceMessage | LinkEvent,
+        rx_us: int = 0,
+        lane: asyncio.Queue[_Incoming] | None = None,
+        *,
+        twelve_lead: bool = False,
     ) -> None:
         if self._observer is None:
             return
@@ -336,8 +393,10 @@ class Gateway:
             if isinstance(item, LinkEvent):
                 self._observer.observe_link(item)
             else:
-                # Behind: the unit's writer has half a queue to commit, and the broker is holding what comes next.
-                behind = lane is not None and lane.qsize() >= lane.maxsize // 2
+                # Behind: the unit's writer has half of this kind's room to commit, and the broker is holding what
+                # comes next in this kind's session.
+                half = self._ecg_room // 2 if twelve_lead else (self._ecg_room + self._clinical_room) // 2
+                behind = lane is not None and lane.qsize() >= half
                 self._observer.observe(item, rx_us, center_behind=behind)
         except Exception:
             # A bug in the clinical loop must not stop ingestion: the data is still stored and acknowledged.
@@ -362,8 +421,9 @@ class Gateway:
 
     # -- writing -----------------------------------------------------------------------------------------------
 
-    async def _write_forever(self, queue: asyncio.Queue[_Incoming]) -> None:
-        """One commit lane's writer: batches from its queue, committed one after another."""
+    async def _write_forever(self, n: int) -> None:
+        """Commit lane `n`'s writer: batches from its queue, committed one after another."""
+        queue, taken = self._lanes[n], self._taken[n]
         max_messages = self._settings.batch_max_messages
         while True:
             first = await queue.get()
@@ -373,6 +433,7 @@ class Gateway:
             items = [first]
             while len(items) < max_messages and not queue.empty():
                 items.append(queue.get_nowait())
+            taken.set()
             try:
                 await self._settle(items)
             finally:
@@ -674,13 +735,14 @@ class Gateway:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health_handler(self, request: web.Request) -> web.Response:
-        healthy = self._client is not None and not self._store_failing
+        connected = len(self._links) == len(_SESSIONS)
+        healthy = connected and not self._store_failing
         body = {
             "status": "ok" if healthy else "degraded",
-            "mqtt_connected": self._client is not None,
+            "mqtt_connected": connected,
             "store_available": not self._store_failing,
             "pending_messages": self._pending(),  # taken, waiting for the commit
-            "unread_messages": self._client.pending if self._client is not None else 0,  # read, not yet taken
+            "unread_messages": sum(link.pending for link in self._links.values()),  # read, not yet taken
             "units": self._silence.unit_count(),
             "units_silent": self._silence.silent_count(),
             "seq_gaps_open": self._tracker.open_gap_count(),

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from emergency.codec import RejectedMessage, parse_topic
-from emergency.protocol import DEVICE_STREAMS, device_topic
+from emergency.protocol import DEVICE_STREAMS, Stream, device_topic
 
 
 def _unit_hash(unit: str) -> int:
@@ -66,11 +66,11 @@ class Partition:
         return topic_partition(topic, self.count) in (self.index, None)
 
 
-def unit_filters(units: Iterable[str]) -> list[str]:
-    """The device topics of `units` (never their ack topic, which the gateway writes)."""
-    return [device_topic(unit, stream) for unit in sorted(units) for stream in DEVICE_STREAMS]
+def unit_filters(units: Iterable[str], streams: Sequence[Stream] = DEVICE_STREAMS) -> list[str]:
+    """The device topics of `units` for `streams` (never their ack topic, which the gateway writes)."""
+    return [device_topic(unit, stream) for unit in sorted(units) for stream in streams]
 
 
-def fleet_filters() -> list[str]:
-    """The unpartitioned gateway's subscriptions: every unit's device topics."""
-    return [device_topic("+", stream) for stream in DEVICE_STREAMS]
+def fleet_filters(streams: Sequence[Stream] = DEVICE_STREAMS) -> list[str]:
+    """The unpartitioned gateway's subscriptions: every unit's device topics of `streams`."""
+    return [device_topic("+", stream) for stream in streams]

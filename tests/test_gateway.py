@@ -11,11 +11,14 @@ from collections.abc import AsyncIterator
 import aiohttp
 import aiomqtt
 import pytest_asyncio
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from ambulance_gateway import Gateway, lane_of
 from ambulance_gateway._metrics import BatchHistogram
+from ambulance_gateway._partition import fleet_filters
 from emergency.bus import LinkCondition, LinkState, link_topic
 from emergency.codec import decode_acks, encode_device_message
 from emergency.mqtt import mqtt_client
@@ -370,6 +373,80 @@ async def test_the_observer_is_told_when_the_gateway_is_behind(store, gateway_en
             await held.rollback()
             await device.ack_covering(Stream.ECG, 1, 5)
     assert seen[0] is False and seen[-1] is True
+
+
+async def test_a_vitals_message_is_observed_while_the_12_lead_waits_for_the_database(
+    store, gateway_endpoint, make_unit
+) -> None:
+    """The 12-lead has a broker session of its own (decision 46): while its frames wait for room in the writer's
+    queue (here commits are held by a lock on their table), a vitals message is still read and observed at once, so
+    its alert is raised. Once the database takes writes again everything is stored and acknowledged."""
+    unit, endpoint = await make_unit()
+    seen: list[Stream] = []
+    vitals_seen = asyncio.Event()
+
+    class Recorder:
+        def observe(self, message: DeviceMessage, rx: int, *, center_behind: bool = False) -> None:
+            seen.append(message.stream)
+            if message.stream is Stream.VITALS:
+                vitals_seen.set()
+
+        def observe_link(self, event: object) -> None:
+            pass
+
+    settings = _gateway_settings(queue_max_messages=4, commit_lanes=1)
+    async with store.pool.acquire() as blocker:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("LOCK TABLE ecg_frames IN ACCESS EXCLUSIVE MODE")
+        async with (
+            Gateway(settings, gateway_endpoint, store, observer=Recorder()) as gateway,
+            connected_device(unit, endpoint) as device,
+        ):
+            for seq in range(20):
+                await device.send(ecg(unit, 1, seq))
+            async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+                while True:  # the 12-lead's reader waits for room: its lane holds all a 12-lead frame may take
+                    async with http.get(gateway.health_url) as response:
+                        if (await response.json())["pending_messages"] == 4:
+                            break
+                    await asyncio.sleep(0.05)
+            await device.send(Vitals(unit, 1, 0, _now_us(), hr=120.0))
+            await asyncio.wait_for(vitals_seen.wait(), 10)
+            assert seen.count(Stream.ECG) < 20  # observed before the frames the database held back
+            await held.rollback()
+            await device.ack_covering(Stream.ECG, 1, 19)
+            await device.ack_covering(Stream.VITALS, 1, 0)
+    assert await _count(store, "ecg_frames", unit) == 20
+    assert await _count(store, "vitals", unit) == 1
+
+
+async def test_a_session_kept_from_before_the_12_lead_had_its_own_leaves_the_12_lead_to_it(
+    store, gateway_endpoint, make_unit
+) -> None:
+    """Before decision 46 one persistent session, under the gateway's client id, took every device stream. The
+    clinical session takes that id and leaves the 12-lead's subscription to the 12-lead's own session: each frame
+    reaches the gateway once (none counted twice) and is stored once."""
+    unit, endpoint = await make_unit()
+    settings = _gateway_settings()
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 3600
+    async with mqtt_client(
+        gateway_endpoint, identifier=settings.client_id, clean_start=False, properties=properties
+    ) as former:
+        for topic in fleet_filters():
+            await former.subscribe(topic, qos=1)
+    async with (
+        Gateway(settings, gateway_endpoint, store) as gateway,
+        connected_device(unit, endpoint) as device,
+    ):
+        for seq in range(5):
+            await device.send(ecg(unit, 1, seq))
+        await device.ack_covering(Stream.ECG, 1, 4)
+        await asyncio.sleep(0.5)  # a second copy of a frame would come right behind the first
+        assert gateway.metrics.received.labels("ecg")._value.get() == 5
+        assert gateway.metrics.duplicates.labels("ecg")._value.get() == 0
+    assert await _count(store, "ecg_frames", unit) == 5
 
 
 async def test_a_backlog_is_observed_12_lead_last_and_each_stream_in_order(store, gateway_endpoint, make_unit) -> None:
