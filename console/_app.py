@@ -256,7 +256,7 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=20, max_msg_size=4096, compress=False)
     await ws.prepare(request)
     peer = request.remote or "?"
-    client = Client(ws, peer, principal, core.hub.ecg_frames_max, request.transport, core.hub.pacer)
+    client = Client(ws, peer, principal, core.hub.ecg_frames_max, request.transport, core.hub.send_interval_s)
     core.hub.add(client)
     client.send_now({"type": "session", **principal.as_json()})
     if client.may(Permission.VIEW_FLEET):

@@ -11,8 +11,7 @@ What is pending for a client when its sender wakes goes in as few frames as poss
 messages (`frame_texts`), so a busy console pays the websocket's per-frame work once per batch, not once per message.
 Under load a client's sends are paced (`send_interval_s`, ConsoleSettings): what arrives within the interval after a
 send joins the next one, so a fleet's updates cost a client a few dozen frames a second, not one per batch read from
-the bus. Events (alerts among them) and a close are not paced. One clock (`Pacer`) ends every waiting client's
-interval at once, so fifty clients cost the event loop one timer per interval, not fifty.
+the bus. Events (alerts among them) and a close are not paced.
 
 Each client carries the Principal it logged in as, and receives only the messages its role may see: every broadcast
 states the permission it needs (`needs_of` gives it for each message class), defaulting to the strictest.
@@ -22,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import math
@@ -116,31 +116,6 @@ class ClientTooSlow(ClientDropped):
     pass
 
 
-class Pacer:
-    """The send interval's clock, shared by every client of a hub. A client that sent less than an interval ago
-    waits for the next tick (so its sends are at most about one per interval); a tick wakes every client waiting,
-    in one turn of the event loop. The clock runs only while someone waits."""
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._waiting: list[asyncio.Event] = []
-        self._clock: asyncio.Task[None] | None = None
-
-    async def wait(self, wake: asyncio.Event) -> None:
-        """Until the next tick, or until `wake` is set by someone else (an event to send, a close)."""
-        self._waiting.append(wake)
-        if self._clock is None or self._clock.done():
-            self._clock = asyncio.get_running_loop().create_task(self._run(), name="console.pacer")
-        await wake.wait()
-
-    async def _run(self) -> None:
-        while self._waiting:
-            await asyncio.sleep(self.interval_s)
-            waiting, self._waiting = self._waiting, []
-            for wake in waiting:
-                wake.set()
-
-
 def frame_texts(batch: Sequence[Outgoing], text_max: int = FRAME_TEXT_MAX) -> Iterator[str]:
     """The batch as websocket frame texts: JSON arrays of the messages in their order, joined from their encoded
     texts (nothing is encoded again). A frame is at most `text_max` long unless one message alone is longer; that
@@ -170,7 +145,7 @@ class Client:
         principal: Principal,
         ecg_frames_max: int = ECG_FRAMES_MAX,
         transport: asyncio.Transport | None = None,
-        pacer: Pacer | None = None,
+        send_interval_s: float = 0.0,
     ) -> None:
         self.ws = ws
         self.principal = principal
@@ -184,7 +159,7 @@ class Client:
         self._ecg: collections.deque[Outgoing] = collections.deque(maxlen=ecg_frames_max)
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()  # an event or a close is waiting: the pacing ends now
-        self._pacer = pacer
+        self._send_interval_s = send_interval_s
         self._sent_at = -math.inf  # loop time of the last send
         self.dropped_ecg = 0
         self.closing: tuple[int, str] | None = None
@@ -253,22 +228,23 @@ class Client:
                     return
 
     async def _pace(self) -> None:
-        """After a send less than an interval ago, wait for the pacer's next tick, unless an event or a close is
-        waiting."""
-        pacer = self._pacer
-        if pacer is None or self._events or self.closing is not None:
+        """Wait out the rest of the send interval, unless an event or a close is waiting."""
+        if self._events or self.closing is not None:
             return
-        if asyncio.get_running_loop().time() - self._sent_at >= pacer.interval_s:
+        wait = self._sent_at + self._send_interval_s - asyncio.get_running_loop().time()
+        if wait <= 0:
             return
         self._urgent.clear()
-        await pacer.wait(self._urgent)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._urgent.wait()
 
 
 class Hub:
     def __init__(self, ecg_frames_max: int = ECG_FRAMES_MAX, send_interval_s: float = 0.0) -> None:
         self.clients: set[Client] = set()
         self.ecg_frames_max = ecg_frames_max
-        self.pacer = Pacer(send_interval_s) if send_interval_s > 0 else None
+        self.send_interval_s = send_interval_s
         self._watchers: collections.Counter[str] = collections.Counter()
 
     def add(self, client: Client) -> None:
