@@ -262,9 +262,9 @@ class Gateway:
                             elif topic.endswith(_ECG_SUFFIX):
                                 frames.append(message)
                             else:
-                                await self._hand_over(self._take(topic, message.payload))
+                                await self._hand_over(self._take(topic, message.payload), twelve_lead=False)
                         for n, message in enumerate(frames, start=1):
-                            await self._hand_over(self._take(message.topic, message.payload))
+                            await self._hand_over(self._take(message.topic, message.payload), twelve_lead=True)
                             if n % _FRAMES_PER_STEP == 0:
                                 await asyncio.sleep(0)  # a clinical batch that came meanwhile goes in between
                         self._report_received()
@@ -358,11 +358,12 @@ class Gateway:
                 self._announce(change, rx_us)
         return _Incoming(topic, payload, rx_us, rx_mono, outcome, lane)
 
-    async def _hand_over(self, item: _Incoming) -> None:
-        """To its lane's writer; waits only while that queue has no room for the item's kind: a 12-lead frame at
-        `_ecg_room`, anything else when full (decision 46). A coroutine per message costs ~0.5 µs."""
+    async def _hand_over(self, item: _Incoming, *, twelve_lead: bool) -> None:
+        """To its lane's writer; waits only while that queue has no room for the item's kind (the reader's split by
+        topic): a 12-lead frame at `_ecg_room`, anything else when full (decision 46). A coroutine per message
+        costs ~0.5 µs."""
         queue = self._lanes[item.lane]
-        if item.topic.endswith(_ECG_SUFFIX):
+        if twelve_lead:
             taken = self._taken[item.lane]
             while queue.qsize() >= self._ecg_room:
                 taken.clear()
