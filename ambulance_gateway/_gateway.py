@@ -144,7 +144,6 @@ class Gateway:
         # are spread over _ACK_SLOTS, one flushed at a time, so that the fleet's acks do not leave in one burst.
         self._outgoing_acks: list[dict[str, dict[tuple[int, Stream], Ack]]] = [{} for _ in range(_ACK_SLOTS)]
         self._ack_slot = 0  # the slot the next flush sends
-        self._client: MqttLink | None = None  # the clinical session's link, which also writes acks and link states
         self._links: dict[_Session, MqttLink] = {}  # each session's link while connected
         self._subscribed = {session: asyncio.Event() for session in _SESSIONS}
         self._store_failing = False
@@ -222,6 +221,11 @@ class Gateway:
 
     # -- reading -----------------------------------------------------------------------------------------------
 
+    @property
+    def _client(self) -> MqttLink | None:
+        """The clinical session's link while connected: it also writes acks and link states."""
+        return self._links.get(_CLINICAL)
+
     def _link(self, session: _Session) -> MqttLink:
         # Not aiomqtt: the ingest path reads and writes in batches (docs/decisions.md, emergency/mqtt/_link.py).
         return MqttLink(
@@ -240,8 +244,6 @@ class Gateway:
                 async with self._link(session) as client:
                     await self._subscribe(client, session)
                     self._links[session] = client
-                    if session is _CLINICAL:
-                        self._client = client
                     attempt = 0
                     self.metrics.mqtt_connected.set(int(len(self._links) == len(_SESSIONS)))
                     self._subscribed[session].set()
@@ -271,8 +273,7 @@ class Gateway:
             except MqttLinkError as exc:
                 log.warning("broker connection of the %s session lost (%s); reconnecting", session.name, exc)
             finally:
-                if self._links.pop(session, None) is not None and session is _CLINICAL:
-                    self._client = None
+                self._links.pop(session, None)
                 self.metrics.mqtt_connected.set(0)
             await asyncio.sleep(backoff_delay(attempt))
             attempt += 1
