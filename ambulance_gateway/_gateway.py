@@ -92,6 +92,71 @@ class _Incoming:
     lane: int  # the commit lane of its unit (decision 38); 0 for a rejection naming no unit
 
 
+class _Lane:
+    """One commit lane's hand-off from the readers to its writer (decision 38): a bounded queue per kind. When the
+    writer falls behind, each kind's reader waits on its own queue, its link stops reading, and the broker holds the
+    rest in that kind's session. The writer takes the clinical streams first (decision 48), so under overload the
+    12-lead's storage falls behind, not a vitals message's commit and ack, and the clinical reader keeps reading."""
+
+    def __init__(self, clinical_room: int, ecg_room: int) -> None:
+        self.clinical: asyncio.Queue[_Incoming] = asyncio.Queue(maxsize=clinical_room)
+        self.twelve_lead: asyncio.Queue[_Incoming] = asyncio.Queue(maxsize=ecg_room)
+        self._arrived = asyncio.Event()
+        self._taken = (0, 0)  # of each queue, in the batch its writer holds
+
+    def of(self, *, twelve_lead: bool) -> asyncio.Queue[_Incoming]:
+        return self.twelve_lead if twelve_lead else self.clinical
+
+    def qsize(self) -> int:
+        return self.clinical.qsize() + self.twelve_lead.qsize()
+
+    async def put(self, item: _Incoming, *, twelve_lead: bool) -> None:
+        """Waits only while this kind's queue is full. A coroutine per message costs ~0.5 µs."""
+        queue = self.of(twelve_lead=twelve_lead)
+        if queue.full():
+            await queue.put(item)
+        else:
+            queue.put_nowait(item)
+        self._arrived.set()
+
+    async def take(self, max_items: int, delay_s: float) -> list[_Incoming]:
+        """The next batch: up to `max_items`, the clinical streams' first. Takes what is there as soon as there is
+        something, then, unless that is a whole batch, what comes within `delay_s`. Each stream keeps its order: a
+        stream is in one queue only."""
+        while not self.qsize():
+            self._arrived.clear()
+            await self._arrived.wait()
+        items: list[_Incoming] = []
+        self._move(items, max_items)
+        if len(items) < max_items:
+            await asyncio.sleep(delay_s)  # let a batch form; under load the queues already hold one
+            self._move(items, max_items)
+        return items
+
+    def _move(self, items: list[_Incoming], max_items: int) -> None:
+        clinical, twelve_lead = self._taken
+        while len(items) < max_items and not self.clinical.empty():
+            items.append(self.clinical.get_nowait())
+            clinical += 1
+        while len(items) < max_items and not self.twelve_lead.empty():
+            items.append(self.twelve_lead.get_nowait())
+            twelve_lead += 1
+        self._taken = (clinical, twelve_lead)
+
+    def done(self) -> None:
+        """The batch last taken is settled (committed, or left to the devices to resend)."""
+        clinical, twelve_lead = self._taken
+        for _ in range(clinical):
+            self.clinical.task_done()
+        for _ in range(twelve_lead):
+            self.twelve_lead.task_done()
+        self._taken = (0, 0)
+
+    async def join(self) -> None:
+        await self.clinical.join()
+        await self.twelve_lead.join()
+
+
 class Observer(Protocol):
     """What the gateway hands every accepted message and link observation to, synchronously and before the commit
     (the clinical loop, `emergency.care.ClinicalLoop`). It must not block; an exception is logged, never fatal."""
@@ -126,18 +191,12 @@ class Gateway:
         self._received_unreported = dict.fromkeys(Stream, 0)  # counted per message, reported per read
         self._tracker = AckTracker()
         self._silence = SilenceMonitor(settings.silence_after_s)
-        # Readers → writers hand-off, one queue per commit lane (decision 38). Bounded: when one is full, a reader
-        # waits, its link's inbox fills and it stops reading the socket, so the broker holds the rest in that
-        # persistent session (docs/protocol.md). The 12-lead's reader waits first, at `room`; the clinical reader
-        # has half as much again beyond it, so a backlog of 12-lead frames never holds up a vitals message
-        # (decision 46).
+        # Readers → writers hand-off, per commit lane (decision 38) a bounded queue per kind (decision 48). When one
+        # is full, its reader waits, its link's inbox fills and it stops reading the socket, so the broker holds the
+        # rest in that persistent session (docs/protocol.md). A lane's room is shared: the 12-lead's frames may take
+        # it all, the clinical streams half as much again, and their writer takes them first.
         room = max(1, settings.queue_max_messages // settings.commit_lanes)
-        self._ecg_room = room
-        self._clinical_room = room + max(1, room // 2)
-        self._lanes: list[asyncio.Queue[_Incoming]] = [
-            asyncio.Queue(maxsize=self._clinical_room) for _ in range(settings.commit_lanes)
-        ]
-        self._taken = [asyncio.Event() for _ in self._lanes]  # set by a lane's writer when it takes a batch
+        self._lanes = [_Lane(clinical_room=max(1, room // 2), ecg_room=room) for _ in range(settings.commit_lanes)]
         self._partitions = partition.count if partition is not None else 1
         self._link_events: collections.deque[LinkEvent] = collections.deque(maxlen=_LINK_EVENTS_MAX)
         # Committed but not yet announced: at most one ack per (unit, boot, stream), so bounded by the fleet. Units
@@ -264,9 +323,11 @@ class Gateway:
                             elif topic.endswith(_ECG_SUFFIX):
                                 frames.append(message)
                             else:
-                                await self._hand_over(self._take(topic, message.payload), twelve_lead=False)
+                                item = self._take(topic, message.payload)
+                                await self._lanes[item.lane].put(item, twelve_lead=False)
                         for n, message in enumerate(frames, start=1):
-                            await self._hand_over(self._take(message.topic, message.payload), twelve_lead=True)
+                            item = self._take(message.topic, message.payload)
+                            await self._lanes[item.lane].put(item, twelve_lead=True)
                             if n % _FRAMES_PER_STEP == 0:
                                 await asyncio.sleep(0)  # a clinical batch that came meanwhile goes in between
                         self._report_received()
@@ -359,21 +420,6 @@ class Gateway:
                 self._announce(change, rx_us)
         return _Incoming(topic, payload, rx_us, rx_mono, outcome, lane)
 
-    async def _hand_over(self, item: _Incoming, *, twelve_lead: bool) -> None:
-        """To its lane's writer; waits only while that queue has no room for the item's kind (the reader's split by
-        topic): a 12-lead frame at `_ecg_room`, anything else when full (decision 46). A coroutine per message
-        costs ~0.5 µs."""
-        queue = self._lanes[item.lane]
-        if twelve_lead:
-            taken = self._taken[item.lane]
-            while queue.qsize() >= self._ecg_room:
-                taken.clear()
-                await taken.wait()
-        if queue.full():
-            await queue.put(item)
-        else:
-            queue.put_nowait(item)
-
     def _report_received(self) -> None:
         """Counted in a plain dict per message; a Prometheus counter takes a lock per call."""
         for stream, count in self._received_unreported.items():
@@ -385,7 +431,7 @@ class Gateway:
         self,
         item: DeviceMessage | LinkEvent,
         rx_us: int = 0,
-        lane: asyncio.Queue[_Incoming] | None = None,
+        lane: _Lane | None = None,
         *,
         twelve_lead: bool = False,
     ) -> None:
@@ -397,8 +443,8 @@ class Gateway:
             else:
                 # Behind: the unit's writer has half of this kind's room to commit, and the broker is holding what
                 # comes next in this kind's session.
-                half = self._ecg_room // 2 if twelve_lead else (self._ecg_room + self._clinical_room) // 2
-                behind = lane is not None and lane.qsize() >= half
+                queue = lane.of(twelve_lead=twelve_lead) if lane is not None else None
+                behind = queue is not None and queue.qsize() >= queue.maxsize // 2
                 self._observer.observe(item, rx_us, center_behind=behind)
         except Exception:
             # A bug in the clinical loop must not stop ingestion: the data is still stored and acknowledged.
@@ -425,22 +471,13 @@ class Gateway:
 
     async def _write_forever(self, n: int) -> None:
         """Commit lane `n`'s writer: batches from its queue, committed one after another."""
-        queue, taken = self._lanes[n], self._taken[n]
-        max_messages = self._settings.batch_max_messages
+        lane = self._lanes[n]
         while True:
-            first = await queue.get()
-            if queue.qsize() < max_messages - 1:
-                # Let a batch form; under load the queue already holds one and this is skipped.
-                await asyncio.sleep(self._settings.batch_max_delay_s)
-            items = [first]
-            while len(items) < max_messages and not queue.empty():
-                items.append(queue.get_nowait())
-            taken.set()
+            items = await lane.take(self._settings.batch_max_messages, self._settings.batch_max_delay_s)
             try:
                 await self._settle(items)
             finally:
-                for _ in items:
-                    queue.task_done()
+                lane.done()
             self.metrics.pending.set(self._pending())
 
     async def _settle(self, items: list[_Incoming]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
@@ -53,7 +54,9 @@ class TestDevice:
     def __init__(self, client: aiomqtt.Client, unit: str) -> None:
         self.client = client
         self.unit = unit
-        self.acks: asyncio.Queue[Ack] = asyncio.Queue()
+        # Per stream: a lane commits the clinical streams before the 12-lead (decision 48), so their acks may come
+        # in either order, and waiting for one stream's must not pass over another's.
+        self.acks: collections.defaultdict[Stream, asyncio.Queue[Ack]] = collections.defaultdict(asyncio.Queue)
 
     async def send(self, message: DeviceMessage) -> None:
         await self.client.publish(device_topic(self.unit, message.stream), encode_device_message(message), qos=1)
@@ -64,8 +67,8 @@ class TestDevice:
     async def ack_covering(self, stream: Stream, boot: int, seq: int, within_s: float = 20) -> Ack:
         async with asyncio.timeout(within_s):
             while True:
-                ack = await self.acks.get()
-                if ack.stream is stream and ack.boot == boot and ack.upto >= seq:
+                ack = await self.acks[stream].get()
+                if ack.boot == boot and ack.upto >= seq:
                     return ack
 
 
@@ -79,7 +82,7 @@ async def connected_device(unit: str, endpoint: MqttEndpoint) -> AsyncIterator[T
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
                 for ack in decode_acks(message.payload):
-                    device.acks.put_nowait(ack)
+                    device.acks[ack.stream].put_nowait(ack)
 
         reader = asyncio.create_task(read_acks(), name=f"test.acks[{unit}]")
         try:
@@ -421,6 +424,49 @@ async def test_a_vitals_message_is_observed_while_the_12_lead_waits_for_the_data
     assert await _count(store, "vitals", unit) == 1
 
 
+async def test_a_vitals_message_is_committed_before_the_12_lead_frames_queued_ahead_of_it(
+    store, gateway_endpoint, make_unit
+) -> None:
+    """A commit lane's writer takes the clinical streams first (decision 48): while commits are held (a lock on the
+    12-lead's table), frames fill their queue, then a vitals message arrives; once the database takes writes again
+    the vitals message is in the first commit after the one that was waiting, ahead of the queued frames. Read from
+    the rows' transaction ids: only the frames of that first, waiting commit were committed before it."""
+    unit, endpoint = await make_unit()
+    settings = _gateway_settings(queue_max_messages=4, commit_lanes=1, batch_max_messages=2)
+    async with store.pool.acquire() as blocker:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("LOCK TABLE ecg_frames IN ACCESS EXCLUSIVE MODE")
+        async with (
+            Gateway(settings, gateway_endpoint, store) as gateway,
+            connected_device(unit, endpoint) as device,
+        ):
+            for seq in range(10):
+                await device.send(ecg(unit, 1, seq))
+            async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+                while True:  # a commit waits for the lock, and the frames behind it fill their queue
+                    async with http.get(gateway.health_url) as response:
+                        if (await response.json())["pending_messages"] == 4:
+                            break
+                    await asyncio.sleep(0.05)
+            await device.send(Vitals(unit, 1, 0, _now_us(), hr=80.0))
+            async with asyncio.timeout(10):
+                while True:  # read, and queued behind nothing of its own kind
+                    if gateway.metrics.received.labels("vitals")._value.get() == 1:
+                        break
+                    await asyncio.sleep(0.02)
+            await held.rollback()
+            await device.ack_covering(Stream.ECG, 1, 9)
+            await device.ack_covering(Stream.VITALS, 1, 0)
+    frames_before = await store.pool.fetchval(
+        "SELECT count(*) FROM ecg_frames WHERE unit = $1 "
+        "AND xmin::text::bigint < (SELECT xmin::text::bigint FROM vitals WHERE unit = $1)",
+        unit,
+    )
+    assert frames_before <= 2  # the waiting commit's batch; taken in arrival order, every frame queued before it too
+    assert await _count(store, "ecg_frames", unit) == 10
+
+
 async def test_a_session_kept_from_before_the_12_lead_had_its_own_leaves_the_12_lead_to_it(
     store, gateway_endpoint, make_unit
 ) -> None:
@@ -560,7 +606,7 @@ async def test_units_of_different_lanes_are_committed_beside_each_other(store, g
                     await free_device.send(Vitals(free, 1, seq, _now_us(), hr=70.0))
                 await free_device.ack_covering(Stream.VITALS, 1, 2)
                 assert await _count(store, "vitals", free) == 3
-                assert held_device.acks.empty() and await _count(store, "vitals", held) == 0
+                assert all(q.empty() for q in held_device.acks.values()) and await _count(store, "vitals", held) == 0
                 await lock.execute("SELECT pg_advisory_unlock(4242)")
                 ack = await held_device.ack_covering(Stream.VITALS, 1, 2)
         assert ack.upto == 2 and ack.rejected == ()
