@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +15,8 @@ import pytest
 
 from emergency.mqtt import MqttLink, MqttLinkError, mqtt_client
 from emergency.settings import MqttEndpoint
+from emergency.stack import GATEWAY_ACCOUNT, Broker
+from tests.conftest import free_port, services_dir
 
 _ids = iter(range(1, 10_000))
 
@@ -227,3 +231,26 @@ async def test_no_local_keeps_a_links_own_publishes_from_coming_back(gateway_end
         await mine.publish(topic, b"from-me")
         await other.publish(topic, b"from-another")
         assert await take(mine, 1) == [(topic, b"from-another")]
+
+
+async def test_a_patient_wait_takes_a_busy_brokers_late_puback() -> None:
+    """The broker answers every QoS 1 publish of a live connection, in order, however late (here it is stopped for
+    longer than the link's timeout). An impatient wait fails at the timeout; a patient one takes the late PUBACK, so
+    that the care bus does not send a snapshot again while the first is still on its way (decision 49)."""
+    with services_dir("emergency-link-") as root:
+        async with Broker(root, free_port()) as broker:
+            topic, endpoint = "center/v1/care/test", broker.internal_endpoint(GATEWAY_ACCOUNT)
+            async with MqttLink(endpoint, client_id=client_id(), timeout_s=0.3) as link:
+                pid = int(broker.pid_file.read_text())
+                os.kill(pid, signal.SIGSTOP)
+                try:
+                    impatient = link.start_publish(topic, b"1", now=True)
+                    patient = link.start_publish(topic, b"2", now=True)
+                    with pytest.raises(MqttLinkError, match="no PUBACK in time"):
+                        await link.acknowledged(impatient, topic)
+                    waiting = asyncio.create_task(link.acknowledged(patient, topic, patient=True))
+                    await asyncio.sleep(0.6)  # twice the timeout
+                    assert not waiting.done()
+                finally:
+                    os.kill(pid, signal.SIGCONT)
+                await asyncio.wait_for(waiting, 10)

@@ -786,10 +786,12 @@ class ClinicalLoop:
         self, link: MqttLink, key: str, topic: str, payload: bytes, acknowledged: asyncio.Future[int]
     ) -> bool:
         try:
-            await link.acknowledged(acknowledged, topic)
+            # Patient: a busy broker answers late, and sending the snapshot again meanwhile would only add to what
+            # it has to get through (decision 49). A lost link ends the wait.
+            await link.acknowledged(acknowledged, topic, patient=True)
         except MqttLinkError as exc:
             # Still queued: sent again after the reconnect (a lost link, which the reader reports) or with the next
-            # wake-up (refused, or not acknowledged in time).
+            # wake-up (refused).
             log.log(logging.WARNING if link.connected else logging.DEBUG, "care snapshot %s held (%s)", key, exc)
             return False
         if self._to_publish.get(key) == (topic, payload):

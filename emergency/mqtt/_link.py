@@ -367,10 +367,12 @@ class MqttLink:
             self.flush()
         return waiter
 
-    async def acknowledged(self, waiter: asyncio.Future[int], topic: str) -> None:
-        """Wait for a `start_publish`'s PUBACK; raises MqttLinkError if refused or not answered in time."""
+    async def acknowledged(self, waiter: asyncio.Future[int], topic: str, *, patient: bool = False) -> None:
+        """Wait for a `start_publish`'s PUBACK; raises MqttLinkError if refused, if the link ends, or, unless
+        `patient`, if not answered within the link's timeout. The broker answers every QoS 1 publish of a live
+        connection, in order: a patient caller waits out a busy broker instead of sending the message again."""
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(None if patient else self._timeout_s):
                 code = await waiter
         except TimeoutError:
             raise MqttLinkError(f"no PUBACK in time for {topic}") from None
