@@ -127,6 +127,23 @@ def test_condition_resolves_only_after_it_stays_absent() -> None:
     assert {c.alert.kind for c in later if c.event is AlertEvent.RESOLVED} >= {AlertKind.SHOCK_INDEX}
 
 
+def test_a_units_evaluation_and_its_encounters_end_leave_other_units_alerts_alone() -> None:
+    """The book keeps open alerts by unit: one unit's stable readings, or its encounter closing, never resolve
+    another's alert; the other's repeats stay due."""
+    book, shock, stable = _book(), PatientState(), PatientState()
+    shock.observe_vitals(vitals(T0, hr=135, sbp=70, spo2=97, rr=16, temp=36.8))
+    stable.observe_vitals(vitals(T0, **STABLE))
+    raised = book.reconcile("U1", 7, evaluate(shock, Thresholds()), at=T0, now=T0, backlog=False)
+    assert raised
+    for at in range(T0 + S, T0 + 120 * S, S):
+        assert book.reconcile("U2", 8, evaluate(stable, Thresholds()), at=at, now=at, backlog=False) == []
+    assert book.close_unit("U2", at=T0 + 120 * S) == []
+    assert {a.unit for a in book} == {"U1"} and len(list(book)) == len(raised)
+    assert {c.alert.unit for c in book.due(T0 + 121 * S)} == {"U1"}
+    assert {c.event for c in book.close_unit("U1", at=T0 + 122 * S)} == {AlertEvent.RESOLVED}
+    assert list(book) == []
+
+
 def test_backlog_condition_is_recorded_silently_and_goes_live_with_live_data() -> None:
     """A condition seen only in late data is a backlog alert (never repeated); live data makes it a live alert."""
     book, state = _book(), PatientState()
