@@ -193,8 +193,8 @@ class Gateway:
         self._silence = SilenceMonitor(settings.silence_after_s)
         # Readers → writers hand-off, per commit lane (decision 38) a bounded queue per kind (decision 48). When one
         # is full, its reader waits, its link's inbox fills and it stops reading the socket, so the broker holds the
-        # rest in that persistent session (docs/protocol.md). A lane's room is shared: the 12-lead's frames may take
-        # it all, the clinical streams half as much again, and their writer takes them first.
+        # rest in that persistent session (docs/protocol.md). A lane holds `room` 12-lead frames and half as many
+        # messages of the other streams, which its writer takes first.
         room = max(1, settings.queue_max_messages // settings.commit_lanes)
         self._lanes = [_Lane(clinical_room=max(1, room // 2), ecg_room=room) for _ in range(settings.commit_lanes)]
         self._partitions = partition.count if partition is not None else 1

@@ -74,7 +74,10 @@ class AlertBook:
         self._open: dict[str, dict[AlertKind, _Open]] = {}
 
     def __iter__(self) -> Iterator[Alert]:
-        return (entry.alert for kinds in self._open.values() for entry in kinds.values())
+        return (entry.alert for entry in self._entries())
+
+    def _entries(self) -> Iterator[_Open]:
+        return (entry for kinds in self._open.values() for entry in kinds.values())
 
     def _entry(self, unit: str, kind: AlertKind) -> _Open | None:
         kinds = self._open.get(unit)
@@ -196,7 +199,7 @@ class AlertBook:
     def due(self, now: int) -> list[AlertChange]:
         """Repeats and escalations that are due at center time `now`."""
         changes: list[AlertChange] = []
-        for entry in (entry for kinds in self._open.values() for entry in kinds.values()):
+        for entry in self._entries():
             alert = entry.alert
             if entry.next_repeat_at is None or now < entry.next_repeat_at or alert.state not in UNACKNOWLEDGED:
                 continue
