@@ -115,6 +115,16 @@ async def _count(store: Store, table: str, unit: str) -> int:
     return value
 
 
+async def _pending_reaches(gateway: Gateway, count: int, within_s: float = 10) -> None:
+    """Until the gateway's `/healthz` says `count` messages are taken and waiting for their commit."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(within_s):
+        while True:
+            async with http.get(gateway.health_url) as response:
+                if (await response.json())["pending_messages"] == count:
+                    return
+            await asyncio.sleep(0.05)
+
+
 async def test_messages_are_stored_once_and_acknowledged_after_commit(store, gateway_endpoint, make_unit) -> None:
     """Every stream's messages are committed exactly once and then acknowledged up to the last seq."""
     unit, endpoint = await make_unit()
@@ -408,12 +418,7 @@ async def test_a_vitals_message_is_observed_while_the_12_lead_waits_for_the_data
         ):
             for seq in range(20):
                 await device.send(ecg(unit, 1, seq))
-            async with aiohttp.ClientSession() as http, asyncio.timeout(10):
-                while True:  # the 12-lead's reader waits for room: its lane holds all a 12-lead frame may take
-                    async with http.get(gateway.health_url) as response:
-                        if (await response.json())["pending_messages"] == 4:
-                            break
-                    await asyncio.sleep(0.05)
+            await _pending_reaches(gateway, 4)  # the 12-lead's reader waits for room: its lane holds all it may take
             await device.send(Vitals(unit, 1, 0, _now_us(), hr=120.0))
             await asyncio.wait_for(vitals_seen.wait(), 10)
             assert seen.count(Stream.ECG) < 20  # observed before the frames the database held back
@@ -443,12 +448,7 @@ async def test_a_vitals_message_is_committed_before_the_12_lead_frames_queued_ah
         ):
             for seq in range(10):
                 await device.send(ecg(unit, 1, seq))
-            async with aiohttp.ClientSession() as http, asyncio.timeout(10):
-                while True:  # a commit waits for the lock, and the frames behind it fill their queue
-                    async with http.get(gateway.health_url) as response:
-                        if (await response.json())["pending_messages"] == 4:
-                            break
-                    await asyncio.sleep(0.05)
+            await _pending_reaches(gateway, 4)  # a commit waits for the lock, and the frames behind it fill their queue
             await device.send(Vitals(unit, 1, 0, _now_us(), hr=80.0))
             async with asyncio.timeout(10):
                 while True:  # read, and queued behind nothing of its own kind
