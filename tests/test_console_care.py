@@ -164,6 +164,8 @@ async def test_the_first_console_delivery_of_an_alert_is_recorded(store) -> None
     delivered = await records.mark_delivered(alert_id, at=now + 1)
     assert delivered is not None and delivered.state is AlertState.DELIVERED
     assert await records.mark_delivered(alert_id, at=now + 2) is None
+    events = await store.pool.fetch("SELECT event FROM alert_events WHERE alert_id = $1", alert_id)
+    assert sorted(r["event"] for r in events) == ["delivered", "raised"]
     first = await records.acknowledge_alert(alert_id, at=now + 3, by="a", role="ed_nurse")
     second = await records.acknowledge_alert(alert_id, at=now + 4, by="b", role="ed_physician")
     assert first.acknowledged_by == second.acknowledged_by == "a"

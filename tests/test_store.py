@@ -165,6 +165,17 @@ async def test_the_record_above_a_watermark_names_stored_rejected_and_declared_l
     assert await store.settled_above({}, per_key=100) == SettledRecord([], [])
 
 
+async def test_a_connection_given_back_to_the_pool_costs_no_reset_statement(store: Store) -> None:
+    """The pool gives a connection back without asyncpg's reset query (decision 50): nothing the store's borrowers
+    do outlives their transaction. A transaction left open is still rolled back by asyncpg."""
+    seen: list[str] = []
+    async with store.pool.acquire() as conn:
+        conn.add_query_logger(lambda record: seen.append(record.query))
+        await conn.execute("SELECT 1")
+        await conn.execute("BEGIN")
+    assert seen == ["SELECT 1", "BEGIN", "ROLLBACK"]
+
+
 async def test_a_commit_in_several_statements_counts_every_row_and_is_still_all_or_nothing(store: Store) -> None:
     """A stream's rows go in by `insert_chunk_rows` at a time (decision 44): every chunk's stored rows and duplicates
     are counted, and a row the database refuses in the last chunk takes the earlier chunks back with it."""

@@ -603,16 +603,18 @@ class CareStore:
         """First delivery to someone who may acknowledge; None when already past `raised`."""
 
         async def go() -> Alert | None:
+            # One statement: the state and its event are written together, in one round trip.
             row = await self._pool.fetchrow(
-                """UPDATE alerts SET state = 'delivered', delivered_at = $2 WHERE id = $1 AND state = 'raised'
-                   RETURNING *""",
+                """WITH delivered AS (
+                       UPDATE alerts SET state = 'delivered', delivered_at = $2 WHERE id = $1 AND state = 'raised'
+                       RETURNING *
+                   ), event AS (
+                       INSERT INTO alert_events (alert_id, at, event, actor)
+                       SELECT id, $2, 'delivered', NULL FROM delivered
+                   )
+                   SELECT * FROM delivered""",
                 alert_id, from_us(at),
             )  # fmt: skip
-            if row is not None:
-                await self._pool.execute(
-                    "INSERT INTO alert_events (alert_id, at, event, actor) VALUES ($1, $2, 'delivered', NULL)",
-                    alert_id, from_us(at),
-                )  # fmt: skip
             return None if row is None else _alert(row)
 
         result: Alert | None = await self._run(go)

@@ -251,6 +251,14 @@ async def _insert_statements(conn: asyncpg.Connection) -> dict[Stream, _Insert]:
     return statements
 
 
+async def _session_left_as_found(conn: asyncpg.Connection) -> None:
+    """The pool's reset of a connection given back (decision 50). asyncpg first rolls back a transaction left open
+    and drops the borrower's listeners, then by default sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN
+    *; RESET ALL`: a round trip, and four statements for the server, for every connection given back (a commit lane's
+    every commit, a console's every alert delivered). The project's code leaves nothing for it to undo: no `SET`
+    outside a transaction, no `LISTEN`, no advisory lock, no cursor held past its transaction."""
+
+
 class Store:
     """The store; use as `async with Store.open(dsn, settings) as store:`. Migrates on enter."""
 
@@ -286,6 +294,7 @@ class Store:
             # A commit's arrays are unnested into rows in memory: a full batch of 12-lead frames is ~6 MB, past the
             # default 4 MB at which PostgreSQL spills them to a temporary file.
             server_settings={"work_mem": "32MB"},
+            reset=_session_left_as_found,
         )
         async with self._pool.acquire() as conn:
             self._inserts = await _insert_statements(conn)
