@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
 from ambulance_gateway._acks import MAX_PENDING_PER_KEY, AckTracker, Key, Loss, Settlement
 from ambulance_gateway._metrics import GatewayMetrics
@@ -98,9 +98,10 @@ class _Lane:
     rest in that kind's session. The writer takes the clinical streams first (decision 48), so under overload the
     12-lead's storage falls behind, not a vitals message's commit and ack, and the clinical reader keeps reading."""
 
-    def __init__(self, clinical_room: int, ecg_room: int) -> None:
+    def __init__(self, clinical_room: int, ecg_room: int, waited: Counter) -> None:
         self.clinical: asyncio.Queue[_Incoming] = asyncio.Queue(maxsize=clinical_room)
         self.twelve_lead: asyncio.Queue[_Incoming] = asyncio.Queue(maxsize=ecg_room)
+        self._waited = (waited.labels("clinical"), waited.labels("twelve_lead"))  # seconds, by kind
         self._arrived = asyncio.Event()
         self._taken = (0, 0)  # of each queue, in the batch its writer holds
 
@@ -114,7 +115,9 @@ class _Lane:
         """Waits only while this kind's queue is full. A coroutine per message costs ~0.5 µs."""
         queue = self.of(twelve_lead=twelve_lead)
         if queue.full():
+            since = time.monotonic()
             await queue.put(item)
+            self._waited[twelve_lead].inc(time.monotonic() - since)
         else:
             queue.put_nowait(item)
         self._arrived.set()
@@ -196,7 +199,9 @@ class Gateway:
         # rest in that persistent session (docs/protocol.md). A lane holds `room` 12-lead frames and half as many
         # messages of the other streams, which its writer takes first.
         room = max(1, settings.queue_max_messages // settings.commit_lanes)
-        self._lanes = [_Lane(clinical_room=max(1, room // 2), ecg_room=room) for _ in range(settings.commit_lanes)]
+        self._lanes = [
+            _Lane(max(1, room // 2), room, self.metrics.reader_wait_seconds) for _ in range(settings.commit_lanes)
+        ]
         self._partitions = partition.count if partition is not None else 1
         self._link_events: collections.deque[LinkEvent] = collections.deque(maxlen=_LINK_EVENTS_MAX)
         # Committed but not yet announced: at most one ack per (unit, boot, stream), so bounded by the fleet. Units

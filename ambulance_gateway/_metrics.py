@@ -75,6 +75,13 @@ class GatewayMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
+        self.reader_wait_seconds = Counter(
+            "emergency_gateway_reader_wait_seconds",
+            "Time a session's reader waited for room in a commit lane, by kind (clinical, twelve_lead): while it "
+            "waits, the broker holds what comes next in that session",
+            ["kind"],
+            registry=r,
+        )
         self.pending = Gauge("emergency_gateway_pending_messages", "Received, not yet committed", registry=r)
         self.units = Gauge("emergency_gateway_units", "Units heard from since start", registry=r)
         self.units_silent = Gauge("emergency_gateway_units_silent", "Units currently silent", registry=r)
