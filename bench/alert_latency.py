@@ -81,6 +81,8 @@ FS = 500.0
 FRAME_S = 0.25
 TICK_US = 250_000  # FRAME_S in µs: a unit's tick, and the time one 12-lead frame of the standard load spans
 SLOTS = 25  # units are spread over the 250 ms tick in this many slots, as unsynchronised devices would be
+RESEND_AFTER_US = 30_000_000  # protocol v1: a device resends what stays unacknowledged this long
+RESEND_MAX = 1_000  # messages a device resends at one check, oldest first, as firmware_sim's outbox does
 NORMAL_VITALS = Vitals("-", 0, 0, 0, hr=80.0, sbp=122.0, dbp=76.0, spo2=97.0, rr=16.0)
 VIOLATING_VITALS = Vitals("-", 0, 0, 0, hr=120.0, sbp=70.0, dbp=40.0, spo2=97.0, rr=16.0)  # SBP < 80, shock index 1.71
 GPS_FIX = GpsFix("-", 0, 0, 0, 31.23, 121.47, speed=10.0)
@@ -154,7 +156,8 @@ class LeanDevice:
     A tick's messages leave in one write. In-flight publishes are capped below the broker's receive maximum
     (mosquitto here: 100); a unit at the cap skips its tick (counted in `skipped`) rather than queueing without
     bound. A seq is taken only by a message that is written, so each stream's seqs run from 0 without a gap, as the
-    gateway's watermark acks expect.
+    gateway's watermark acks expect. What stays unacknowledged for 30 s is sent again (`resend_stale`), as devices
+    do: a message the broker dropped at its cap would otherwise hold the stream's watermark for the rest of the run.
     """
 
     INFLIGHT_MAX: ClassVar[int] = 80
@@ -171,6 +174,11 @@ class LeanDevice:
     tick: int = 0
     skipped: int = 0
     ecg_t0: int = 0  # device time of the first 12-lead sample: frame ts follow the sample clock from it
+    ecg_ticks: array[int] = field(default_factory=lambda: array("q"))  # the tick of each 12-lead seq
+    violating_seq: int = -1  # the vitals seq that carried the probe's violating values
+    events: dict[int, bytes] = field(default_factory=dict)  # event payloads by seq (a few: the patient contact)
+    resent_at: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # by stream: when it last resent
+    resent: int = 0
     connection: MqttConnection = field(init=False)
 
     def __post_init__(self) -> None:
@@ -190,6 +198,7 @@ class LeanDevice:
         self.seq[EVENT] += 1
         self.sent[EVENT].append(ts)
         payload = encode_device_message(msgspec.structs.replace(event, seq=seq, ts=ts))
+        self.events[seq] = payload
         self.connection.publish(self.topics[EVENT], payload)
         self.connection.flush()
 
@@ -214,11 +223,13 @@ class LeanDevice:
         if ecg:
             # The 12-lead carries its sample clock (frames back to back from the first); the rest the publish time.
             self.ecg_t0 = self.ecg_t0 or ts - tick * TICK_US
-            frame = payloads.ecg[(tick // self.ecg_every) % len(payloads.ecg)]
-            conn.publish(topics[ECG], frame.fill(seq[ECG], self.ecg_t0 + tick * TICK_US))
+            conn.publish(topics[ECG], self._frame(seq[ECG], tick))
             seq[ECG] += 1
             sent[ECG].append(ts)
+            self.ecg_ticks.append(tick)
         if vitals:
+            if violating:
+                self.violating_seq = seq[VITALS]
             conn.publish(topics[VITALS], (payloads.violating if violating else payloads.vitals).fill(seq[VITALS], ts))
             conn.publish(topics[GPS], payloads.gps.fill(seq[GPS], ts))
             seq[VITALS] += 1
@@ -227,6 +238,40 @@ class LeanDevice:
             sent[GPS].append(ts)
         conn.flush()
         return ts
+
+    def _frame(self, seq: int, tick: int) -> bytes:
+        frame = self.payloads.ecg[(tick // self.ecg_every) % len(self.payloads.ecg)]
+        return frame.fill(seq, self.ecg_t0 + tick * TICK_US)
+
+    def _payload(self, stream: int, seq: int) -> bytes:
+        """The payload this unit sent as `seq` of `stream`, made again."""
+        ts = self.sent[stream][seq]
+        if stream == ECG:
+            return self._frame(seq, self.ecg_ticks[seq])
+        if stream == VITALS:
+            return (self.payloads.violating if seq == self.violating_seq else self.payloads.vitals).fill(seq, ts)
+        if stream == GPS:
+            return self.payloads.gps.fill(seq, ts)
+        return self.events[seq]
+
+    def resend_stale(self, now: int) -> None:
+        """Send again, oldest first, what stays unacknowledged 30 s after it was sent, and after this unit last
+        resent that stream: a stream's watermark waits for its lowest unsettled seq, so resending from there fills
+        a gap and the ack then covers everything the center already has above it."""
+        budget = RESEND_MAX
+        for stream in range(len(STREAMS)):
+            sent = self.sent[stream]
+            if now - self.resent_at[stream] < RESEND_AFTER_US:
+                continue
+            seq = self.acked[stream] + 1
+            while seq < len(sent) and budget and now - sent[seq] >= RESEND_AFTER_US:
+                self.connection.publish(self.topics[stream], self._payload(stream, seq))
+                seq += 1
+                budget -= 1
+            if seq > self.acked[stream] + 1:
+                self.resent += seq - self.acked[stream] - 1
+                self.resent_at[stream] = now
+        self.connection.flush()
 
     def ping(self) -> None:
         self.connection.ping()
@@ -336,6 +381,7 @@ async def bench(
     login_path: str,
     clients: int = 0,
     harness_nice: int = 0,
+    ramp: float = 0.0,
 ) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="emergency-alertbench-"))
     root.chmod(0o755)
@@ -357,6 +403,7 @@ async def bench(
                 warmup,
                 login_path,
                 clients,
+                ramp,
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -375,6 +422,7 @@ async def _measure(
     warmup: float,
     login_path: str,
     clients: int,
+    ramp: float,
 ) -> dict[str, object]:
     # Named as bench/_loadgen.py's console clients name the units they watch: prefix and five digits.
     names = [(f"B{i:05d}", f"pw-{i}-bench") for i in range(units)] + [
@@ -429,13 +477,10 @@ async def _measure(
     stop, ws_stop = asyncio.Event(), asyncio.Event()
     watcher = asyncio.create_task(watch_alerts(ws_url, headers, probes, stats, ws_stop))
 
-    # Every crew makes patient contact before the load starts: an encounter per unit in the clinical loop.
-    for i, device in enumerate(devices):
-        device.publish_event(DeviceEvent(device.unit, boot, 0, 0, EventKind.PATIENT_CONTACT, {"age": 60 + i % 30}))
-        await asyncio.sleep(0.002)
+    # The units that stream, in their slots of the tick; each joins once its crew has made patient contact.
+    slots: list[list[tuple[LeanDevice, Probe | None]]] = [[] for _ in range(SLOTS)]
 
     async def drive() -> None:
-        slots = [[(d, probes.get(d.unit)) for d in devices[i::SLOTS]] for i in range(SLOTS)]
         next_at, k = time.monotonic(), 0
         while not stop.is_set():
             now = time.monotonic()
@@ -445,6 +490,10 @@ async def _measure(
                 ts = device.publish_tick(firing)
                 if probe is not None and firing and ts:
                     probe.fired_ts = ts
+            if k // SLOTS % 40 == 0:  # each unit every 10 s, as firmware_sim checks its outbox; a slot at a time
+                at = now_us()
+                for device, _ in slots[k % SLOTS]:
+                    device.resend_stale(at)
             if k % (SLOTS * 4 * 30) == 0:
                 for each in devices:
                     each.ping()
@@ -453,6 +502,13 @@ async def _measure(
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     driver = asyncio.create_task(drive())
+    # Every crew makes patient contact, and its unit starts streaming: an encounter per unit in the clinical loop.
+    # By default the whole fleet within a few seconds, as after a center's restart; with `ramp`, spread over that
+    # many seconds, as a city's crews start their shifts and calls.
+    for i, device in enumerate(devices):
+        device.publish_event(DeviceEvent(device.unit, boot, 0, 0, EventKind.PATIENT_CONTACT, {"age": 60 + i % 30}))
+        slots[i % SLOTS].append((device, probes.get(device.unit)))
+        await asyncio.sleep(max(0.002, ramp / len(devices)))
     # More console clients, as a center's screens would be, in a process of their own (bench/_loadgen.py consoles,
     # as bench/scale.py runs them): each watches two background units' 12-lead and receives every unit's updates.
     # Their own window (and CPU) starts once the warm-up is over and ends a little before this one does.
@@ -475,7 +531,7 @@ async def _measure(
     stats.window_start_us = now_us()
     for i, probe in enumerate(probes.values()):
         probe.fire_at = started + (i + 0.5) * seconds / max(1, probes_n)
-    lag_before = await loop_lag_buckets(info)
+    lag_before, waited_before = await loop_lag_buckets(info), await reader_waits(info)
     sent_before = sum(sum(d.seq) for d in devices)
     skipped_before = sum(d.skipped for d in devices)
     while time.monotonic() - started < seconds:
@@ -484,7 +540,7 @@ async def _measure(
         # delay the websocket receipts being timed.
         await asyncio.to_thread(sampler.sample)
     elapsed = time.monotonic() - started
-    lag_after = await loop_lag_buckets(info)
+    lag_after, waited_after = await loop_lag_buckets(info), await reader_waits(info)
     sent_during = sum(sum(d.seq) for d in devices) - sent_before
     sampler.sample()
     cpu = sampler.cpu_cores(elapsed)
@@ -526,6 +582,7 @@ async def _measure(
         "seconds": round(elapsed, 1),
         "offered_msgs_per_s": round(sent_during / elapsed),
         "ticks_skipped_at_inflight_cap": sum(d.skipped for d in devices) - skipped_before,
+        "messages_resent_unacknowledged_30_s": sum(d.resent for d in devices),
         "alert_latency_ms": {
             "n": len(latencies),
             "fired": len(fired),
@@ -547,6 +604,9 @@ async def _measure(
         # How late the gateway's event loop ran its 100 ms timer over the window (its /metrics histogram): the
         # upper bound of the bucket holding each quantile.
         "gateway_loop_lag_ms": quantiles_of_buckets(lag_before, lag_after, (0.5, 0.99)),
+        # Seconds in the window that each kind's reader waited for room in a commit lane (the gateway's backpressure:
+        # meanwhile the broker holds what comes next, and a violating vitals message waits with it).
+        "gateway_reader_waited_s": {k: round(v - waited_before.get(k, 0.0), 1) for k, v in waited_after.items()},
         "first_alert_kinds": sorted({p.alert_kind for p in probes.values() if p.alert_kind}),
         "background_alerts_raised": stats.background_alerts,
         "console_messages": {"care": stats.care_messages, "updates": stats.updates},
@@ -584,6 +644,12 @@ async def loop_lag_buckets(info: dict[str, Any]) -> dict[float, float]:
     """The gateway's event-loop lag histogram now: cumulative count by upper bound (s)."""
     samples = await scrape(info["gateway_metrics_url"])
     return {float(s.labels["le"]): s.value for s in samples if s.name == "emergency_gateway_loop_lag_seconds_bucket"}
+
+
+async def reader_waits(info: dict[str, Any]) -> dict[str, float]:
+    """Seconds the gateway's readers have waited for room in its commit lanes so far, by kind."""
+    samples = await scrape(info["gateway_metrics_url"])
+    return {s.labels["kind"]: s.value for s in samples if s.name == "emergency_gateway_reader_wait_seconds_total"}
 
 
 def quantiles_of_buckets(
@@ -648,6 +714,11 @@ def main() -> None:
         help="run the load generator and the console clients at this nice value once the stack is up (0: as the "
         "stack), so that what stands for devices and browsers elsewhere takes only the CPU the stack leaves",
     )  # fmt: skip
+    parser.add_argument(
+        "--ramp", type=float, default=0,
+        help="seconds over which the crews make patient contact and their units start streaming, before the "
+        "warm-up (0: the whole fleet within a few seconds)",
+    )  # fmt: skip
     add_hold_memory_option(parser)
     args = parser.parse_args()
     with held_memory(args.hold_memory):
@@ -663,10 +734,12 @@ def main() -> None:
                 args.login_path,
                 args.clients,
                 args.harness_nice,
+                args.ramp,
             )
         )
     result["hold_memory_gib"] = args.hold_memory
     result["harness_nice"] = args.harness_nice
+    result["ramp_s"] = args.ramp
     print(json.dumps(result, indent=2))
 
 

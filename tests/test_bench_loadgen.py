@@ -32,7 +32,17 @@ from bench._loadgen import (
 from console._hub import Outgoing, frame_texts
 from console._state import FleetState, ecg_json
 from emergency.codec import decode_device_message, encode_acks
-from emergency.protocol import STANDARD_LEADS, Ack, EcgFrame, GpsFix, Stream, Vitals, device_topic
+from emergency.protocol import (
+    STANDARD_LEADS,
+    Ack,
+    DeviceEvent,
+    EcgFrame,
+    EventKind,
+    GpsFix,
+    Stream,
+    Vitals,
+    device_topic,
+)
 from emergency.stack import Broker
 from emergency.stack.provision import _write_accounts
 from tests.conftest import free_port
@@ -182,6 +192,56 @@ def test_the_alert_benchmarks_payloads_are_the_codecs_encoding_for_every_unit() 
     assert violating == msgspec.structs.replace(VIOLATING_VITALS, unit="P0042", boot=9, seq=5, ts=ts)
     second = decode_device_message(device_topic("P0042", Stream.ECG), payloads.ecg[1].fill(6, ts))
     assert second == msgspec.structs.replace(frames[1], unit="P0042", boot=9, seq=6, ts=ts)
+
+
+class _Wire:
+    """What a bench device writes to, kept: its publishes in order."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[bytes, bytes]] = []
+        self.inflight, self.waiting, self.transport = 0, [], self
+
+    def is_closing(self) -> bool:
+        return False
+
+    def publish(self, topic: bytes, payload: bytes) -> None:
+        self.published.append((topic, payload))
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_alert_benchmarks_devices_resend_what_stays_unacknowledged_as_first_sent() -> None:
+    """A bench device resends, 30 s on, each stream's messages above its ack, byte for byte as it first sent them
+    (the violating vitals among them), and not again within the next 30 s."""
+    from bench.alert_latency import ECG, RESEND_AFTER_US, VITALS, LeanDevice, Payloads
+
+    frames = [EcgFrame("-", 7, 0, 0, 500.0, STANDARD_LEADS, 2.5, 125, frame) for frame in ecg_frames(2)]
+    device = LeanDevice("P0042", Payloads.of("P0042", 7, frames), ecg_every=1, vitals_every=2)
+    wire = _Wire()
+    device.connection = wire  # type: ignore[assignment]
+    device.publish_event(DeviceEvent("P0042", 7, 0, 0, EventKind.PATIENT_CONTACT, {"age": 60}))
+    for tick in range(6):  # 12-lead every tick, vitals and GPS every other: the second vitals violates
+        device.publish_tick(violating=tick == 2)
+
+    def sent(published: list[tuple[bytes, bytes]]) -> dict[tuple[str, int], bytes]:
+        topics = (decode_device_message(t[2:].decode(), p) for t, p in published)  # topics are length-prefixed
+        return {(m.stream.value, m.seq): p for m, (_, p) in zip(topics, published, strict=True)}
+
+    first = sent(wire.published)
+    wire.published.clear()
+    device.acked[ECG], device.acked[VITALS] = 3, 0
+    later = max(max(times) for times in device.sent) + RESEND_AFTER_US
+    device.resend_stale(later)
+    again = sent(wire.published)
+    assert list(again) == [
+        ("ecg", 4), ("ecg", 5), ("vitals", 1), ("vitals", 2), ("gps", 0), ("gps", 1), ("gps", 2), ("event", 0)
+    ]  # fmt: skip
+    assert all(first[key] == payload for key, payload in again.items())
+    assert device.violating_seq == 1 and device.resent == len(again)
+    wire.published.clear()
+    device.resend_stale(later + RESEND_AFTER_US - 1)
+    assert wire.published == []
 
 
 async def test_a_counted_flood_sends_the_standard_mix_in_two_parts(tmp_path: Path) -> None:
