@@ -196,12 +196,11 @@ class Gateway:
         self._silence = SilenceMonitor(settings.silence_after_s)
         # Readers → writers hand-off, per commit lane (decision 38) a bounded queue per kind (decision 48). When one
         # is full, its reader waits, its link's inbox fills and it stops reading the socket, so the broker holds the
-        # rest in that persistent session (docs/protocol.md). A lane holds `room` 12-lead frames and half as many
-        # messages of the other streams, which its writer takes first.
+        # rest in that persistent session (docs/protocol.md). A lane holds `room` 12-lead frames and twice as many
+        # messages of the other streams, which its writer takes first: while the clinical reader waits, a violating
+        # vitals message waits with it, so its room covers seconds of commits stalled (small messages, ~1 KB each).
         room = max(1, settings.queue_max_messages // settings.commit_lanes)
-        self._lanes = [
-            _Lane(max(1, room // 2), room, self.metrics.reader_wait_seconds) for _ in range(settings.commit_lanes)
-        ]
+        self._lanes = [_Lane(2 * room, room, self.metrics.reader_wait_seconds) for _ in range(settings.commit_lanes)]
         self._partitions = partition.count if partition is not None else 1
         self._link_events: collections.deque[LinkEvent] = collections.deque(maxlen=_LINK_EVENTS_MAX)
         # Committed but not yet announced: at most one ack per (unit, boot, stream), so bounded by the fleet. Units
