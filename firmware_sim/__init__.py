@@ -15,7 +15,7 @@ from firmware_sim._check import ledger_problems
 from firmware_sim._device import Device, DeviceConfig, DeviceError, Ledger, backoff_delay
 from firmware_sim._ecg import DEFAULT_LSB_UV, EcgModel, EcgSynth
 from firmware_sim._fleet import Fleet, run_fleet
-from firmware_sim._outbox import DROP_ORDER, DropRange, Outbox, Pending, plan_drops
+from firmware_sim._outbox import DROP_ORDER, DropRange, Outbox, Pending, followed_delay, plan_drops, retransmit_after
 from firmware_sim._route import Drive
 from firmware_sim._scenario import (
     CRITICAL_SCENARIOS,
@@ -63,8 +63,10 @@ __all__ = [
     "VitalsTarget",
     "backoff_delay",
     "demo_mix",
+    "followed_delay",
     "ledger_problems",
     "nearest_hospital",
     "plan_drops",
+    "retransmit_after",
     "run_fleet",
 ]

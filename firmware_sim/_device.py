@@ -44,7 +44,7 @@ from emergency.protocol import (
 )
 from emergency.settings import MqttEndpoint
 from firmware_sim._ecg import EcgModel, EcgSynth
-from firmware_sim._outbox import DropRange, Outbox, Pending
+from firmware_sim._outbox import DropRange, Outbox, Pending, retransmit_after
 from firmware_sim._route import Drive
 from firmware_sim._scenario import (
     ChangeEcg,
@@ -97,7 +97,9 @@ class DeviceConfig:
     ecg_model: EcgModel = field(default_factory=EcgModel)
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 30.0
-    retransmit_after_s: float = 30.0  # protocol v1: resend what stays unacknowledged this long while connected
+    # Protocol v1: resend what stays unacknowledged this long while connected, or twice the center's ack delay when
+    # that is longer (decision 51).
+    retransmit_after_s: float = 30.0
     firmware: str = FIRMWARE
     # ledger.jsonl is bounded: past this size it becomes ledger.jsonl.1 (replacing the previous one) and a new file
     # starts, so a demo left running for days does not fill the disk; tests stay far below it.
@@ -640,7 +642,7 @@ class Device:
                     item = await self._send_queue.get()
             except TimeoutError:
                 # Unacknowledged for too long while connected (the center restarted, or the broker dropped it).
-                stale = self.outbox.sent_before(retransmit_every)
+                stale = self.outbox.sent_before(retransmit_after(retransmit_every, self.outbox.ack_delay_s))
                 if stale:
                     log.debug("%s: retransmitting %d unacknowledged messages", self.unit, len(stale))
                     await self._publish(client, stale)

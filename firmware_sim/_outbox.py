@@ -56,6 +56,19 @@ def plan_drops(oldest: Mapping[Stream, Sequence[tuple[int, int]]], excess: int) 
     return ranges
 
 
+def followed_delay(current_s: float, sample_s: float) -> float:
+    """The center's ack delay as a device follows it (decision 51): a longer sample at once, a shorter one by an
+    eighth of the difference, so that one quick ack after a slow stretch does not bring the retransmissions back."""
+    return sample_s if sample_s > current_s else current_s + (sample_s - current_s) / 8
+
+
+def retransmit_after(base_s: float, ack_delay_s: float) -> float:
+    """How long a published message stays unacknowledged before it is sent again (protocol v1, decision 51): the
+    base (30 s), or twice the center's ack delay when that is longer, so that a center that is behind but alive is
+    not sent everything twice."""
+    return max(base_s, 2 * ack_delay_s)
+
+
 class Outbox:
     """Rows keyed by (stream, boot, seq), each the exact payload that was (or will be) published.
 
@@ -86,6 +99,9 @@ class Outbox:
         self._rows: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         # (stream, boot, seq) → time.monotonic() of its last publish; insertion order is publish order.
         self._sent_at: dict[tuple[str, int, int], float] = {}
+        # How far behind the center is: from the last publish of the newest row an ack settled to that ack, followed
+        # by `followed_delay`. It sets how long a row waits before it is sent again (`retransmit_after`).
+        self.ack_delay_s = 0.0
 
     def close(self) -> None:
         self._db.close()
@@ -142,6 +158,8 @@ class Outbox:
                 )
             )
         self._rows -= len(seqs)
+        if seqs and (sent_at := self._sent_at.get((stream.value, boot, seqs[-1]))) is not None:
+            self.ack_delay_s = followed_delay(self.ack_delay_s, time.monotonic() - sent_at)
         for seq in seqs:
             self._sent_at.pop((stream.value, boot, seq), None)
         return seqs

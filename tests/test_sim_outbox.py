@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from emergency.protocol import Ack, Stream
-from firmware_sim import DropRange, Ledger, Outbox, Pending, plan_drops
+from firmware_sim import DropRange, Ledger, Outbox, Pending, followed_delay, plan_drops, retransmit_after
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -200,4 +201,25 @@ def test_sent_before_lists_published_rows_still_unsettled_oldest_first(tmp_path:
     assert box.sent_before(3600.0) == []
     box.mark_sent(rows(Stream.GPS, 0, [1]))  # published again: now the most recent
     assert [(p.stream, p.seq) for p in box.sent_before(0.0, limit=2)] == [(Stream.ECG, 1), (Stream.ECG, 2)]
+    box.close()
+
+
+def test_a_late_ack_makes_the_device_wait_longer_before_it_resends(tmp_path: Path) -> None:
+    """The outbox follows the center's ack delay (decision 51): from the publish of the newest row an ack settles
+    to the ack. A longer delay counts at once, a shorter one by an eighth of the difference; a row is resent after
+    twice that delay when it is longer than the base wait, so a center behind but alive is not sent everything twice."""
+    assert followed_delay(10.0, 50.0) == 50.0
+    assert followed_delay(50.0, 10.0) == 45.0
+    assert retransmit_after(30.0, 5.0) == 30.0
+    assert retransmit_after(30.0, 50.0) == 100.0
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.put(rows(Stream.ECG, 0, range(3)))
+    box.mark_sent(rows(Stream.ECG, 0, range(3)))
+    time.sleep(0.05)
+    box.settle(Stream.ECG, 0, 1)
+    assert 0.05 <= box.ack_delay_s < 30
+    box.mark_sent(rows(Stream.ECG, 0, [2]))
+    before = box.ack_delay_s
+    box.settle(Stream.ECG, 0, 2)  # at once: the delay falls, by an eighth of the difference
+    assert before * 7 / 8 <= box.ack_delay_s < before
     box.close()
