@@ -28,7 +28,12 @@ the codec's encoding of the message with only seq and ts filled in per message â
 byte against `encode_device_message`, each kind for every unit: the 12-lead frames (their samples shared by all
 units), normal vitals, the probes' violating vitals, the GPS fix. Units are spread over 25 slots of 10 ms, and each
 sends its vitals and GPS in its own quarter of the second, as unsynchronised monitors would; a unit's messages of a
-tick leave in one write, and a unit with 80 publishes in flight skips its tick (the broker admits 100).
+tick leave in one write, and a unit with 80 publishes in flight skips its tick (the broker admits 100). With
+`--resend`, a unit sends again what stays unacknowledged for 30 s, as devices do (checked every 10 s, a slot of units
+at a time), so that a message the broker dropped at its cap does not hold the stream's ack for the rest of the run;
+without it (the default, as every run before 2026-12-05) nothing is sent twice. The whole fleet
+makes patient contact and starts streaming within a few seconds, as after a center's restart; `--ramp 60` spreads
+that over a minute before the warm-up.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ from emergency.protocol import (
     device_topic,
 )
 from emergency.stack import provision_units
-from firmware_sim import EcgSynth
+from firmware_sim import EcgSynth, followed_delay, retransmit_after
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _loadgen import MqttConnection, PayloadTemplate, mqtt_str
@@ -178,6 +183,7 @@ class LeanDevice:
     violating_seq: int = -1  # the vitals seq that carried the probe's violating values
     events: dict[int, bytes] = field(default_factory=dict)  # event payloads by seq (a few: the patient contact)
     resent_at: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # by stream: when it last resent
+    ack_delay_us: float = 0.0  # how far behind the center is, followed as firmware does (decision 51)
     resent: int = 0
     connection: MqttConnection = field(init=False)
 
@@ -254,17 +260,25 @@ class LeanDevice:
             return self.payloads.gps.fill(seq, ts)
         return self.events[seq]
 
+    def acknowledged(self, stream: int, upto: int, at: int) -> None:
+        """An ack of `stream` up to `upto` arrived at `at`: the center's ack delay followed from it."""
+        if upto > self.acked[stream]:
+            self.ack_delay_us = followed_delay(self.ack_delay_us, at - self.sent[stream][upto])
+            self.acked[stream] = upto
+
     def resend_stale(self, now: int) -> None:
-        """Send again, oldest first, what stays unacknowledged 30 s after it was sent, and after this unit last
-        resent that stream: a stream's watermark waits for its lowest unsettled seq, so resending from there fills
-        a gap and the ack then covers everything the center already has above it."""
+        """Send again, oldest first, what stays unacknowledged for 30 s (or twice the center's ack delay, when
+        that is longer: decision 51) after it was sent, and after this unit last resent that stream. A stream's
+        watermark waits for its lowest unsettled seq, so resending from there fills a gap, and the ack then covers
+        everything the center already has above it."""
         budget = RESEND_MAX
+        after = retransmit_after(RESEND_AFTER_US, self.ack_delay_us)
         for stream in range(len(STREAMS)):
             sent = self.sent[stream]
-            if now - self.resent_at[stream] < RESEND_AFTER_US:
+            if now - self.resent_at[stream] < after:
                 continue
             seq = self.acked[stream] + 1
-            while seq < len(sent) and budget and now - sent[seq] >= RESEND_AFTER_US:
+            while seq < len(sent) and budget and now - sent[seq] >= after:
                 self.connection.publish(self.topics[stream], self._payload(stream, seq))
                 seq += 1
                 budget -= 1
@@ -382,6 +396,7 @@ async def bench(
     clients: int = 0,
     harness_nice: int = 0,
     ramp: float = 0.0,
+    resend: bool = False,
 ) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="emergency-alertbench-"))
     root.chmod(0o755)
@@ -404,6 +419,7 @@ async def bench(
                 login_path,
                 clients,
                 ramp,
+                resend,
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -423,6 +439,7 @@ async def _measure(
     login_path: str,
     clients: int,
     ramp: float,
+    resend: bool,
 ) -> dict[str, object]:
     # Named as bench/_loadgen.py's console clients name the units they watch: prefix and five digits.
     names = [(f"B{i:05d}", f"pw-{i}-bench") for i in range(units)] + [
@@ -445,7 +462,7 @@ async def _measure(
             upto = min(ack["upto"], len(sent) - 1)
             for seq in range(device.acked[stream] + 1, upto + 1):
                 stats.ack_ms[(sent[seq] - stats.window_start_us) // 60_000_000].append((t - sent[seq]) / 1000)
-            device.acked[stream] = max(device.acked[stream], upto)
+            device.acknowledged(stream, upto, t)
             stats.rejected += len(ack.get("rejected", ()))
 
     # A continuous 10 s of synthetic 12-lead, cut into frames, replayed in a loop; every payload of the load is a
@@ -490,7 +507,7 @@ async def _measure(
                 ts = device.publish_tick(firing)
                 if probe is not None and firing and ts:
                     probe.fired_ts = ts
-            if k // SLOTS % 40 == 0:  # each unit every 10 s, as firmware_sim checks its outbox; a slot at a time
+            if resend and k // SLOTS % 40 == 0:  # each unit every 10 s, as firmware_sim checks its outbox
                 at = now_us()
                 for device, _ in slots[k % SLOTS]:
                     device.resend_stale(at)
@@ -719,6 +736,10 @@ def main() -> None:
         help="seconds over which the crews make patient contact and their units start streaming, before the "
         "warm-up (0: the whole fleet within a few seconds)",
     )  # fmt: skip
+    parser.add_argument(
+        "--resend", action="store_true",
+        help="devices send again what stays unacknowledged for 30 s, as firmware does (default: never twice)",
+    )  # fmt: skip
     add_hold_memory_option(parser)
     args = parser.parse_args()
     with held_memory(args.hold_memory):
@@ -735,11 +756,13 @@ def main() -> None:
                 args.clients,
                 args.harness_nice,
                 args.ramp,
+                args.resend,
             )
         )
     result["hold_memory_gib"] = args.hold_memory
     result["harness_nice"] = args.harness_nice
     result["ramp_s"] = args.ramp
+    result["resend"] = args.resend
     print(json.dumps(result, indent=2))
 
 

@@ -243,6 +243,14 @@ def test_the_alert_benchmarks_devices_resend_what_stays_unacknowledged_as_first_
     device.resend_stale(later + RESEND_AFTER_US - 1)
     assert wire.published == []
 
+    # An ack 50 s after its message (a center behind but alive): the next resend waits twice that (decision 51).
+    device.acknowledged(ECG, 4, device.sent[ECG][4] + 50_000_000)
+    device.resend_stale(later + 2 * RESEND_AFTER_US)
+    assert wire.published == []
+    device.resend_stale(later + 100_000_000)
+    again = sent(wire.published)
+    assert ("ecg", 4) not in again and again[("ecg", 5)] == first[("ecg", 5)]
+
 
 async def test_a_counted_flood_sends_the_standard_mix_in_two_parts(tmp_path: Path) -> None:
     """`flood --warmup W --count N` (bench/gateway_cost.py's publisher) sends W messages, waits for SIGUSR1, then N
