@@ -213,7 +213,8 @@ class _Wire:
 
 def test_the_alert_benchmarks_devices_resend_what_stays_unacknowledged_as_first_sent() -> None:
     """A bench device resends, 30 s on, each stream's messages above its ack, byte for byte as it first sent them
-    (the violating vitals among them), and not again within the next 30 s."""
+    (the violating vitals among them), and not again within the next 30 s; after a late ack it waits twice that ack's
+    delay instead (decision 51)."""
     from bench.alert_latency import ECG, RESEND_AFTER_US, VITALS, LeanDevice, Payloads
 
     frames = [EcgFrame("-", 7, 0, 0, 500.0, STANDARD_LEADS, 2.5, 125, frame) for frame in ecg_frames(2)]
