@@ -18,7 +18,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from console._auth import AUTH, Auth, Principal, audit, principal_of, require, setup_auth
 from console._care import CareContext, CareView, care_topic_of, setup_care
-from console._hub import Client, ClientDropped, Hub, Json, needs_of, visible_care, visible_units
+from console._hub import Client, ClientDropped, Hub, Json, needs_of, visible_units
 from console._state import FleetState, ecg_json
 from console._streets import STREET_LAYER, setup_streets
 from emergency.access import Permission
@@ -115,7 +115,7 @@ class ConsoleCore:
     async def publish_care(self, record: CareRecord) -> None:
         """A person's change: shown here at once, and published so other consoles and the clinical loop see it."""
         message = self.care.apply(record)
-        self.hub.broadcast_event(message, needs=needs_of(message))
+        self.hub.broadcast_event(message, needs=needs_of(message.message))
         client = self.bus_client
         if client is None:
             log.warning("bus away: %s %s not published (it is stored; others see it when they reseed)",
@@ -167,7 +167,7 @@ class ConsoleCore:
             record = self.care.decode(topic, payload)
             if record is not None:
                 care_message = self.care.apply(record)
-                self.hub.broadcast_event(care_message, needs=needs_of(care_message))
+                self.hub.broadcast_event(care_message, needs=needs_of(care_message.message))
                 if isinstance(record, Alert):
                     self._note_delivery(record)
             return None
@@ -261,7 +261,7 @@ async def _websocket(request: web.Request) -> web.WebSocketResponse:
     client.send_now({"type": "session", **principal.as_json()})
     if client.may(Permission.VIEW_FLEET):
         client.send_now(_fleet_message(core, principal))
-    client.send_now(visible_care(core.care.snapshot(), principal.permissions))
+    client.send_now(core.care.snapshot(principal.permissions))
     sender = asyncio.create_task(_send_or_drop(client), name=f"console.ws[{peer}].send")
     try:
         async for msg in ws:

@@ -67,7 +67,6 @@ CARE_NEEDS: Mapping[str, Permission] = {
     "encounter": Permission.VIEW_PATIENT_LIVE,
     "activation": Permission.VIEW_PATIENT_LIVE,
 }
-_SNAPSHOT_LISTS = {"incidents": "incident", "alerts": "alert", "encounters": "encounter", "activations": "activation"}
 _LIVE_UNIT_FIELDS = ("vitals", "vitals_ts", "news2", "consciousness", "on_oxygen", "spo2_scale_2")
 
 
@@ -85,14 +84,6 @@ def visible_units(units: list[Json], permissions: Collection[Permission]) -> lis
     return [{k: (None if k in _LIVE_UNIT_FIELDS else v) for k, v in u.items()} for u in units]
 
 
-def visible_care(snapshot: Json, permissions: Collection[Permission]) -> Json:
-    """A care snapshot with the lists the role may not see emptied."""
-    return {
-        key: ([] if key in _SNAPSHOT_LISTS and CARE_NEEDS[_SNAPSHOT_LISTS[key]] not in permissions else value)
-        for key, value in snapshot.items()
-    }
-
-
 class ClientDropped(Exception):
     """The client is being disconnected; the message says why."""
 
@@ -103,9 +94,11 @@ class Outgoing:
 
     __slots__ = ("message", "text")
 
-    def __init__(self, message: Json) -> None:
+    def __init__(self, message: Json, text: str | None = None) -> None:
+        """`text`, when given, is `message` already encoded (or joined from encoded parts); then `message` may hold
+        only what the hub routes by (its type, and a care message's kind)."""
         self.message = message
-        self.text = json.dumps(message, separators=(",", ":"))
+        self.text = json.dumps(message, separators=(",", ":")) if text is None else text
 
     @classmethod
     def of(cls, message: Json | Outgoing) -> Outgoing:
@@ -191,7 +184,7 @@ class Client:
         self._ecg.append(Outgoing.of(message))
         self._wake.set()
 
-    def send_now(self, message: Json) -> None:
+    def send_now(self, message: Json | Outgoing) -> None:
         """Direct answers (errors, snapshots) go with the events: in order, never dropped."""
         self.offer_event(message)
 
@@ -299,11 +292,11 @@ class Hub:
                 if client.may(needs):
                     client.offer_updates(keyed)
 
-    def broadcast_event(self, message: Json, needs: Permission = Permission.VIEW_PATIENT_LIVE) -> None:
+    def broadcast_event(self, message: Json | Outgoing, needs: Permission = Permission.VIEW_PATIENT_LIVE) -> None:
         """An event (never dropped), to every client whose role holds `needs`."""
         if not self.clients:
             return
-        out = Outgoing(message)
+        out = Outgoing.of(message)
         for client in self.clients:
             if client.may(needs):
                 client.offer_event(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import socket
@@ -18,9 +19,26 @@ import pytest
 import pytest_asyncio
 
 from console import Console
+from console._care import CareView
 from console._hub import FRAME_TEXT_MAX, Outgoing, frame_texts
+from console._state import UnitView
 from emergency.access import Permission
 from emergency.bus import LinkCondition, LinkState, link_topic
+from emergency.care._model import (
+    Activation,
+    ActivationState,
+    Acuity,
+    Alert,
+    AlertKind,
+    AlertState,
+    Encounter,
+    EncounterStatus,
+    Incident,
+    Priority,
+    Severity,
+    Team,
+)
+from emergency.care._wire import record_json
 from emergency.codec import encode_device_message
 from emergency.mqtt import mqtt_client
 from emergency.protocol import EcgFrame, GpsFix, Stream, Vitals, device_topic
@@ -263,6 +281,49 @@ async def test_a_batch_over_the_frame_bound_is_split_in_order(console: Console, 
     assert received == list(range(count))
     assert 1 < len(frames) < count
     assert all(len(text) <= FRAME_TEXT_MAX for text in frames)
+
+
+def test_a_units_snapshot_object_holds_every_field_of_its_view() -> None:
+    """The fleet snapshot's unit object, written out field by field for speed, is what `dataclasses.asdict` gives,
+    and a later change of the unit's vitals does not reach one already taken."""
+    view = UnitView("CU1", "transporting", 31.2, 121.4, 9.5, 90.0, 1, {"hr": 80.0}, 2, "live", 3, None, "A", True, True)
+    view.score()
+    taken = view.as_json()
+    assert taken == dataclasses.asdict(view)
+    view.vitals["hr"] = 150.0
+    assert taken["vitals"] == {"hr": 80.0}
+
+
+def test_the_care_snapshot_is_each_held_record_once_encoded_and_only_the_lists_a_role_may_see() -> None:
+    """A care message's text is its record as JSON; the connect-time snapshot, joined from the texts kept as records
+    arrive, lists what is held (not a resolved alert) and leaves empty what the role may not see."""
+    view = CareView()
+    incident = Incident(7, 1, Priority.IMMEDIATE, "chest pain", 31.2, 121.4, "1 Bund Rd", "CS1", "dispatcher")
+    encounter = Encounter(8, "Red Fox", 7, "CS1", EncounterStatus.PRE_REGISTERED, 2, "H1", acuity=Acuity.HIGH)
+    alert = Alert(9, "CS1", 8, AlertKind.STEMI, Severity.CRITICAL, AlertState.RAISED, "STEMI", {"leads": ["V2"]}, 3, 3)
+    resolved = dataclasses.replace(alert, id=10, kind=AlertKind.NEWS2, state=AlertState.RESOLVED)
+    activation = Activation(11, 8, Team.CATH_LAB, ActivationState.REQUESTED, "STEMI", 4, "center")
+    for record in (incident, encounter, alert, activation, resolved):
+        message = view.apply(record)
+        assert (
+            json.loads(message.text)
+            == message.message
+            == {
+                "type": "care",
+                "kind": message.message["kind"],
+                "record": record_json(record),
+            }
+        )
+    everything = json.loads(view.snapshot(set(Permission)).text)
+    assert everything == {
+        "type": "care_snapshot",
+        "incidents": [record_json(incident)],
+        "encounters": [record_json(encounter)],
+        "alerts": [record_json(alert)],
+        "activations": [record_json(activation)],
+    }
+    fleet_only = json.loads(view.snapshot({Permission.VIEW_FLEET}).text)
+    assert fleet_only == {**everything, "encounters": [], "alerts": [], "activations": []}
 
 
 def test_frames_are_filled_in_order_and_an_oversized_message_goes_alone() -> None:
