@@ -37,10 +37,15 @@ from emergency.store._care import CareStore
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(str(resources.files("console") / "static"))
-# Always-on subscriptions: every unit's position, vitals and events, straight from the devices (decision 45), and
-# link states. ECG is subscribed per unit only while someone watches it, so an unwatched fleet's waveform never
-# reaches this process.
-_ALWAYS = [*(device_topic("+", stream) for stream in (Stream.GPS, Stream.VITALS, Stream.EVENT)), LINK_FILTER]
+# The bus in two sessions (decision 52). The center's own records, few and urgent: care records (QoS 1) and link
+# states. Every unit's live data, many: position, vitals and events straight from the devices (decision 45), and the
+# 12-lead of each unit someone watches (subscribed per unit while watched, so an unwatched fleet's waveform never
+# reaches this process). An alert then never waits behind the fleet's telemetry in one connection's queue.
+_CENTER, _DEVICES = "center", "devices"
+_SUBSCRIPTIONS = {
+    _CENTER: [(CARE_FILTER, 1), (LINK_FILTER, 0)],
+    _DEVICES: [(device_topic("+", stream), 0) for stream in (Stream.GPS, Stream.VITALS, Stream.EVENT)],
+}
 
 
 _CARE_PREFIX = f"{BUS_ROOT}/care/"
@@ -60,8 +65,8 @@ class ConsoleCore:
         self.fleet = FleetState()
         self.care = CareView()
         self.hub = Hub(send_interval_s=settings.send_interval_s)
-        self.bus_client: MqttLink | None = None
-        # This process's name on the broker, kept across reconnects.
+        self.links: dict[str, MqttLink] = {}  # each bus session's link while it is connected
+        # This process's name on the broker, kept across reconnects; each session adds its own name to it.
         self.bus_id = f"{settings.client_id}-{random.randrange(16**8):08x}"
         # Device messages the codec refused: the gateway records each as a rejection; a console shows none of them.
         self.invalid_telemetry = 0
@@ -126,24 +131,33 @@ class ConsoleCore:
         except MqttLinkError as exc:
             log.warning("%s %s not published (%s)", type(record).__name__, record.id, exc)
 
+    @property
+    def bus_client(self) -> MqttLink | None:
+        """The center session's link while connected: care records are published on it."""
+        return self.links.get(_CENTER)
+
     async def run_bus(self) -> None:
+        await asyncio.gather(self._read_bus(_CENTER), self._read_bus(_DEVICES))
+
+    async def _read_bus(self, session: str) -> None:
+        """Read one bus session, reconnecting whenever its connection is lost: what arrived meanwhile at a time, so
+        that each client's next frame carries all of it (decision 24)."""
         attempt = 0
         while True:
             try:
-                # Every unit's live data: read it as the gateway reads devices, what arrived meanwhile at a time,
-                # so that each client's next frame carries all of them (decision 24).
-                async with MqttLink(self.mqtt, client_id=self.bus_id) as client:
+                async with MqttLink(self.mqtt, client_id=f"{self.bus_id}-{session}") as client:
                     watched = [(device_topic(unit, Stream.ECG), 0) for unit in self.hub.watched_units()]
-                    await client.subscribe([*((topic, 0) for topic in _ALWAYS), (CARE_FILTER, 1), *watched])
-                    self.bus_client, attempt = client, 0
-                    self.bus_ready.set()
-                    log.info("console connected to the bus at %s:%s", self.mqtt.host, self.mqtt.port)
+                    await client.subscribe([*_SUBSCRIPTIONS[session], *(watched if session == _DEVICES else [])])
+                    self.links[session], attempt = client, 0
+                    if len(self.links) == len(_SUBSCRIPTIONS):
+                        self.bus_ready.set()
+                    log.info("console's %s session connected to %s:%s", session, self.mqtt.host, self.mqtt.port)
                     async for batch in client.batches():
                         self.on_bus_batch((message.topic, message.payload) for message in batch)
             except MqttLinkError as exc:
-                log.warning("bus connection lost (%s); reconnecting", exc)
+                log.warning("bus connection of the %s session lost (%s); reconnecting", session, exc)
             finally:
-                self.bus_client = None
+                self.links.pop(session, None)
                 self.bus_ready.clear()
             attempt += 1
             await asyncio.sleep(backoff_delay(attempt))
@@ -197,7 +211,7 @@ class ConsoleCore:
         return update  # gps and status: VIEW_FLEET; vitals: VIEW_PATIENT_LIVE
 
     async def follow_ecg(self, unit: str, on: bool) -> None:
-        client = self.bus_client
+        client = self.links.get(_DEVICES)
         if client is None:
             return  # subscribed on (re)connect from hub.watched_units()
         try:
@@ -218,7 +232,7 @@ async def _index(request: web.Request) -> web.FileResponse:
 
 async def _health(request: web.Request) -> web.Response:
     core = request.app[CORE]
-    healthy = core.bus_client is not None
+    healthy = core.bus_ready.is_set()
     return web.json_response(
         {
             "status": "ok" if healthy else "degraded",

@@ -23,7 +23,7 @@ from console._care import CareView
 from console._hub import FRAME_TEXT_MAX, Outgoing, frame_texts
 from console._state import UnitView
 from emergency.access import Permission
-from emergency.bus import LinkCondition, LinkState, link_topic
+from emergency.bus import CareKind, LinkCondition, LinkState, care_topic, link_topic
 from emergency.care._model import (
     Activation,
     ActivationState,
@@ -38,7 +38,7 @@ from emergency.care._model import (
     Severity,
     Team,
 )
-from emergency.care._wire import record_json
+from emergency.care._wire import encode_record, record_json
 from emergency.codec import encode_device_message
 from emergency.mqtt import mqtt_client
 from emergency.protocol import EcgFrame, GpsFix, Stream, Vitals, device_topic
@@ -182,6 +182,30 @@ async def test_link_state_is_forwarded(console: Console, bus: aiomqtt.Client, ht
         await bus.publish(link_topic("CL1"), state.encode(), qos=1)
         message = await _next(ws, "link", "CL1")
     assert message["condition"] == "silent"
+
+
+async def test_an_alert_reaches_clients_while_the_fleets_telemetry_waits(
+    console: Console, devices: Devices, bus: aiomqtt.Client, http: aiohttp.ClientSession
+) -> None:
+    """Care records come in a bus session of their own (decision 52): with the console's telemetry connection not read
+    at all (its socket paused, as a console far behind on a city's telemetry would leave it), an alert still reaches
+    the client; the telemetry held meanwhile follows once the connection is read again."""
+    fix = GpsFix("CQ1", 1, 0, _now_us(), 31.2, 121.4)
+    alert = Alert(990_001, "CQ1", None, AlertKind.SHOCK_INDEX, Severity.WARNING, AlertState.RAISED, "SI 1.1", {}, 1, 1)
+    async with _ws(console, http) as ws:
+        await _next(ws, "fleet")
+        telemetry = console.core.links["devices"]._transport  # the devices session's socket
+        assert telemetry is not None
+        telemetry.pause_reading()
+        try:
+            await devices.publish(device_topic("CQ1", Stream.GPS), encode_device_message(fix), qos=1)
+            await bus.publish(care_topic(CareKind.ALERT, "CQ1"), encode_record(alert), qos=1)
+            async with asyncio.timeout(10):
+                while (message := await ws.message())["type"] != "care" or message["record"]["id"] != alert.id:
+                    assert message.get("unit") != "CQ1"
+        finally:
+            telemetry.resume_reading()
+        assert (await _next(ws, "gps", "CQ1"))["lat"] == 31.2
 
 
 async def test_pending_messages_arrive_in_one_frame_in_order(console: Console, http: aiohttp.ClientSession) -> None:
