@@ -19,11 +19,13 @@ import pytest_asyncio
 from aiohttp import web
 
 from console._streets import STREETS_PATH, setup_streets
+from emergency.care._loop import StreetEta
 from emergency.geo import (
     APPROACH_SPEED_MPS,
     ATTRIBUTION,
     EMERGENCY_SPEED_FACTOR,
     EXTRACT_DATASET,
+    DriveTimes,
     StreetMap,
     extract_path,
     geofence_contains,
@@ -183,6 +185,28 @@ def test_drive_times_to_a_destination_are_computed_once_and_shared_between_threa
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda p: streets.drive_times_to(*p).eta_s(*kai.position), points[:50] * 8))
     assert got == expected * 8
+
+
+def test_the_clinical_loops_eta_asks_the_map_once_per_hospital(
+    streets: StreetMap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`StreetEta` keeps each hospital's drive times (asking the map snapped the hospital again for every fix) and
+    gives the map's ETAs."""
+    asked: list[tuple[float, float]] = []
+    drive_times_to = streets.drive_times_to
+
+    def counting(lat: float, lon: float) -> DriveTimes:
+        asked.append((lat, lon))
+        return drive_times_to(lat, lon)
+
+    monkeypatch.setattr(streets, "drive_times_to", counting)
+    eta, rng = StreetEta(streets), random.Random(5)
+    south, west, north, east = streets.bounds
+    for _ in range(20):
+        origin = (rng.uniform(south, north), rng.uniform(west, east))
+        for hospital in DEMO_SITES.hospitals:
+            assert eta.eta_s(*origin, hospital) == drive_times_to(*hospital.position).eta_s(*origin)
+    assert sorted(asked) == sorted(h.position for h in DEMO_SITES.hospitals)
 
 
 def test_units_are_ranked_by_drive_time(streets: StreetMap) -> None:
