@@ -146,8 +146,11 @@ class ConsoleCore:
         while True:
             try:
                 async with MqttLink(self.mqtt, client_id=f"{self.bus_id}-{session}") as client:
-                    watched = [(device_topic(unit, Stream.ECG), 0) for unit in self.hub.watched_units()]
-                    await client.subscribe([*_SUBSCRIPTIONS[session], *(watched if session == _DEVICES else [])])
+                    # The devices session also takes the 12-lead of the units watched now (decision 45).
+                    watched = self.hub.watched_units() if session == _DEVICES else []
+                    await client.subscribe(
+                        [*_SUBSCRIPTIONS[session], *((device_topic(u, Stream.ECG), 0) for u in watched)]
+                    )
                     self.links[session], attempt = client, 0
                     if len(self.links) == len(_SUBSCRIPTIONS):
                         self.bus_ready.set()
