@@ -162,6 +162,7 @@ class _Unit:
     # entered); they are given to the incident the patient contact opens.
     early_times: list[TimeRecord] = field(default_factory=list)
     position: tuple[float, float] | None = None
+    first_ecg_of: int | None = None  # the encounter whose first 12-lead is recorded
 
 
 class ClinicalLoop:
@@ -350,9 +351,10 @@ class ClinicalLoop:
             return
         u.ecg.append(frame)
         e = u.encounter
-        if e is not None and frame.ts >= e.contact_at:
-            milestones = {t.name for t in e.times}
-            if Milestone.FIRST_ECG.value not in milestones:
+        if e is not None and u.first_ecg_of != e.id and frame.ts >= e.contact_at:
+            # Once per encounter: after this, a frame costs the clinical loop no look at the encounter's times.
+            u.first_ecg_of = e.id
+            if not any(t.name == Milestone.FIRST_ECG.value for t in e.times):
                 self._encounter_time(u, TimeRecord(Milestone.FIRST_ECG, frame.ts, TimeSource.DEVICE, u.unit))
                 self._encounter_time(u, TimeRecord(Milestone.ECG_TRANSMITTED, rx, TimeSource.CENTER, u.unit))
 
