@@ -19,6 +19,10 @@ Key = tuple[str, int, Stream]  # (unit, boot, stream)
 # by a misbehaving device; past it, settlements are not held (the rows are stored all the same, and the device's
 # later retransmission settles them as duplicates once the gap closes).
 MAX_PENDING_PER_KEY = 100_000
+# Ranges of settled seqs above a gap named in one ack (the lowest ones): a device resends what no range names, so
+# past this it resends more than it needs to, never less.
+MAX_HELD_RANGES = 64
+_NOT_TOLD = (-1, 0)  # `_Progress.held_told` of a key without a gap
 
 
 @dataclass(slots=True)
@@ -28,6 +32,7 @@ class _Progress:
     lost: list[tuple[int, int]] = field(default_factory=list)  # ranges the device declared given up
     gap_since: float | None = None  # monotonic time the current gap was first seen
     gap_reported: int | None = None  # the first missing seq of the gap already recorded
+    held_told: tuple[int, int] = (-1, 0)  # (upto, len(pending)) when the device was last told (`AckTracker.held`)
 
 
 @dataclass(slots=True)
@@ -251,5 +256,42 @@ class AckTracker:
                 reports.append(GapReport(key, first_missing, min(p.pending) - 1))
         return reports
 
+    def held(self) -> list[tuple[Key, Ack]]:
+        """Acks naming the seqs settled above each open gap, for the keys where more were settled since the device
+        was last told: with them a device resends only what is missing, not everything above it (the broker may drop
+        one message of a stream and deliver the rest). Not while nothing at all is settled: `upto` is never -1 on
+        the wire, and the device then resends from its first message, as without held ranges."""
+        acks: list[tuple[Key, Ack]] = []
+        for key, p in self._progress.items():
+            if not p.pending:
+                p.held_told = _NOT_TOLD
+                continue
+            told = (p.upto, len(p.pending))  # pending only grows while upto stays: the two say whether it changed
+            if told == p.held_told or p.upto < 0:
+                continue
+            p.held_told = told
+            ranges: list[tuple[int, int]] = []
+            rejected: list[int] = []
+            for seq in sorted(p.pending):
+                if ranges and ranges[-1][1] + 1 == seq:
+                    ranges[-1] = (ranges[-1][0], seq)
+                elif len(ranges) < MAX_HELD_RANGES:
+                    ranges.append((seq, seq))
+                else:
+                    break
+                if p.pending[seq]:
+                    rejected.append(seq)
+            acks.append((key, Ack(key[1], key[2], p.upto, tuple(rejected), tuple(ranges))))
+        return acks
+
     def open_gap_count(self) -> int:
         return sum(1 for p in self._progress.values() if p.pending)
+
+
+def merged(earlier: Ack, later: Ack) -> Ack:
+    """One ack saying what two acks of the same (boot, stream) say: the higher watermark, every rejected seq, and the
+    held ranges still above the watermark (the later's: an ack is made from the tracker's state at the time)."""
+    upto = max(earlier.upto, later.upto)
+    rejected = tuple(sorted({*earlier.rejected, *later.rejected})) if earlier.rejected else later.rejected
+    held = tuple(r for r in later.held or earlier.held if r[0] > upto + 1)
+    return Ack(later.boot, later.stream, upto, rejected, held)

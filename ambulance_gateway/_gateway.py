@@ -10,6 +10,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -17,7 +18,7 @@ from typing import Protocol, Self
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 
-from ambulance_gateway._acks import MAX_PENDING_PER_KEY, AckTracker, Key, Loss, Settlement
+from ambulance_gateway._acks import MAX_PENDING_PER_KEY, AckTracker, Key, Loss, Settlement, merged
 from ambulance_gateway._metrics import GatewayMetrics
 from ambulance_gateway._monitor import LinkChange, SilenceMonitor
 from ambulance_gateway._partition import Partition, fleet_filters, lane_of, unit_filters
@@ -672,14 +673,14 @@ class Gateway:
                 acks.pop(key, None)
                 continue
             acks[key] = Ack(boot=key[1], stream=key[2], upto=upto, rejected=tuple(rejected))
-        for (unit, boot, stream), ack in acks.items():
+        self._queue_acks(acks.items())
+
+    def _queue_acks(self, acks: Iterable[tuple[Key, Ack]]) -> None:
+        for (unit, boot, stream), ack in acks:
             # Acks are cumulative: one per stream per interval carries what several batches settled.
             pending = self._outgoing_acks[hash(unit) % _ACK_SLOTS].setdefault(unit, {})
             earlier = pending.get((boot, stream))
-            if earlier is not None:
-                ack = Ack(boot, stream, max(ack.upto, earlier.upto),
-                          tuple(sorted(set(ack.rejected) | set(earlier.rejected))))  # fmt: skip
-            pending[(boot, stream)] = ack
+            pending[(boot, stream)] = ack if earlier is None else merged(earlier, ack)
         if self._settings.ack_interval_s == 0:
             for slot in range(_ACK_SLOTS):
                 self._flush_acks(slot)
@@ -741,6 +742,7 @@ class Gateway:
                     )
                 )
                 self.metrics.link_events.labels("seq_gap").inc()
+            self._queue_acks(self._tracker.held())
             self.metrics.units.set(self._silence.unit_count())
             self.metrics.units_silent.set(self._silence.silent_count())
             self.metrics.gaps_open.set(self._tracker.open_gap_count())

@@ -31,7 +31,9 @@ sends its vitals and GPS in its own quarter of the second, as unsynchronised mon
 tick leave in one write, and a unit with 80 publishes in flight skips its tick (the broker admits 100). With
 `--resend`, a unit sends again what stays unacknowledged for 30 s, as devices do (checked every 10 s, a slot of units
 at a time), so that a message the broker dropped at its cap does not hold the stream's ack for the rest of the run;
-without it (the default, as every run before 2026-12-05) nothing is sent twice. The whole fleet
+what an ack names as held above a missing message is not sent again. Without it (the default, as every run before
+2026-12-05) nothing is sent twice. A message counts as acknowledged (acks p50 / p99) at the first ack that settles it,
+by the watermark or by a held range. The whole fleet
 makes patient contact and starts streaming within a few seconds, as after a center's restart; `--ramp 60` spreads
 that over a minute before the warm-up.
 """
@@ -50,7 +52,7 @@ import tempfile
 import time
 from array import array
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -109,6 +111,23 @@ def checked(template: PayloadTemplate, message: DeviceMessage) -> PayloadTemplat
     return template
 
 
+def newly_held(before: list[list[int]], now: list[list[int]]) -> Iterator[int]:
+    """The seqs in `now`'s ranges and in none of `before`'s (an ack's `held`: ascending, apart; what the center holds
+    only grows while its watermark stays, so a range of `before` lies inside one of `now` or below them all)."""
+    i = 0
+    for first, last in now:
+        seq = first
+        while seq <= last:
+            while i < len(before) and before[i][1] < seq:
+                i += 1
+            if i < len(before) and before[i][0] <= seq:
+                seq = before[i][1] + 1
+                continue
+            end = min(last, before[i][0] - 1) if i < len(before) else last
+            yield from range(seq, end + 1)
+            seq = end + 1
+
+
 def template_of(message: DeviceMessage) -> PayloadTemplate:
     """`message`'s payload with seq and ts left open: the codec's own fields, in its order, checked against it."""
     fields = msgpack.unpackb(encode_device_message(message))
@@ -164,7 +183,7 @@ class LeanDevice:
     bound. A seq is taken only by a message that is written, so each stream's seqs run from 0 without a gap, as the
     gateway's watermark acks expect. With `--resend`, `resend_stale` sends again what stays unacknowledged, as
     devices do (decision 51): a message the broker dropped at its cap would otherwise hold the stream's watermark
-    for the rest of the run.
+    for the rest of the run. What an ack's held ranges name is settled and not sent again.
     """
 
     INFLIGHT_MAX: ClassVar[int] = 80
@@ -185,6 +204,9 @@ class LeanDevice:
     violating_seq: int = -1  # the vitals seq that carried the probe's violating values
     events: dict[int, bytes] = field(default_factory=dict)  # event payloads by seq (a few: the patient contact)
     resent_at: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # by stream: when it last resent
+    # By stream: the seqs above the watermark the center said it holds (an ack's `held` ranges), and those ranges.
+    held: tuple[set[int], ...] = field(default_factory=lambda: tuple(set() for _ in STREAMS))
+    held_ranges: list[list[list[int]]] = field(default_factory=lambda: [[] for _ in STREAMS])
     ack_delay_us: float = 0.0  # how far behind the center is, followed as firmware does (decision 51)
     resent: int = 0
     connection: MqttConnection = field(init=False)
@@ -262,11 +284,25 @@ class LeanDevice:
             return self.payloads.gps.fill(seq, ts)
         return self.events[seq]
 
-    def acknowledged(self, stream: int, upto: int, at: int) -> None:
-        """An ack of `stream` up to `upto` arrived at `at`: the center's ack delay followed from it."""
-        if upto > self.acked[stream]:
-            self.ack_delay_us = followed_delay(self.ack_delay_us, at - self.sent[stream][upto])
+    def acknowledged(self, stream: int, upto: int, held: list[list[int]], at: int) -> list[int]:
+        """An ack of `stream` up to `upto`, holding the `held` ranges above it, arrived at `at`: the center's ack
+        delay followed from it. Returns the seqs it settles that no ack settled before."""
+        sent, told, acked = self.sent[stream], self.held[stream], self.acked[stream]
+        settled: list[int] = []
+        if upto > acked:
+            for seq in range(acked + 1, upto + 1):
+                if seq in told:
+                    told.discard(seq)
+                else:
+                    settled.append(seq)
+            self.ack_delay_us = followed_delay(self.ack_delay_us, at - sent[upto])
             self.acked[stream] = upto
+        for seq in newly_held(self.held_ranges[stream], held):
+            if upto < seq < len(sent) and seq not in told:
+                told.add(seq)
+                settled.append(seq)
+        self.held_ranges[stream] = held
+        return settled
 
     def resend_stale(self, now: int) -> None:
         """Send again, oldest first, what stays unacknowledged for 30 s (or twice the center's ack delay, when
@@ -279,13 +315,15 @@ class LeanDevice:
             sent = self.sent[stream]
             if now - self.resent_at[stream] < after:
                 continue
-            seq = self.acked[stream] + 1
+            seq, held, resent = self.acked[stream] + 1, self.held[stream], 0
             while seq < len(sent) and budget and now - sent[seq] >= after:
-                self.connection.publish(self.topics[stream], self._payload(stream, seq))
+                if seq not in held:  # the center holds it above a missing one: only what is missing is resent
+                    self.connection.publish(self.topics[stream], self._payload(stream, seq))
+                    resent += 1
+                    budget -= 1
                 seq += 1
-                budget -= 1
-            if seq > self.acked[stream] + 1:
-                self.resent += seq - self.acked[stream] - 1
+            if resent:
+                self.resent += resent
                 self.resent_at[stream] = now
         self.connection.flush()
 
@@ -462,9 +500,8 @@ async def _measure(
                 continue
             sent = device.sent[stream]
             upto = min(ack["upto"], len(sent) - 1)
-            for seq in range(device.acked[stream] + 1, upto + 1):
+            for seq in device.acknowledged(stream, upto, ack.get("held", []), t):
                 stats.ack_ms[(sent[seq] - stats.window_start_us) // 60_000_000].append((t - sent[seq]) / 1000)
-            device.acknowledged(stream, upto, t)
             stats.rejected += len(ack.get("rejected", ()))
 
     # A continuous 10 s of synthetic 12-lead, cut into frames, replayed in a loop; every payload of the load is a

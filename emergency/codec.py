@@ -496,13 +496,18 @@ def encode_acks(acks: Sequence[Ack]) -> bytes:
     packed: bytes = msgpack.packb(
         {
             "v": PROTOCOL_VERSION,
-            "acks": [
-                {"boot": a.boot, "stream": a.stream.value, "upto": a.upto, "rejected": list(a.rejected)} for a in acks
-            ],
+            "acks": [_ack_entry(a) for a in acks],
         },
         use_bin_type=True,
     )
     return packed
+
+
+def _ack_entry(a: Ack) -> dict[str, object]:
+    entry: dict[str, object] = {"boot": a.boot, "stream": a.stream.value, "upto": a.upto, "rejected": list(a.rejected)}
+    if a.held:  # only while a seq is missing: the usual ack stays as it was
+        entry["held"] = [list(r) for r in a.held]
+    return entry
 
 
 def decode_acks(payload: bytes) -> list[Ack]:
@@ -528,9 +533,19 @@ def _decode_ack(entry: object) -> Ack:
     rejected = entry.get("rejected", [])
     if type(rejected) is not list or any(type(s) is not int or not 0 <= s <= UINT32_MAX for s in rejected):
         raise f.reject("field 'rejected' must be a list of seqs")
-    return Ack(
-        boot=f.req_int("boot", 0, UINT32_MAX),
-        stream=stream,
-        upto=f.req_int("upto", 0, UINT32_MAX),
-        rejected=tuple(rejected),
-    )
+    upto = f.req_int("upto", 0, UINT32_MAX)
+    held = entry.get("held", [])
+    if type(held) is not list or not all(_is_range(r) for r in held):
+        raise f.reject("field 'held' must be a list of [first, last] seq ranges")
+    ranges = [(r[0], r[1]) for r in held]
+    missing = upto + 1  # a seq below each range that the center still waits for
+    for first, last in ranges:
+        if first <= missing:
+            raise f.reject("ranges of 'held' must ascend above 'upto' + 1, each after a missing seq")
+        missing = last + 1
+    return Ack(boot=f.req_int("boot", 0, UINT32_MAX), stream=stream, upto=upto, rejected=tuple(rejected),
+               held=tuple(ranges))  # fmt: skip
+
+
+def _is_range(r: object) -> bool:
+    return type(r) is list and len(r) == 2 and all(type(s) is int and 0 <= s <= UINT32_MAX for s in r) and r[0] <= r[1]

@@ -181,10 +181,13 @@ class Ack:
     """Center → device: every message of (unit, boot, stream) with seq ≤ `upto` is settled.
 
     Settled means durably committed, or rejected and recorded; `rejected` lists the seqs among them that were
-    rejected. `upto` is -1 when nothing is settled yet (never sent on the wire, see the codec).
+    rejected. `upto` is -1 when nothing is settled yet (never sent on the wire, see the codec). `held`: ranges
+    (first, last), ascending, of seqs above `upto + 1` settled too while the center waits for a missing one, so that
+    the device resends only what is missing (docs/protocol.md, "Held ranges").
     """
 
     boot: int
     stream: Stream
     upto: int
     rejected: tuple[int, ...] = ()
+    held: tuple[tuple[int, int], ...] = ()

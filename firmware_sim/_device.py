@@ -702,7 +702,7 @@ class Device:
 
     def _settle(self, ack: Ack) -> None:
         assert self.outbox is not None
-        settled = self.outbox.settle(ack.stream, ack.boot, ack.upto)
+        settled = self.outbox.settle(ack.stream, ack.boot, ack.upto, ack.held)
         line = self.ledger.record_ack(ack, settled)
         if line is not None:
             self._write_ledger([line])

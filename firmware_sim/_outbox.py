@@ -146,15 +146,17 @@ class Outbox:
                 self._sent_at.pop((d.stream.value, d.boot, seq), None)
         return drops
 
-    def settle(self, stream: Stream, boot: int, upto: int) -> list[int]:
-        """Remove everything of (stream, boot) with seq ≤ upto; returns the seqs removed, ascending."""
+    def settle(self, stream: Stream, boot: int, upto: int, held: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Remove everything of (stream, boot) with seq ≤ upto or in one of the `held` ranges (settled above a seq the
+        center is missing: what stays is resent); returns the seqs removed, ascending."""
         with self._db:
             self._db.execute("BEGIN")
             seqs = sorted(
                 r[0]
+                for first, last in ((0, upto), *held)
                 for r in self._db.execute(
-                    "DELETE FROM outbox WHERE stream = ? AND boot = ? AND seq <= ? RETURNING seq",
-                    (stream.value, boot, upto),
+                    "DELETE FROM outbox WHERE stream = ? AND boot = ? AND seq BETWEEN ? AND ? RETURNING seq",
+                    (stream.value, boot, first, last),
                 )
             )
         self._rows -= len(seqs)

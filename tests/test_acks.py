@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ambulance_gateway._acks import AckTracker, Loss, Settlement
+from ambulance_gateway._acks import AckTracker, Loss, Settlement, merged
 from emergency.protocol import Ack, Stream
 
 KEY = ("A1", 2, Stream.ECG)
@@ -108,6 +108,39 @@ def test_open_gap_is_reported_once_after_the_delay() -> None:
     assert tracker.open_gaps(now=200.0, older_than=30) == []
 
 
+def test_seqs_settled_above_a_gap_are_told_as_held_ranges_once_each_time_they_change() -> None:
+    """While a seq is missing, the device is told which seqs above it are settled (rejected ones named), so that it
+    resends only the missing one; the same ranges are not told twice, and none once the gap is closed."""
+    tracker = AckTracker()
+    _settle(tracker, 0, 2, 3, 5, rejected=(5,))
+    assert tracker.held() == [(KEY, Ack(2, Stream.ECG, 0, (5,), ((2, 3), (5, 5))))]
+    assert tracker.held() == []
+    _settle(tracker, 6)
+    assert tracker.held() == [(KEY, Ack(2, Stream.ECG, 0, (5,), ((2, 3), (5, 6))))]
+    assert _settle(tracker, 1) == {KEY: Ack(2, Stream.ECG, 3, ())}
+    assert tracker.held() == [(KEY, Ack(2, Stream.ECG, 3, (5,), ((5, 6),)))]
+    assert _settle(tracker, 4) == {KEY: Ack(2, Stream.ECG, 6, (5,))}
+    assert tracker.held() == []
+    _settle(tracker, 8)
+    assert tracker.held() == [(KEY, Ack(2, Stream.ECG, 6, (), ((8, 8),)))]
+
+
+def test_nothing_is_held_while_the_first_seq_is_missing() -> None:
+    """`upto` is never -1 on the wire: with seq 0 missing the device resends from it, as without held ranges."""
+    tracker = AckTracker()
+    _settle(tracker, 1, 2)
+    assert tracker.held() == []
+
+
+def test_merged_acks_keep_the_higher_watermark_every_rejection_and_the_ranges_still_above_it() -> None:
+    """Acks queued in one interval leave as one: an advance after a held ack keeps only the ranges above it."""
+    held = Ack(2, Stream.ECG, 0, (5,), ((2, 3), (5, 6)))
+    advance = Ack(2, Stream.ECG, 3, (1,))
+    assert merged(held, advance) == Ack(2, Stream.ECG, 3, (1, 5), ((5, 6),))
+    assert merged(advance, Ack(2, Stream.ECG, 3, (5,), ((5, 6),))) == Ack(2, Stream.ECG, 3, (1, 5), ((5, 6),))
+    assert merged(held, Ack(2, Stream.ECG, 6, ())) == Ack(2, Stream.ECG, 6, (5,))
+
+
 def test_old_boots_are_forgotten_when_settled() -> None:
     """Seeding a newer boot forgets the unit's fully settled earlier boots (bounded memory)."""
     tracker = AckTracker()
@@ -158,3 +191,8 @@ def test_batches_in_any_order_acknowledge_what_a_plain_model_does(batches: list)
         expected = {KEY: Ack(KEY[1], KEY[2], upto, tuple(passed))} if upto > before else {}
         assert plan.advanced == expected
         assert tracker.open_gap_count() == (1 if any(seq > upto for seq in settled) else 0)
+        # What a device is told is held above the gap is settled, and names the rejected among it.
+        for _, ack in tracker.held():
+            told = [seq for first, last in ack.held for seq in range(first, last + 1)]
+            assert told == sorted(seq for seq in settled if seq > upto) and ack.upto == upto
+            assert ack.rejected == tuple(seq for seq in told if settled[seq])

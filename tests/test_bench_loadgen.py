@@ -245,12 +245,34 @@ def test_the_alert_benchmarks_devices_resend_what_stays_unacknowledged_as_first_
     assert wire.published == []
 
     # An ack 50 s after its message (a center behind but alive): the next resend waits twice that (decision 51).
-    device.acknowledged(ECG, 4, device.sent[ECG][4] + 50_000_000)
+    device.acknowledged(ECG, 4, [], device.sent[ECG][4] + 50_000_000)
     device.resend_stale(later + 2 * RESEND_AFTER_US)
     assert wire.published == []
     device.resend_stale(later + 100_000_000)
     again = sent(wire.published)
     assert ("ecg", 4) not in again and again[("ecg", 5)] == first[("ecg", 5)]
+
+
+def test_the_alert_benchmarks_devices_resend_only_what_no_held_range_names_and_count_each_seq_settled_once() -> None:
+    """An ack's held ranges settle seqs above the watermark: a bench device does not resend them, and a seq counts as
+    acknowledged once, at the first ack that settles it, whether a held range or the watermark passing it."""
+    from bench.alert_latency import ECG, RESEND_AFTER_US, LeanDevice, Payloads
+
+    frames = [EcgFrame("-", 7, 0, 0, 500.0, STANDARD_LEADS, 2.5, 125, frame) for frame in ecg_frames(2)]
+    device = LeanDevice("P0042", Payloads.of("P0042", 7, frames), ecg_every=1, vitals_every=100)
+    wire = _Wire()
+    device.connection = wire  # type: ignore[assignment]
+    for _ in range(8):
+        device.publish_tick(violating=False)
+    now = max(device.sent[ECG]) + 1
+    assert device.acknowledged(ECG, 0, [[2, 3], [5, 5]], now) == [0, 2, 3, 5]
+    assert device.acknowledged(ECG, 0, [[2, 3], [5, 6]], now) == [6]
+    wire.published.clear()
+    device.resend_stale(now + RESEND_AFTER_US)
+    resent = [decode_device_message(t[2:].decode(), p).seq for t, p in wire.published if t.endswith(b"ecg")]
+    assert resent == [1, 4, 7]
+    assert device.acknowledged(ECG, 3, [[5, 6]], now) == [1]
+    assert device.acknowledged(ECG, 7, [], now) == [4, 7]
 
 
 async def test_a_counted_flood_sends_the_standard_mix_in_two_parts(tmp_path: Path) -> None:

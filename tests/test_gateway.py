@@ -264,6 +264,27 @@ async def test_declared_outbox_loss_moves_the_watermark_and_is_recorded(store, g
         assert (row["first_seq"], row["last_seq"]) == (1, 4)
 
 
+async def test_a_device_is_told_what_is_stored_above_a_missing_message(store, gateway_endpoint, make_unit) -> None:
+    """With seq 1 missing, the gateway names what it holds above it (held ranges), so that the device resends seq 1
+    alone; once it does, the watermark covers everything."""
+    unit, endpoint = await make_unit()
+    async with Gateway(_gateway_settings(), gateway_endpoint, store), connected_device(unit, endpoint) as device:
+        for seq in (0, 2, 3, 5):
+            await device.send(ecg(unit, 1, seq))
+        await _ack_holding(device, upto=0, held=((2, 3), (5, 5)))
+        await device.send(ecg(unit, 1, 1))
+        await _ack_holding(device, upto=3, held=((5, 5),))
+        await device.send(ecg(unit, 1, 4))
+        assert (await device.ack_covering(Stream.ECG, 1, 5)).held == ()
+        assert await _count(store, "ecg_frames", unit) == 6
+
+
+async def _ack_holding(device: TestDevice, upto: int, held: tuple[tuple[int, int], ...]) -> None:
+    async with asyncio.timeout(20):
+        while (ack := await device.acks[Stream.ECG].get()).upto != upto or ack.held != held:
+            pass
+
+
 async def test_open_gap_and_silence_are_recorded(store, gateway_endpoint, make_unit) -> None:
     """A seq gap that stays open and a unit that goes quiet are both recorded as link events."""
     unit, endpoint = await make_unit()

@@ -159,6 +159,18 @@ def test_an_ack_settles_only_its_stream_and_boot_up_to_upto(tmp_path: Path) -> N
     assert len(Outbox(path)) == 8
 
 
+def test_held_ranges_settle_the_rows_above_a_missing_one_and_only_it_is_resent(tmp_path: Path) -> None:
+    """An ack naming ranges the center holds above a missing seq removes them too: what the device resends after
+    the wait is the missing row alone, not everything above it."""
+    box = Outbox(tmp_path / "o.sqlite3")
+    box.put(rows(Stream.ECG, 1, range(10)))
+    box.mark_sent(rows(Stream.ECG, 1, range(10)))
+    assert box.settle(Stream.ECG, 1, 2, held=((4, 6), (8, 8))) == [0, 1, 2, 4, 5, 6, 8]
+    assert [p.seq for p in box.sent_before(0.0)] == [3, 7, 9]
+    assert len(box) == 3
+    box.close()
+
+
 def test_unsent_lists_only_rows_never_published(tmp_path: Path) -> None:
     """After mark_sent, unsent() returns only the rows not yet published, in (stream, boot, seq) order."""
     box = Outbox(tmp_path / "o.sqlite3")
