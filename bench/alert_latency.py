@@ -207,7 +207,8 @@ class LeanDevice:
     # By stream: the seqs above the watermark the center said it holds (an ack's `held` ranges), and those ranges.
     held: tuple[set[int], ...] = field(default_factory=lambda: tuple(set() for _ in STREAMS))
     held_ranges: list[list[list[int]]] = field(default_factory=lambda: [[] for _ in STREAMS])
-    ack_delay_us: float = 0.0  # how far behind the center is, followed as firmware does (decision 51)
+    # By stream: how far behind the center is, followed as firmware does (decision 51).
+    ack_delay_us: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
     resent: int = 0
     connection: MqttConnection = field(init=False)
 
@@ -295,24 +296,24 @@ class LeanDevice:
                     told.discard(seq)
                 else:
                     settled.append(seq)
-            self.ack_delay_us = followed_delay(self.ack_delay_us, at - sent[upto])
             self.acked[stream] = upto
         for seq in newly_held(self.held_ranges[stream], held):
             if upto < seq < len(sent) and seq not in told:
                 told.add(seq)
                 settled.append(seq)
         self.held_ranges[stream] = held
+        if settled:  # the newest message it settles, as the firmware's outbox follows it
+            self.ack_delay_us[stream] = followed_delay(self.ack_delay_us[stream], at - sent[max(settled)])
         return settled
 
     def resend_stale(self, now: int) -> None:
-        """Send again, oldest first, what stays unacknowledged for 30 s (or twice the center's ack delay, when
-        that is longer: decision 51) after it was sent, and after this unit last resent that stream. A stream's
-        watermark waits for its lowest unsettled seq, so resending from there fills a gap, and the ack then covers
-        everything the center already has above it."""
+        """Send again, oldest first, what stays unacknowledged for 30 s (or twice the center's ack delay on that
+        stream, when that is longer: decision 51) after it was sent, and after this unit last resent that stream,
+        skipping what an ack's held ranges name: what is left is what the center is missing (or has not read
+        yet)."""
         budget = RESEND_MAX
-        after = retransmit_after(RESEND_AFTER_US, self.ack_delay_us)
         for stream in range(len(STREAMS)):
-            sent = self.sent[stream]
+            sent, after = self.sent[stream], retransmit_after(RESEND_AFTER_US, self.ack_delay_us[stream])
             if now - self.resent_at[stream] < after:
                 continue
             seq, held, resent = self.acked[stream] + 1, self.held[stream], 0

@@ -642,7 +642,8 @@ class Device:
                     item = await self._send_queue.get()
             except TimeoutError:
                 # Unacknowledged for too long while connected (the center restarted, or the broker dropped it).
-                stale = self.outbox.sent_before(retransmit_after(retransmit_every, self.outbox.ack_delay_s))
+                waits = {s: retransmit_after(retransmit_every, self.outbox.ack_delay_s(s)) for s in DEVICE_STREAMS}
+                stale = self.outbox.sent_before(waits)
                 if stale:
                     log.debug("%s: retransmitting %d unacknowledged messages", self.unit, len(stale))
                     await self._publish(client, stale)

@@ -99,9 +99,10 @@ class Outbox:
         self._rows: int = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
         # (stream, boot, seq) → time.monotonic() of its last publish; insertion order is publish order.
         self._sent_at: dict[tuple[str, int, int], float] = {}
-        # How far behind the center is: from the last publish of the newest row an ack settled to that ack, followed
-        # by `followed_delay`. It sets how long a row waits before it is sent again (`retransmit_after`).
-        self.ack_delay_s = 0.0
+        # How far behind the center is, per stream (it commits the vitals before the 12-lead, decision 48): from the
+        # last publish of the newest row an ack settled to that ack, followed by `followed_delay`. It sets how long a
+        # row of the stream waits before it is sent again (`retransmit_after`).
+        self._ack_delay_s: dict[str, float] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -161,10 +162,14 @@ class Outbox:
             )
         self._rows -= len(seqs)
         if seqs and (sent_at := self._sent_at.get((stream.value, boot, seqs[-1]))) is not None:
-            self.ack_delay_s = followed_delay(self.ack_delay_s, time.monotonic() - sent_at)
+            self._ack_delay_s[stream.value] = followed_delay(self.ack_delay_s(stream), time.monotonic() - sent_at)
         for seq in seqs:
             self._sent_at.pop((stream.value, boot, seq), None)
         return seqs
+
+    def ack_delay_s(self, stream: Stream) -> float:
+        """How far behind the center is on `stream`, as followed from its acks (0 before the first)."""
+        return self._ack_delay_s.get(stream.value, 0.0)
 
     def mark_sent(self, messages: Iterable[Pending]) -> None:
         """Note that these rows were just published (the broker acknowledged them)."""
@@ -174,14 +179,20 @@ class Outbox:
             self._sent_at.pop(key, None)  # re-insert: the map stays in publish order
             self._sent_at[key] = now
 
-    def sent_before(self, age_s: float, limit: int = 1000) -> list[Pending]:
-        """Rows published more than `age_s` ago and still not settled, oldest publish first."""
-        cutoff = time.monotonic() - age_s
+    def sent_before(self, age_s: float | Mapping[Stream, float], limit: int = 1000) -> list[Pending]:
+        """Rows published more than `age_s` ago (or their stream's age in it) and still not settled, oldest publish
+        first."""
+        now = time.monotonic()
+        ages = age_s if isinstance(age_s, Mapping) else dict.fromkeys(Stream, age_s)
+        cutoffs = {stream.value: now - age for stream, age in ages.items()}
+        latest = max(cutoffs.values(), default=now)
         stale: list[Pending] = []
         gone: list[tuple[str, int, int]] = []
         for key, sent_at in self._sent_at.items():
-            if sent_at >= cutoff or len(stale) >= limit:
+            if sent_at >= latest or len(stale) >= limit:
                 break
+            if sent_at >= cutoffs.get(key[0], now):
+                continue  # a stream the center is further behind on waits longer
             row = self._db.execute(
                 "SELECT payload FROM outbox WHERE stream = ? AND boot = ? AND seq = ?", key
             ).fetchone()
