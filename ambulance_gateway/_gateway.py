@@ -204,6 +204,7 @@ class Gateway:
         self._lanes = [_Lane(2 * room, room, self.metrics.reader_wait_seconds) for _ in range(settings.commit_lanes)]
         self._partitions = partition.count if partition is not None else 1
         self._link_events: collections.deque[LinkEvent] = collections.deque(maxlen=_LINK_EVENTS_MAX)
+        self._link_states: dict[str, LinkState] = {}  # the latest told of each unit: bounded by the fleet
         # Committed but not yet announced: at most one ack per (unit, boot, stream), so bounded by the fleet. Units
         # are spread over _ACK_SLOTS, one flushed at a time, so that the fleet's acks do not leave in one burst.
         self._outgoing_acks: list[dict[str, dict[tuple[int, Stream], Ack]]] = [{} for _ in range(_ACK_SLOTS)]
@@ -312,6 +313,8 @@ class Gateway:
                     self.metrics.mqtt_connected.set(int(len(self._links) == len(_SESSIONS)))
                     self._subscribed[session].set()
                     log.info("gateway's %s session connected to %s:%s", session.name, self._mqtt.host, self._mqtt.port)
+                    if session is _CLINICAL:
+                        self._publish_link_states(client)
                     async for batch in client.batches():
                         # What waited while the gateway was busy: its 12-lead frames after the rest, so that a
                         # vitals message or a crew event that raises an alert does not wait behind them (decision
@@ -465,12 +468,19 @@ class Gateway:
         kind = "silent" if change.condition is LinkCondition.SILENT else "live"
         self._link_event(LinkEvent(at=at_us, unit=change.unit, kind=kind, detail={"last_rx_us": change.last_rx_us}))
         self.metrics.link_events.labels(kind).inc()
+        state = self._link_states[change.unit] = LinkState(change.unit, change.condition, at_us, change.last_rx_us)
         client = self._client
         if client is None:
-            return  # the retained state is corrected by the next change; the event is recorded regardless
-        state = LinkState(change.unit, change.condition, at_us, change.last_rx_us)
+            return  # published with the others once connected; the event is recorded regardless
         if not client.publish_nowait(link_topic(change.unit), state.encode(), qos=1, retain=True):
             log.info("link state of %s not published (connection lost or outbox full)", change.unit)
+
+    def _publish_link_states(self, client: MqttLink) -> None:
+        """Every unit's latest link state again, retained, on connecting: one that changed while the gateway was
+        disconnected would otherwise be missed until the unit's next change, and so would all of them on a broker
+        restarted without its saved state (killed: it saves only when it stops, decision 54)."""
+        for state in self._link_states.values():
+            client.publish_nowait(link_topic(state.unit), state.encode(), qos=1, retain=True)
 
     # -- writing -----------------------------------------------------------------------------------------------
 

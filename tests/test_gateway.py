@@ -331,6 +331,32 @@ async def test_the_bus_carries_a_units_link_state_and_no_telemetry(
     assert LinkState.decode(seen[0][1]).condition is LinkCondition.LIVE
 
 
+async def test_link_states_are_published_again_whenever_the_gateway_connects(
+    store, gateway_endpoint, console_endpoint, make_unit
+) -> None:
+    """A broker restarted without its saved state has lost the retained link states (it saves only when it stops,
+    decision 54): the gateway tells every unit's state again each time its session connects."""
+    unit, endpoint = await make_unit()
+    async with (
+        Gateway(_gateway_settings(silence_after_s=600), gateway_endpoint, store) as gateway,
+        connected_device(unit, endpoint) as device,
+    ):
+        await device.send(Vitals(unit, 1, 0, _now_us(), hr=80.0))
+        await device.ack_covering(Stream.VITALS, 1, 0)
+        async with mqtt_client(gateway_endpoint, identifier="test-forgetful-broker") as broker:
+            await broker.publish(link_topic(unit), b"", qos=1, retain=True)  # the retained state is gone
+        clinical = next(link for session, link in gateway._links.items() if session.name == "clinical")
+        assert clinical._transport is not None
+        clinical._transport.abort()  # the session's connection is lost: the gateway connects again
+        async with mqtt_client(console_endpoint) as console, asyncio.timeout(20):
+            await console.subscribe(link_topic(unit), qos=1)
+            async for message in console.messages:
+                assert isinstance(message.payload, bytes)
+                if message.payload:
+                    break
+    assert LinkState.decode(message.payload).condition is LinkCondition.LIVE
+
+
 async def test_metrics_and_health_endpoints(store, gateway_endpoint, make_unit) -> None:
     """/metrics exposes the counters and /healthz says ok while broker and database are reachable."""
     unit, endpoint = await make_unit()

@@ -104,7 +104,11 @@ class Broker:
             f"acl_file {self.dir / 'acl'}\n"
             "persistence true\n"
             f"persistence_location {self.dir / 'store'}/\n"
-            "autosave_interval 30\n"
+            # Saved when it stops, never while it runs: mosquitto writes its whole state at each save, in its one
+            # thread, so with the gateway's backlog queued (hundreds of MB) every save stalled every client for
+            # seconds, when the center was already behind. A broker killed loses only what devices resend and the
+            # gateway publishes again on reconnecting (decision 54).
+            "autosave_interval 0\n"
             f"pid_file {self.pid_file}\n"
             f"max_packet_size {MAX_PACKET_SIZE}\n"
             # The gateway's persistent session may hold this much while it restarts; devices' outboxes cover more.
