@@ -127,6 +127,7 @@ class GapReport:
 class AckTracker:
     def __init__(self) -> None:
         self._progress: dict[Key, _Progress] = {}
+        self._boots: dict[tuple[str, Stream], set[int]] = {}  # the boots tracked of each (unit, stream)
         self._unsaved: dict[Key, int] = {}  # watermarks moved since they were last taken for saving
 
     def unknown(self, keys: Iterable[Key]) -> set[Key]:
@@ -139,13 +140,19 @@ class AckTracker:
         watermark is in the database, and memory stays bounded by units × streams however often devices reboot.
         """
         unit, boot, stream = key
-        for old in [
-            k
-            for k, p in self._progress.items()
-            if k[0] == unit and k[2] == stream and k[1] < boot and not p.pending and not p.lost
-        ]:
-            del self._progress[old]
-        self._progress.setdefault(key, _Progress(upto=upto))
+        boots = self._boots.setdefault((unit, stream), set())
+        for old in [b for b in boots if b < boot]:
+            p = self._progress[(unit, old, stream)]
+            if not p.pending and not p.lost:
+                del self._progress[(unit, old, stream)]
+                boots.discard(old)
+        if key not in self._progress:
+            self._track(key, _Progress(upto=upto))
+
+    def _track(self, key: Key, progress: _Progress) -> None:
+        if key not in self._progress:
+            self._boots.setdefault((key[0], key[2]), set()).add(key[1])
+        self._progress[key] = progress
 
     def watermark(self, key: Key) -> int:
         progress = self._progress.get(key)
@@ -224,7 +231,7 @@ class AckTracker:
             progress.upto = top
             progress.gap_since = None
         for key, delta in plan.deltas.items():
-            self._progress[key] = delta.progress
+            self._track(key, delta.progress)
             if delta.upto > delta.progress.upto:
                 self._unsaved[key] = delta.upto
             delta.apply()

@@ -145,8 +145,15 @@ def test_old_boots_are_forgotten_when_settled() -> None:
     """Seeding a newer boot forgets the unit's fully settled earlier boots (bounded memory)."""
     tracker = AckTracker()
     _settle(tracker, 0)
+    gap = ("A1", 1, Stream.ECG)
+    tracker.apply(tracker.plan([Settlement(gap, 2, False)]))  # an earlier boot with a seq held above a gap
+    others = [("A2", 2, Stream.ECG), ("A1", 2, Stream.VITALS)]
+    for key in others:
+        tracker.seed(key, 5)
     tracker.seed(("A1", 3, Stream.ECG), -1)
-    assert tracker.unknown([KEY]) == {KEY}
+    assert tracker.unknown([KEY, gap, *others]) == {KEY}
+    tracker.seed(("A1", 4, Stream.ECG), -1)  # the boot before is forgotten in its turn
+    assert tracker.unknown([("A1", 3, Stream.ECG), ("A1", 4, Stream.ECG)]) == {("A1", 3, Stream.ECG)}
 
 
 _batch = st.tuples(
