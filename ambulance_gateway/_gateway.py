@@ -10,7 +10,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -169,6 +169,10 @@ class Observer(Protocol):
 
     def observe_link(self, event: LinkEvent) -> None: ...
 
+    def queues(self) -> Mapping[str, int]:
+        """The length of each of its own queues by name, for /metrics (read when scraped)."""
+        ...
+
 
 class Gateway:
     """`async with Gateway(settings, mqtt, store) as gateway:` runs until the block exits."""
@@ -190,7 +194,7 @@ class Gateway:
         self._not_owned_seen: set[str] = set()  # topics of another partition that reached this one (logged once)
         self._mqtt = mqtt
         self._store = store
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(observer.queues if observer is not None else None)
         self._received = {stream: self.metrics.received.labels(stream.value) for stream in Stream}
         self._received_unreported = dict.fromkeys(Stream, 0)  # counted per message, reported per read
         self._tracker = AckTracker()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -15,9 +15,11 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    def __init__(self, observer_queues: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        if observer_queues is not None:
+            r.register(_ObserverQueues(observer_queues))
         self.received = Counter("emergency_gateway_received", "Device messages received", ["stream"], registry=r)
         self.stored = Counter(
             "emergency_gateway_stored", "Messages committed for the first time", ["stream"], registry=r
@@ -87,6 +89,25 @@ class GatewayMetrics:
         self.units_silent = Gauge("emergency_gateway_units_silent", "Units currently silent", registry=r)
         self.gaps_open = Gauge("emergency_gateway_seq_gaps_open", "Streams with an open seq gap", registry=r)
         self.mqtt_connected = Gauge("emergency_gateway_mqtt_connected", "1 when connected to the broker", registry=r)
+
+
+class _ObserverQueues(Collector):
+    """The observer's (the clinical loop's) queues, read when /metrics is scraped: nothing is counted per message."""
+
+    def __init__(self, queues: Callable[[], Mapping[str, int]]) -> None:
+        self._queues = queues
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "emergency_gateway_observer_queued",
+            "What waits in the clinical loop's own queues, by queue: care_writes (records for the store, written one "
+            "after another), care_snapshots (records for the consoles, until the broker has them), held_alerts "
+            "(alerts waiting for an id while the store is away)",
+            labels=["queue"],
+        )
+        for name, length in self._queues().items():
+            family.add_metric([name], length)
+        yield family
 
 
 class BatchHistogram(Collector):

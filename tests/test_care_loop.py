@@ -10,9 +10,11 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import aiomqtt
 import numpy as np
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from ambulance_gateway import Gateway
 from emergency.bus import CARE_FILTER, CareKind, care_topic, parse_care_topic
@@ -199,6 +201,46 @@ async def test_stemi_patient_is_pre_registered_alerted_activated_and_arrives(
         stemis = [a for a in alerts if a.kind is AlertKind.STEMI]
         assert len(stemis) == 1 and stemis[0].acknowledged_by == "dr.house" and stemis[0].state is AlertState.RESOLVED
         assert [a.team for a in await records.activations(encounter.id)] == [Team.CATH_LAB]
+
+
+async def test_a_care_writer_held_by_the_store_shows_on_the_gateways_metrics(
+    store, gateway_endpoint, make_unit
+) -> None:
+    """While the store keeps the clinical loop's writer waiting, what it holds shows on the gateway's /metrics
+    (`emergency_gateway_observer_queued`), and goes back to nothing once the store lets it through."""
+    unit, endpoint = await make_unit()
+
+    async def queued(gateway: Gateway) -> float:
+        async with aiohttp.ClientSession() as http, http.get(gateway.metrics_url) as response:
+            text = await response.text()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "emergency_gateway_observer_queued"
+            for sample in family.samples
+            if sample.labels == {"queue": "care_writes"}
+        )
+
+    async with (
+        ClinicalLoop(CARE, gateway_endpoint, store, DEMO_SITES) as loop,
+        Gateway(_gateway_settings(), gateway_endpoint, store, observer=loop) as gateway,
+        connected_device(unit, endpoint) as device,
+        store.pool.acquire() as blocker,
+    ):
+        assert await queued(gateway) == 0
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("LOCK TABLE incidents IN ACCESS EXCLUSIVE MODE")
+        await Crew(device).event(EventKind.PATIENT_CONTACT, age=70)
+        for _ in range(200):
+            if await queued(gateway) > 0:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the held write never showed on /metrics")
+        await held.rollback()
+        await loop.settled()
+        assert await queued(gateway) == 0
 
 
 async def test_backlog_after_an_outage_is_recorded_but_not_alerted_as_live(

@@ -419,6 +419,9 @@ async def test_the_observer_is_told_when_the_gateway_is_behind(store, gateway_en
         def observe_link(self, event: object) -> None:
             pass
 
+        def queues(self) -> dict[str, int]:
+            return {}
+
     async with store.pool.acquire() as blocker:
         held = blocker.transaction()
         await held.start()
@@ -453,6 +456,9 @@ async def test_a_vitals_message_is_observed_while_the_12_lead_waits_for_the_data
 
         def observe_link(self, event: object) -> None:
             pass
+
+        def queues(self) -> dict[str, int]:
+            return {}
 
     settings = _gateway_settings(queue_max_messages=4, commit_lanes=1)
     async with store.pool.acquire() as blocker:
@@ -562,6 +568,9 @@ async def test_a_backlog_is_observed_12_lead_last_and_each_stream_in_order(store
 
         def observe_link(self, event: object) -> None:
             pass
+
+        def queues(self) -> dict[str, int]:
+            return {}
 
     def send_backlog() -> None:
         async def send() -> None:

@@ -320,6 +320,14 @@ class ClinicalLoop:
         else:
             self._observe_event(u, message, late=late)
 
+    def queues(self) -> dict[str, int]:
+        """What waits in the loop's own queues (the gateway exports them on /metrics)."""
+        return {
+            "care_writes": len(self._writes),
+            "care_snapshots": len(self._to_publish),
+            "held_alerts": len(self._held_alerts),
+        }
+
     def observe_link(self, event: LinkEvent) -> None:
         """A link observation from the gateway's monitor: a unit went silent or resumed, or a seq gap stays open."""
         u = self._unit(event.unit)
