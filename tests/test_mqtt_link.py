@@ -126,6 +126,31 @@ async def test_qos1_publish_waits_for_the_broker_and_reaches_subscribers(gateway
     assert topics == [f"center/v1/live/LINKTEST/{t}" for t in ("n0", "n1", "n2", "last")]
 
 
+async def test_a_publish_started_now_goes_ahead_of_what_waits_for_the_receive_window(
+    gateway_endpoint, console_endpoint
+) -> None:
+    """A QoS 1 publish started `now` (an alert) does not wait behind a burst queued for the broker's receive window:
+    it takes the next free place; the rest keep their order."""
+    topic = f"center/v1/live/URGENT/{client_id()}"
+    async with mqtt_client(console_endpoint, identifier=client_id()) as console:
+        await console.subscribe(f"{topic}/#", qos=1)
+        async with linked(gateway_endpoint, client_id=client_id()) as link:
+            waiters = [link.start_publish(f"{topic}/bulk", b"%d" % i) for i in range(1000)]
+            window = len(link._inflight)
+            urgent = link.start_publish(f"{topic}/alert", b"alert", now=True)
+            for waiter in [*waiters, urgent]:
+                await link.acknowledged(waiter, topic)
+        order: list[bytes] = []
+        async with asyncio.timeout(10):
+            async for message in console.messages:
+                assert isinstance(message.payload, bytes)
+                order.append(message.payload)
+                if len(order) == 1001:
+                    break
+    assert window < 1000 and order.index(b"alert") <= window
+    assert [p for p in order if p != b"alert"] == [b"%d" % i for i in range(1000)]
+
+
 async def test_flush_sends_queued_publishes_before_the_event_loop_turns(gateway_endpoint, console_endpoint) -> None:
     """`publish_nowait` leaves at the end of the loop's iteration; `flush` sends it at once, so a subscriber gets it
     while the publisher's loop is still held (for a caller in one long step; since decision 45 no production caller

@@ -777,7 +777,7 @@ class ClinicalLoop:
                 queued = sorted(self._to_publish, key=lambda key: not key.startswith("alert:"))
                 for key in queued:
                     if key not in self._in_flight:
-                        self._send(link, key)
+                        self._send(link, key, now=key.startswith("alert:"))
                 self._check_quiet()
         finally:
             self._bus_link = None
@@ -786,8 +786,8 @@ class ClinicalLoop:
             self._in_flight.clear()
 
     def _send(self, link: MqttLink, key: str, *, now: bool = False) -> None:
-        """Send the queued snapshot of `key` (with `now`, to the socket before returning); it leaves the queue when
-        the broker acknowledges it."""
+        """Send the queued snapshot of `key` (with `now`, ahead of the other records' and to the socket before
+        returning); it leaves the queue when the broker acknowledges it."""
         topic, payload = self._to_publish[key]
         try:
             acknowledged = link.start_publish(topic, payload, now=now)

@@ -149,6 +149,8 @@ class MqttLink:
         self._send_max = 65535  # the broker's receive maximum, from its CONNACK
         self._inflight: dict[int, asyncio.Future[int] | None] = {}  # our QoS 1 packet id → who waits for PUBACK
         self._outbox: collections.deque[tuple[str, bytes, bool, asyncio.Future[int] | None]] = collections.deque()
+        # QoS 1 publishes started `now` (alerts): sent before the outbox's when the receive window has room.
+        self._urgent: collections.deque[tuple[str, bytes, bool, asyncio.Future[int] | None]] = collections.deque()
         # SUBACK / UNSUBACK waiters by packet id: the reason code of each filter.
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
         self._heard = 0.0  # loop time of the last packet from the broker
@@ -353,15 +355,16 @@ class MqttLink:
         self, topic: str, payload: bytes, *, retain: bool = False, now: bool = False
     ) -> asyncio.Future[int]:
         """Publish at QoS 1 without waiting for a coroutine's turn: sent with this loop iteration's other writes
-        when the broker's receive window has room (else queued in order), or with `now` written to the socket
-        before returning. Returns the PUBACK's reason code to come; pass it to `acknowledged`. Raises MqttLinkError
-        when not connected."""
+        when the broker's receive window has room (else queued in order), or with `now` ahead of everything queued
+        and written to the socket before returning (when the window is full, it takes the next free place: an
+        alert does not wait behind a burst of other records). Returns the PUBACK's reason code to come; pass it to
+        `acknowledged`. Raises MqttLinkError when not connected."""
         self._check_open()
         waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         # A link lost before the caller awaits this sets an exception nobody may read (the caller was cancelled):
         # not worth asyncio's "never retrieved" error; `acknowledged` still raises it.
         waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
-        self._outbox.append((topic, payload, retain, waiter))
+        (self._urgent if now else self._outbox).append((topic, payload, retain, waiter))
         self._send_outbox()
         if now:
             self.flush()
@@ -380,8 +383,8 @@ class MqttLink:
             raise MqttLinkError(f"publish to {topic} refused: {mqtt5.PubAckReasonCode(code).name}")
 
     def _send_outbox(self) -> None:
-        while self._outbox and len(self._inflight) < self._send_max:
-            topic, payload, retain, waiter = self._outbox.popleft()
+        while (self._urgent or self._outbox) and len(self._inflight) < self._send_max:
+            topic, payload, retain, waiter = (self._urgent or self._outbox).popleft()
             packet_id = self._packet_id()
             self._inflight[packet_id] = waiter
             packet = mqtt5.PublishPacket(
@@ -437,10 +440,12 @@ class MqttLink:
         error = self._closed = MqttLinkError(reason)
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(error)
-        for waiter in [*self._subacks.values(), *self._inflight.values(), *(w for *_, w in self._outbox)]:
+        queued = (w for *_, w in (*self._urgent, *self._outbox))
+        for waiter in [*self._subacks.values(), *self._inflight.values(), *queued]:
             if waiter is not None and not waiter.done():
                 waiter.set_exception(error)
         self._inflight.clear()
+        self._urgent.clear()
         self._outbox.clear()
         self._inbox_ready.set()
         self._close_transport()
