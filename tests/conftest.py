@@ -113,10 +113,23 @@ def make_unit(broker: Broker, request: pytest.FixtureRequest) -> Callable[[], Aw
 
     async def make() -> tuple[str, MqttEndpoint]:
         unit = f"T{next(_unit_numbers):04d}"
-        password = provision_unit(broker.root, unit)
-        return unit, broker.endpoint_for(unit, password)
+        endpoint = broker.endpoint_for(unit, provision_unit(broker.root, unit))
+        await until_authorized(endpoint)  # so that a test may connect as the unit at once
+        return unit, endpoint
 
     return make
+
+
+async def until_authorized(endpoint: MqttEndpoint) -> None:
+    """Until the broker takes `endpoint`'s account (for up to 10 s): it reads a new account when it has handled the
+    reload signal, and refuses a connect until then."""
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                async with mqtt_client(endpoint, timeout=5):
+                    return
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.1)
 
 
 class Devices:
@@ -137,13 +150,8 @@ class Devices:
         await client.publish(topic, payload, qos=qos)
 
     async def _connect(self, endpoint: MqttEndpoint) -> aiomqtt.Client:
-        # The broker reads a new account when it has handled the reload signal: retry until it has.
-        async with asyncio.timeout(10):
-            while True:
-                try:
-                    return await self._stack.enter_async_context(mqtt_client(endpoint, timeout=5))
-                except aiomqtt.MqttError:
-                    await asyncio.sleep(0.1)
+        await until_authorized(endpoint)
+        return await self._stack.enter_async_context(mqtt_client(endpoint, timeout=5))
 
 
 @pytest_asyncio.fixture(loop_scope="session")

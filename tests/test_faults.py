@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import ConsoleConnection, free_port, login_to, services_dir, ws_connect
+from conftest import ConsoleConnection, free_port, login_to, services_dir, until_authorized, ws_connect
 from ledger import assert_ledger_matches_store, settle
 
 from ambulance_gateway import Gateway
@@ -186,6 +186,7 @@ async def test_alert_reaches_consoles_while_postgres_is_down(services) -> None: 
     pg, broker = services
     unit = "KPGALERT"
     endpoint = broker.endpoint_for(unit, provision_unit(broker.root, unit))
+    await until_authorized(endpoint)
     watcher = BusWatcher()
     gateway_endpoint = broker.internal_endpoint(GATEWAY_ACCOUNT)
     async with (

@@ -16,7 +16,7 @@ import aiomqtt
 import asyncpg
 import psutil
 import pytest
-from conftest import free_port, services_dir
+from conftest import free_port, services_dir, until_authorized
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -116,7 +116,7 @@ async def test_broker_restart_keeps_persistent_sessions(private_root: Path) -> N
         gateway = broker.internal_endpoint(GATEWAY_ACCOUNT)
         unit = "PERSIST1"
         endpoint = broker.endpoint_for(unit, provision_unit(private_root, unit))
-        await asyncio.sleep(0.3)  # the SIGHUP-triggered reload of passwd is asynchronous
+        await until_authorized(endpoint)  # the SIGHUP-triggered reload of passwd is asynchronous
 
         def session() -> aiomqtt.Client:
             properties = Properties(PacketTypes.CONNECT)
