@@ -32,7 +32,7 @@ class _Progress:
     lost: list[tuple[int, int]] = field(default_factory=list)  # ranges the device declared given up
     gap_since: float | None = None  # monotonic time the current gap was first seen
     gap_reported: int | None = None  # the first missing seq of the gap already recorded
-    held_told: tuple[int, int] = (-1, 0)  # (upto, len(pending)) when the device was last told (`AckTracker.held`)
+    held_told: tuple[int, int] = _NOT_TOLD  # (upto, len(pending)) when the device was last told (`AckTracker.held`)
 
 
 @dataclass(slots=True)

@@ -765,7 +765,7 @@ class ClinicalLoop:
     async def _publish_queued(self, link: MqttLink) -> None:
         """Publish queued snapshots until cancelled (the reader then reconnects, and what was not yet published is
         still queued: a snapshot leaves the queue only once the broker has acknowledged it). Every queued snapshot
-        is in flight at once, alerts first, so that an alert never waits for others' round trips; a record
+        is in flight at once, alerts ahead of the rest (`now`), so that an alert never waits for others; a record
         changed while its snapshot is in flight goes again when that one is acknowledged (one in flight per record,
         so they arrive in order)."""
         self._bus_link = link
@@ -774,8 +774,7 @@ class ClinicalLoop:
             while True:
                 await self._publish_wake.wait()
                 self._publish_wake.clear()
-                queued = sorted(self._to_publish, key=lambda key: not key.startswith("alert:"))
-                for key in queued:
+                for key in list(self._to_publish):
                     if key not in self._in_flight:
                         self._send(link, key, now=key.startswith("alert:"))
                 self._check_quiet()
