@@ -16,8 +16,8 @@ One command measures, in order:
    early when a size saturates (messages left unacknowledged).
 3. Storage: bytes per unit-hour of the time-series tables after each run, and (with TimescaleDB) after
    `compress_chunk` on every chunk.
-4. A plot of latency against units (docs/img/latency-vs-units.svg, when matplotlib is installed: `pip install
-   -e '.[bench]'`).
+4. A plot of latency against units (docs/img/latency-vs-units.svg with `--update-docs`, else beside the `--out`
+   file; when matplotlib is installed: `pip install -e '.[bench]'`).
 5. With `--timeline N`, a row every N s of each run (cores and memory per process, the machine's busy cores, the
    gateway's backlog, commit time and event-loop lag, PostgreSQL's checkpoints, WAL, autovacuum and TimescaleDB
    jobs) and latency percentiles by when the message was made: what a slow minute of a long run coincided with.
@@ -1223,8 +1223,11 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(results, indent=2))
     text = markdown(results)
     print(text)
-    if plot(results, PLOT):
-        log(f"plot: {PLOT}")
+    # The docs' plot changes only with their tables; otherwise it goes beside the results.
+    results_file = Path(args.from_json[0] if args.from_json else args.out)
+    plot_path = PLOT if args.update_docs else results_file.with_suffix(".svg")
+    if plot(results, plot_path):
+        log(f"plot: {plot_path}")
     if args.update_docs:
         update_docs(text)
         log(f"tables written into {DOCS}")
