@@ -76,6 +76,7 @@ from emergency.protocol import (
     Vitals,
     device_topic,
 )
+from emergency.settings import Settings
 from emergency.stack import provision_units
 from firmware_sim import EcgSynth, followed_delay, retransmit_after
 
@@ -487,7 +488,11 @@ async def _measure(
         (f"P{i:05d}", f"pw-{i}-probe") for i in range(probes_n)
     ]
     provision_units(data, dict(names))
-    await asyncio.sleep(1)
+    # A partitioned stack's gateways follow units provisioned while it runs at their next read of the registry: a
+    # unit that streamed before then would lose its first messages at the broker (no subscriber yet), and this
+    # generator never sends them again, so each would hold a seq-gap alert open through the run.
+    gateway = Settings().gateway
+    await asyncio.sleep(1 + (gateway.partition_refresh_s if gateway.partition_count > 1 else 0))
     boot = int(time.time()) % 2**31
     stats = Stats()
 
